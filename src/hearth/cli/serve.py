@@ -1,0 +1,106 @@
+"""`hearth serve`: its flags are generated from ServeSettings, so flags and env never drift."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import types
+import typing
+from typing import Any
+
+import click
+
+from hearth.settings import ServeSettings
+
+__all__ = ["command", "serve"]
+
+logger = logging.getLogger("hearth")
+
+
+def _flag_type(annotation: Any) -> tuple[Any, bool]:
+    """(click type, multiple) for a settings field's annotation."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _flag_type(typing.get_args(annotation)[0])
+    if origin is list:
+        return str, True
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _flag_type(inner[0])
+    return annotation, False
+
+
+def _settings_options(func: Any) -> Any:
+    for name, field in reversed(ServeSettings.model_fields.items()):
+        click_type, multiple = _flag_type(field.annotation)
+        env = f"HEARTH_{name.upper()}"
+        func = click.option(
+            f"--{name.replace('_', '-')}",
+            name,
+            type=click_type,
+            multiple=multiple,
+            default=None,
+            help=f"{field.description} [env: {env}]",
+        )(func)
+    return func
+
+
+@click.command(name="serve")
+@_settings_options
+def command(**flags: Any) -> None:
+    """Serve a model through the OpenAI API (default: the embedded SmolLM2-135M)."""
+    given = {k: v for k, v in flags.items() if v is not None and v != ()}
+    try:
+        settings = ServeSettings(**given)
+    except Exception as exc:  # pydantic's message names the bad setting
+        raise click.UsageError(str(exc)) from exc
+    serve(settings)
+
+
+def serve(settings: ServeSettings) -> None:
+    import uvicorn
+
+    from hearth.models.registry import UnknownModelError, resolve
+    from hearth.server.app import create_app
+
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        resolve(settings.model)
+    except UnknownModelError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    app = create_app(settings)
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.should_exit:
+                return
+            state = app.state.hearth
+            device = state.devices[0] if state.devices else None
+            where = f"{device.name} ({device.description})" if device else "CPU"
+            logger.info(
+                "Hearth ready on http://%s:%d · model %s · %s · %d slots × %d ctx · %d threads",
+                settings.host,
+                settings.port,
+                state.model_id,
+                where,
+                settings.parallel,
+                state.n_ctx_per_slot,
+                settings.threads,
+            )
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=settings.log_level == "debug",
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
+    _Server(config).run()

@@ -1,0 +1,23 @@
+"""The engine: continuous batching over llama.cpp. Only `llama_runner` and `devices` import it.
+
+Import the llama-backed pieces from their modules (`hearth.engine.llama_runner`), so that
+importing this package stays cheap for the CLI.
+"""
+
+from hearth.engine.types import (
+    BatchBudget,
+    EngineStats,
+    FinishReason,
+    GenerationRequest,
+    RequestOutput,
+    SamplingParams,
+)
+
+__all__ = [
+    "BatchBudget",
+    "EngineStats",
+    "FinishReason",
+    "GenerationRequest",
+    "RequestOutput",
+    "SamplingParams",
+]

@@ -1,0 +1,223 @@
+"""One engine step: plan with the scheduler, decode, sample, detokenize, stop, report.
+
+`EngineCore` runs on the engine thread and talks to the model only through `ModelRunner`, so
+unit tests drive it with a fake runner. It holds no locks: only the engine thread touches it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence as SequenceType
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from hearth.engine.scheduler import Chunk, Scheduler, Sequence
+from hearth.engine.text import StopMatcher, Utf8Stream
+from hearth.engine.types import (
+    BatchBudget,
+    EngineStats,
+    FinishReason,
+    GenerationRequest,
+    RequestOutput,
+    SamplingParams,
+)
+
+__all__ = ["EngineCore", "ModelRunner"]
+
+logger = logging.getLogger(__name__)
+
+SinkT = TypeVar("SinkT")
+
+
+class ModelRunner(Protocol):
+    """What the engine needs from a model. `LlamaRunner` is the real one."""
+
+    @property
+    def n_ctx_per_slot(self) -> int: ...
+
+    def decode(self, chunks: SequenceType[Chunk]) -> int:
+        """Decode all chunks as one batch; llama_decode's status (0 is success)."""
+        ...
+
+    def new_sampler(self, params: SamplingParams) -> object: ...
+
+    def sample(self, sampler: object, batch_row: int) -> int:
+        """Sample (and accept) a token from the logits at `batch_row` of the last batch."""
+        ...
+
+    def free_sampler(self, sampler: object) -> None: ...
+
+    def is_end_of_generation(self, token: int) -> bool: ...
+
+    def token_bytes(self, token: int) -> bytes: ...
+
+    def kv_trim(self, seq_id: int, from_pos: int) -> None:
+        """Remove `seq_id`'s KV cache from `from_pos` to the end."""
+        ...
+
+
+@dataclass(eq=False, slots=True)
+class _Generation(Generic[SinkT]):
+    request: GenerationRequest
+    sink: SinkT
+    sequence: Sequence
+    sampler: object | None = None
+    utf8: Utf8Stream | None = None
+    stops: StopMatcher | None = None
+    completion_tokens: int = 0
+
+
+class EngineCore(Generic[SinkT]):
+    """Owns the scheduler and every live generation. `SinkT` is where outputs go (a queue)."""
+
+    def __init__(self, runner: ModelRunner, n_slots: int, budget: BatchBudget) -> None:
+        self.runner = runner
+        self.scheduler = Scheduler(n_slots, budget)
+        self.stats = EngineStats(slots_total=n_slots)
+        self._live: dict[str, _Generation[SinkT]] = {}
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    def add(self, request: GenerationRequest, sink: SinkT) -> None:
+        if request.request_id in self._live:
+            raise ValueError(f"duplicate request id {request.request_id}")
+        seq = Sequence(request_id=request.request_id, prompt=request.prompt_tokens)
+        self._live[request.request_id] = _Generation(request, sink, seq)
+        self.scheduler.add(seq)
+        self._refresh_gauges()
+
+    def abort(self, request_id: str) -> list[tuple[SinkT, RequestOutput]]:
+        gen = self._live.get(request_id)
+        if gen is None or self.scheduler.abort(request_id) is None:
+            return []
+        self._retire(gen)
+        self._refresh_gauges()
+        return [(gen.sink, self._output(gen, "", FinishReason.ABORT))]
+
+    def abort_all(self, reason: str) -> list[tuple[SinkT, RequestOutput]]:
+        outputs = []
+        for request_id, gen in list(self._live.items()):
+            self.scheduler.abort(request_id)
+            self._retire(gen)
+            outputs.append((gen.sink, self._output(gen, "", FinishReason.ERROR, error=reason)))
+        self._refresh_gauges()
+        return outputs
+
+    def step(self) -> list[tuple[SinkT, RequestOutput]]:
+        plan = self.scheduler.schedule()
+        for seq_id, from_pos in plan.kv_trims:
+            self.runner.kv_trim(seq_id, from_pos)
+        self._refresh_gauges()
+        if not plan.chunks:
+            return []
+        status = self.runner.decode(plan.chunks)
+        if status != 0:
+            return self._fail_step(plan.chunks, status)
+        self.scheduler.commit(plan)
+        self._record_batch(plan.chunks, plan.n_tokens)
+
+        outputs: list[tuple[SinkT, RequestOutput]] = []
+        row = -1
+        for chunk in plan.chunks:
+            row += len(chunk.tokens)
+            if chunk.wants_logits:
+                output = self._sample(self._live[chunk.sequence.request_id], row)
+                if output is not None:
+                    outputs.append(output)
+        self._refresh_gauges()
+        return outputs
+
+    # -- per-token work ----------------------------------------------------------------------
+
+    def _sample(self, gen: _Generation[SinkT], row: int) -> tuple[SinkT, RequestOutput] | None:
+        params = gen.request.params
+        if gen.sampler is None:  # first token: the prompt is fully decoded
+            gen.sampler = self.runner.new_sampler(params)
+            gen.utf8 = Utf8Stream()
+            gen.stops = StopMatcher(params.stop)
+            self.stats.prompt_tokens_total += len(gen.request.prompt_tokens)
+            self.stats.prompt_tokens_cached_total += gen.sequence.cached_tokens
+        assert gen.utf8 is not None and gen.stops is not None
+        token = self.runner.sample(gen.sampler, row)
+        gen.completion_tokens += 1
+        self.stats.generated_tokens_total += 1
+
+        if self.runner.is_end_of_generation(token):
+            return self._finish(gen, gen.stops.flush() + gen.utf8.flush(), FinishReason.STOP)
+        text = gen.stops.push(gen.utf8.push(self.runner.token_bytes(token)))
+        if gen.stops.stopped:
+            return self._finish(gen, text, FinishReason.STOP)
+        slot = gen.sequence.slot
+        assert slot is not None
+        context_full = len(slot.cached) >= self.runner.n_ctx_per_slot
+        if gen.completion_tokens >= params.max_tokens or context_full:
+            tail = gen.stops.push(gen.utf8.flush()) + gen.stops.flush()
+            return self._finish(gen, text + tail, FinishReason.LENGTH)
+        gen.sequence.next_token = token
+        if not text:
+            return None
+        return gen.sink, self._output(gen, text, None)
+
+    def _finish(
+        self, gen: _Generation[SinkT], text: str, reason: FinishReason
+    ) -> tuple[SinkT, RequestOutput]:
+        self.scheduler.release(gen.sequence)
+        self._retire(gen)
+        return gen.sink, self._output(gen, text, reason)
+
+    def _retire(self, gen: _Generation[SinkT]) -> None:
+        if gen.sampler is not None:
+            self.runner.free_sampler(gen.sampler)
+            gen.sampler = None
+        del self._live[gen.request.request_id]
+        self.stats.requests_finished += 1
+
+    def _output(
+        self,
+        gen: _Generation[SinkT],
+        text: str,
+        reason: FinishReason | None,
+        error: str | None = None,
+    ) -> RequestOutput:
+        return RequestOutput(
+            text=text,
+            prompt_tokens=len(gen.request.prompt_tokens),
+            completion_tokens=gen.completion_tokens,
+            cached_tokens=gen.sequence.cached_tokens,
+            finish_reason=reason,
+            error=error,
+        )
+
+    # -- failures and bookkeeping ------------------------------------------------------------
+
+    def _fail_step(
+        self, chunks: SequenceType[Chunk], status: int
+    ) -> list[tuple[SinkT, RequestOutput]]:
+        # llama.cpp refused the batch (1: no KV room, <0: invalid or fatal). Fail only the
+        # sequences in it; their KV from this step is dropped so the slots stay consistent.
+        logger.error("llama_decode failed with status %d for %d sequences", status, len(chunks))
+        outputs = []
+        for chunk in chunks:
+            self.runner.kv_trim(chunk.seq_id, chunk.start_pos)
+            self.scheduler.forget(chunk.seq_id, chunk.start_pos)
+            gen = self._live[chunk.sequence.request_id]
+            self.scheduler.release(gen.sequence)
+            self._retire(gen)
+            message = f"llama_decode failed with status {status}"
+            outputs.append((gen.sink, self._output(gen, "", FinishReason.ERROR, error=message)))
+        self._refresh_gauges()
+        return outputs
+
+    def _record_batch(self, chunks: SequenceType[Chunk], n_tokens: int) -> None:
+        stats = self.stats
+        n_seqs = len(chunks)
+        stats.steps += 1
+        stats.max_batch_size = max(stats.max_batch_size, n_seqs)
+        stats.max_batch_tokens_seen = max(stats.max_batch_tokens_seen, n_tokens)
+        stats.batch_size_histogram[n_seqs] = stats.batch_size_histogram.get(n_seqs, 0) + 1
+
+    def _refresh_gauges(self) -> None:
+        self.stats.slots_in_use = self.scheduler.slots_in_use
+        self.stats.queue_length = len(self.scheduler.waiting)

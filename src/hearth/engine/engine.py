@@ -1,0 +1,144 @@
+"""The async face of the engine: one thread owns the model, asyncio talks to it by queues.
+
+Request side (event loop): `generate()` puts an `_Add` into the inbox and awaits a per-request
+asyncio.Queue. Engine thread: drains the inbox, runs `EngineCore.step()`, and hands each step's
+outputs back with one `call_soon_threadsafe`. The event loop never waits on the engine thread;
+llama_decode releases the GIL, so HTTP keeps flowing while a step computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from hearth.engine.core import EngineCore, ModelRunner
+from hearth.engine.types import (
+    BatchBudget,
+    EngineStats,
+    FinishReason,
+    GenerationRequest,
+    RequestOutput,
+)
+from hearth.errors import EngineError
+
+__all__ = ["Engine"]
+
+logger = logging.getLogger(__name__)
+
+_Sink = asyncio.Queue[RequestOutput]
+
+
+@dataclass(frozen=True, slots=True)
+class _Add:
+    request: GenerationRequest
+    sink: _Sink
+
+
+@dataclass(frozen=True, slots=True)
+class _Abort:
+    request_id: str
+
+
+class _Stop:
+    pass
+
+
+_Command = _Add | _Abort | _Stop
+
+
+class Engine:
+    def __init__(self, runner: ModelRunner, n_slots: int, budget: BatchBudget) -> None:
+        self._core: EngineCore[_Sink] = EngineCore(runner, n_slots, budget)
+        self._inbox: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running = False
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="hearth-engine", daemon=True)
+        self._thread.start()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        if self._thread is None:
+            return
+        self._inbox.put(_Stop())
+        self._thread.join(timeout)
+        self._thread = None
+
+    def stats(self) -> EngineStats:
+        # Read from another thread: a copy of plain ints, consistent enough for a gauge.
+        return copy.copy(self._core.stats)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[RequestOutput]:
+        """Stream a request's outputs. Leaving the iterator early aborts the request."""
+        if not self._running:
+            raise EngineError("the engine is not running")
+        sink: _Sink = asyncio.Queue()
+        self._inbox.put(_Add(request, sink))
+        finished = False
+        try:
+            while True:
+                output = await sink.get()
+                if output.finish_reason is not None:
+                    finished = True
+                    if output.finish_reason is FinishReason.ERROR:
+                        raise EngineError(output.error or "the engine failed this request")
+                yield output
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self._inbox.put(_Abort(request.request_id))
+
+    # -- the engine thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        core = self._core
+        while True:
+            # Idle: block until a command comes. Busy: take whatever arrived since the last step.
+            try:
+                command = self._inbox.get() if not core.has_work else self._inbox.get_nowait()
+            except queue.Empty:
+                command = None
+            stop = False
+            outputs: list[tuple[_Sink, RequestOutput]] = []
+            while command is not None:
+                if isinstance(command, _Stop):
+                    stop = True
+                elif isinstance(command, _Add):
+                    core.add(command.request, command.sink)
+                else:
+                    outputs.extend(core.abort(command.request_id))
+                try:
+                    command = self._inbox.get_nowait()
+                except queue.Empty:
+                    command = None
+            if stop:
+                outputs.extend(core.abort_all("the server is shutting down"))
+                self._running = False
+                self._deliver(outputs)
+                return
+            try:
+                outputs.extend(core.step())
+            except Exception:
+                logger.exception("engine step failed; failing the requests in flight")
+                outputs.extend(core.abort_all("internal engine error"))
+            self._deliver(outputs)
+
+    def _deliver(self, outputs: list[tuple[_Sink, RequestOutput]]) -> None:
+        if outputs and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
+                self._loop.call_soon_threadsafe(_put_all, outputs)
+
+
+def _put_all(outputs: list[tuple[_Sink, RequestOutput]]) -> None:
+    for sink, output in outputs:
+        sink.put_nowait(output)

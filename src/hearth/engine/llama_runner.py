@@ -1,0 +1,247 @@
+"""The llama.cpp side of the engine, over llama-cpp-python's low-level ctypes API.
+
+This module and `devices` are the only ones that import llama_cpp. Everything here but
+`tokenize` runs on the engine thread, which owns the context; `tokenize` only reads the
+vocabulary, which llama.cpp allows from any thread (its own server tokenizes in HTTP threads).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Sequence as SequenceType
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp as llama
+
+from hearth.engine.scheduler import Chunk
+from hearth.engine.types import SamplingParams
+
+__all__ = ["LlamaRunner", "ModelInfo", "RunnerConfig"]
+
+logger = logging.getLogger(__name__)
+
+# enum ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues the last)
+_GGML_LOG_TO_LOGGING = {3: logging.WARNING, 4: logging.ERROR}
+_GGML_LOG_CONT = 5
+_llama_logger = logging.getLogger("hearth.llama_cpp")
+_last_log_level: int | None = None
+
+
+@llama.llama_log_callback  # type: ignore[untyped-decorator]
+def _log_callback(level: int, text: bytes, _user_data: Any) -> None:
+    # llama.cpp logs hundreds of INFO lines per load; keep warnings and errors only.
+    global _last_log_level
+    python_level = _last_log_level if level == _GGML_LOG_CONT else _GGML_LOG_TO_LOGGING.get(level)
+    _last_log_level = python_level
+    message = text.decode("utf-8", "replace").rstrip() if text else ""
+    if python_level is not None and message:
+        _llama_logger.log(python_level, "%s", message)
+
+
+_backend_ready = False
+
+
+def init_backend() -> None:
+    global _backend_ready
+    if not _backend_ready:
+        llama.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        llama.llama_backend_init()
+        _backend_ready = True
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerConfig:
+    model_path: Path
+    n_slots: int
+    n_ctx_per_slot: int
+    n_threads: int
+    n_batch: int
+    gpu_layers: int = -1  # -1: as many as llama.cpp offers (none on a CPU-only build)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """Facts about the loaded model the HTTP layer needs (templating, limits)."""
+
+    chat_template: str | None
+    bos_text: str
+    eos_text: str
+    add_bos: bool
+    n_ctx_train: int
+    n_params: int
+    size_bytes: int
+    description: str
+
+
+class LlamaRunner:
+    """A loaded GGUF model and one llama context with a sequence per slot."""
+
+    def __init__(self, config: RunnerConfig) -> None:
+        init_backend()
+        self.config = config
+        model_params = llama.llama_model_default_params()
+        model_params.n_gpu_layers = 999 if config.gpu_layers < 0 else config.gpu_layers
+        self._model = llama.llama_model_load_from_file(
+            str(config.model_path).encode(), model_params
+        )
+        if not self._model:
+            raise RuntimeError(f"llama.cpp could not load {config.model_path}")
+        self._vocab = llama.llama_model_get_vocab(self._model)
+
+        ctx_params = llama.llama_context_default_params()
+        ctx_params.n_ctx = config.n_ctx_per_slot * config.n_slots
+        ctx_params.n_batch = config.n_batch
+        ctx_params.n_ubatch = config.n_batch
+        ctx_params.n_seq_max = config.n_slots
+        ctx_params.n_threads = config.n_threads
+        ctx_params.n_threads_batch = config.n_threads
+        # Split KV: every slot owns n_ctx_per_slot cells, so one long chat never starves others.
+        ctx_params.kv_unified = False
+        ctx_params.no_perf = True
+        self._ctx = llama.llama_init_from_model(self._model, ctx_params)
+        if not self._ctx:
+            llama.llama_model_free(self._model)
+            raise RuntimeError("llama.cpp could not create a context (out of memory?)")
+        self._memory = llama.llama_get_memory(self._ctx)
+        self._n_ctx_per_slot = int(llama.llama_n_ctx_seq(self._ctx))
+        self._batch = llama.llama_batch_init(config.n_batch, 0, 1)
+        self._n_vocab = int(llama.llama_vocab_n_tokens(self._vocab))
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buffer = ctypes.create_string_buffer(256)
+        self.info = self._read_info()
+
+    # -- ModelRunner protocol ------------------------------------------------------------------
+
+    @property
+    def n_ctx_per_slot(self) -> int:
+        return self._n_ctx_per_slot
+
+    def decode(self, chunks: SequenceType[Chunk]) -> int:
+        batch = self._batch
+        token, pos, n_seq_id, seq_id, logits = (
+            batch.token,
+            batch.pos,
+            batch.n_seq_id,
+            batch.seq_id,
+            batch.logits,
+        )
+        i = 0
+        for chunk in chunks:
+            sid = chunk.seq_id
+            p = chunk.start_pos
+            for t in chunk.tokens:
+                token[i] = t
+                pos[i] = p
+                n_seq_id[i] = 1
+                seq_id[i][0] = sid
+                logits[i] = 0
+                p += 1
+                i += 1
+            if chunk.wants_logits:
+                logits[i - 1] = 1
+        batch.n_tokens = i
+        return int(llama.llama_decode(self._ctx, batch))
+
+    def new_sampler(self, params: SamplingParams) -> object:
+        chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
+        add = llama.llama_sampler_chain_add
+        if params.presence_penalty or params.frequency_penalty:
+            add(
+                chain,
+                llama.llama_sampler_init_penalties(
+                    64, 1.0, params.frequency_penalty, params.presence_penalty
+                ),
+            )
+        if params.greedy:
+            add(chain, llama.llama_sampler_init_greedy())
+            return chain
+        if params.top_k > 0:
+            add(chain, llama.llama_sampler_init_top_k(params.top_k))
+        if params.top_p < 1.0:
+            add(chain, llama.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0.0:
+            add(chain, llama.llama_sampler_init_min_p(params.min_p, 1))
+        add(chain, llama.llama_sampler_init_temp(params.temperature))
+        seed = llama.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+        add(chain, llama.llama_sampler_init_dist(seed))
+        return chain
+
+    def sample(self, sampler: object, batch_row: int) -> int:
+        # llama_sampler_sample also accepts the token into the chain (penalties, grammar).
+        return int(llama.llama_sampler_sample(sampler, self._ctx, batch_row))
+
+    def free_sampler(self, sampler: object) -> None:
+        llama.llama_sampler_free(sampler)
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(llama.llama_vocab_is_eog(self._vocab, token))
+
+    def token_bytes(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._piece(token, special=False)
+            self._pieces[token] = piece
+        return piece
+
+    def kv_trim(self, seq_id: int, from_pos: int) -> None:
+        llama.llama_memory_seq_rm(self._memory, seq_id, from_pos, -1)
+
+    # -- request side --------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buffer = (llama.llama_token * capacity)()
+        n = llama.llama_tokenize(
+            self._vocab, data, len(data), buffer, capacity, add_special, parse_special
+        )
+        if n < 0:  # never for byte-level vocabularies, but the API allows it
+            capacity = -n
+            buffer = (llama.llama_token * capacity)()
+            n = llama.llama_tokenize(
+                self._vocab, data, len(data), buffer, capacity, add_special, parse_special
+            )
+        return list(buffer[:n])
+
+    @property
+    def n_vocab(self) -> int:
+        return self._n_vocab
+
+    def close(self) -> None:
+        if self._ctx:
+            llama.llama_batch_free(self._batch)
+            llama.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            llama.llama_model_free(self._model)
+            self._model = None
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _piece(self, token: int, *, special: bool) -> bytes:
+        buf = self._piece_buffer
+        n = llama.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        return bytes(buf.raw[:n])
+
+    def _read_info(self) -> ModelInfo:
+        template = llama.llama_model_chat_template(self._model, None)
+        desc = ctypes.create_string_buffer(256)
+        llama.llama_model_desc(self._model, desc, len(desc))
+        bos = int(llama.llama_vocab_bos(self._vocab))
+        eos = int(llama.llama_vocab_eos(self._vocab))
+        return ModelInfo(
+            chat_template=template.decode("utf-8") if template else None,
+            bos_text=self._piece(bos, special=True).decode("utf-8", "replace") if bos >= 0 else "",
+            eos_text=self._piece(eos, special=True).decode("utf-8", "replace") if eos >= 0 else "",
+            add_bos=bool(llama.llama_vocab_get_add_bos(self._vocab)),
+            n_ctx_train=int(llama.llama_model_n_ctx_train(self._model)),
+            n_params=int(llama.llama_model_n_params(self._model)),
+            size_bytes=int(llama.llama_model_size(self._model)),
+            description=desc.value.decode("utf-8", "replace"),
+        )

@@ -1,0 +1,64 @@
+"""Token bytes to text, and stop strings. Pure Python, run on the engine thread per token."""
+
+from __future__ import annotations
+
+import codecs
+
+__all__ = ["StopMatcher", "Utf8Stream"]
+
+
+class Utf8Stream:
+    """Joins token pieces into text; a character split across tokens comes out whole."""
+
+    __slots__ = ("_decoder",)
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, piece: bytes) -> str:
+        return self._decoder.decode(piece)
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)
+
+
+class StopMatcher:
+    """Finds stop strings in streamed text and holds back what might start one.
+
+    `push` returns the text that is safe to send. Text that could be the start of a stop string
+    waits until the next piece decides; so a stop string split across tokens is never sent.
+    """
+
+    __slots__ = ("_held", "_max_len", "_stops", "stopped")
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self._stops = tuple(s for s in stops if s)
+        self._max_len = max((len(s) for s in self._stops), default=0)
+        self._held = ""
+        self.stopped = False
+
+    def push(self, text: str) -> str:
+        if not self._stops:
+            return text
+        buffer = self._held + text
+        first = min((i for i in (buffer.find(s) for s in self._stops) if i >= 0), default=-1)
+        if first >= 0:
+            self.stopped = True
+            self._held = ""
+            return buffer[:first]
+        keep = self._partial_suffix_len(buffer)
+        self._held = buffer[len(buffer) - keep :]
+        return buffer[: len(buffer) - keep]
+
+    def flush(self) -> str:
+        """The held text, at the end of a generation that did not stop on a string."""
+        held, self._held = self._held, ""
+        return held
+
+    def _partial_suffix_len(self, buffer: str) -> int:
+        # The longest suffix of buffer that is a proper prefix of some stop string.
+        for length in range(min(len(buffer), self._max_len - 1), 0, -1):
+            tail = buffer[-length:]
+            if any(s.startswith(tail) for s in self._stops):
+                return length
+        return 0

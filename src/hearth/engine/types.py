@@ -1,0 +1,88 @@
+"""Plain engine types. The HTTP layer builds these; the engine never sees JSON."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+__all__ = [
+    "BatchBudget",
+    "EngineStats",
+    "FinishReason",
+    "GenerationRequest",
+    "RequestOutput",
+    "SamplingParams",
+]
+
+
+class FinishReason(enum.StrEnum):
+    STOP = "stop"  # end-of-generation token or a stop string
+    LENGTH = "length"  # max_tokens or the end of the slot's context
+    ABORT = "abort"  # the client went away
+    ERROR = "error"  # llama.cpp refused the batch
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """What one request asks of the sampler. temperature 0 means greedy."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 40
+    min_p: float = 0.05
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    request_id: str
+    prompt_tokens: tuple[int, ...]
+    params: SamplingParams
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    """What one engine step produced for one request: new text, and the end if it came."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    finish_reason: FinishReason | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchBudget:
+    """Named budgets for one decode step, after TGI's router.
+
+    max_batch_tokens bounds every step (it is also llama.cpp's n_batch). While some sequence is
+    generating, prompt chunks get at most max_prefill_tokens of it, so a long prompt never stalls
+    running streams for its whole prefill.
+    """
+
+    max_batch_tokens: int = 512
+    max_prefill_tokens: int = 128
+
+
+@dataclass(slots=True)
+class EngineStats:
+    slots_total: int = 0
+    slots_in_use: int = 0
+    queue_length: int = 0
+    max_batch_size: int = 0  # most sequences seen in one decode step
+    max_batch_tokens_seen: int = 0
+    steps: int = 0
+    prompt_tokens_total: int = 0
+    prompt_tokens_cached_total: int = 0
+    generated_tokens_total: int = 0
+    requests_finished: int = 0
+    batch_size_histogram: dict[int, int] = field(default_factory=dict)

@@ -1,0 +1,103 @@
+"""The one exception hierarchy. Each error knows its HTTP status and OpenAI error type.
+
+`hearth.server.errors` turns these into responses in one place; nothing else maps errors to HTTP.
+The body shape is OpenAI's: https://platform.openai.com/docs/guides/error-codes
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "ContextLengthExceededError",
+    "EngineError",
+    "HearthError",
+    "InvalidRequestError",
+    "ModelNotFoundError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "ServerOverloadedError",
+    "UnsupportedParameterError",
+]
+
+
+class HearthError(Exception):
+    """Base of every error Hearth reports to a client."""
+
+    status_code: int = 500
+    error_type: str = "server_error"
+    default_code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.headers = headers or {}
+
+    def to_body(self) -> dict[str, dict[str, str | None]]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequestError(HearthError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class UnsupportedParameterError(InvalidRequestError):
+    """A spec field Hearth cannot honour: refused by name instead of silently ignored."""
+
+    default_code = "unsupported_parameter"
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    default_code = "context_length_exceeded"
+
+
+class AuthenticationError(HearthError):
+    status_code = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class NotFoundError(HearthError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    default_code = "model_not_found"
+
+
+class PayloadTooLargeError(HearthError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class ServerOverloadedError(HearthError):
+    status_code = 429
+    error_type = "server_overloaded"
+    default_code = "server_overloaded"
+
+
+class EngineError(HearthError):
+    """The engine failed a request (a llama.cpp decode error, a shut-down engine)."""
+
+    status_code = 500
+    error_type = "server_error"
+    default_code = "engine_error"

@@ -1,0 +1,69 @@
+"""Chat templates: the model's own Jinja template from its GGUF, rendered in a sandbox.
+
+Rendering follows Hugging Face transformers and llama.cpp's minja: `messages`,
+`add_generation_prompt`, `bos_token`, `eos_token`, plus `raise_exception` and `strftime_now`.
+A model with no `tokenizer.chat_template` gets ChatML (FALLBACK_TEMPLATE), the format most
+instruction-tuned GGUFs without a template were trained on, as llama.cpp's server does.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from hearth.errors import InvalidRequestError
+
+__all__ = ["FALLBACK_TEMPLATE", "ChatTemplate"]
+
+FALLBACK_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _raise_exception(message: str) -> None:
+    raise TemplateError(message)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def _tojson(value: Any, indent: int | None = None, **_: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
+class ChatTemplate:
+    def __init__(self, source: str | None, *, bos_token: str = "", eos_token: str = "") -> None:
+        self.source = source or FALLBACK_TEMPLATE
+        self.is_fallback = source is None
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        )
+        env.filters["tojson"] = _tojson
+        env.globals["raise_exception"] = _raise_exception
+        env.globals["strftime_now"] = _strftime_now
+        self._template = env.from_string(self.source)
+
+    def render(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True) -> str:
+        try:
+            text = self._template.render(
+                messages=messages,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token,
+                eos_token=self.eos_token,
+            )
+        except TemplateError as exc:
+            # Templates raise to reject a conversation shape (say, roles not alternating).
+            raise InvalidRequestError(
+                f"The model's chat template rejected the messages: {exc}", param="messages"
+            ) from exc
+        return text

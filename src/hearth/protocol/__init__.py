@@ -1,0 +1,1 @@
+"""Wire types only. `openai` follows OpenAI's API reference field by field."""

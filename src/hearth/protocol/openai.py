@@ -1,0 +1,325 @@
+"""OpenAI wire types: chat completions, completions, models, errors.
+
+Fields follow the order of OpenAI's API reference, so the two can be read side by side:
+https://platform.openai.com/docs/api-reference/chat/create
+Fields Hearth adds are marked "extension, not in the spec". Spec fields that Hearth does not
+honour yet are still declared, so that `hearth.server.serving` can refuse them by name (400 with
+`param`) instead of a generic "extra field" error or, worse, silently ignoring them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
+
+__all__ = [
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "CompletionRequest",
+    "ErrorBody",
+    "Model",
+    "ModelList",
+    "TextCompletion",
+    "Usage",
+]
+
+
+class _Request(BaseModel):
+    # OpenAI answers an unknown argument with a 400 naming it; so does Hearth.
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# -- chat messages -----------------------------------------------------------------------------
+# https://platform.openai.com/docs/api-reference/chat/create#chat-create-messages
+
+
+class TextContentPart(_Lenient):
+    type: Literal["text"]
+    text: str
+
+
+class ImageContentPart(_Lenient):
+    type: Literal["image_url"]
+    image_url: dict[str, Any]
+
+
+class AudioContentPart(_Lenient):
+    type: Literal["input_audio"]
+    input_audio: dict[str, Any]
+
+
+class FileContentPart(_Lenient):
+    type: Literal["file"]
+    file: dict[str, Any]
+
+
+class RefusalContentPart(_Lenient):
+    type: Literal["refusal"]
+    refusal: str
+
+
+ContentPart = Annotated[
+    TextContentPart | ImageContentPart | AudioContentPart | FileContentPart | RefusalContentPart,
+    Field(discriminator="type"),
+]
+
+
+class DeveloperMessage(_Lenient):
+    content: str | list[ContentPart]
+    role: Literal["developer"]
+    name: str | None = None
+
+
+class SystemMessage(_Lenient):
+    content: str | list[ContentPart]
+    role: Literal["system"]
+    name: str | None = None
+
+
+class UserMessage(_Lenient):
+    content: str | list[ContentPart]
+    role: Literal["user"]
+    name: str | None = None
+
+
+class AssistantMessage(_Lenient):
+    role: Literal["assistant"]
+    audio: dict[str, Any] | None = None
+    content: str | list[ContentPart] | None = None
+    function_call: dict[str, Any] | None = None
+    name: str | None = None
+    refusal: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class ToolMessage(_Lenient):
+    content: str | list[ContentPart]
+    role: Literal["tool"]
+    tool_call_id: str
+
+
+class FunctionMessage(_Lenient):
+    content: str | None
+    name: str
+    role: Literal["function"]
+
+
+ChatMessage = Annotated[
+    DeveloperMessage
+    | SystemMessage
+    | UserMessage
+    | AssistantMessage
+    | ToolMessage
+    | FunctionMessage,
+    Field(discriminator="role"),
+]
+
+
+class StreamOptions(_Request):
+    include_obfuscation: bool | None = None
+    include_usage: bool | None = None
+
+
+# -- requests ----------------------------------------------------------------------------------
+
+
+class ChatCompletionRequest(_Request):
+    """https://platform.openai.com/docs/api-reference/chat/create"""
+
+    messages: list[ChatMessage]
+    model: str
+    audio: dict[str, Any] | None = None
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    function_call: str | dict[str, Any] | None = None
+    functions: list[dict[str, Any]] | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1)
+    metadata: dict[str, str] | None = None
+    modalities: list[str] | None = None
+    n: int | None = Field(None, ge=1, le=128)
+    parallel_tool_calls: bool | None = None
+    prediction: dict[str, Any] | None = None
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    prompt_cache_key: str | None = None
+    reasoning_effort: str | None = None
+    response_format: dict[str, Any] | None = None
+    safety_identifier: str | None = None
+    seed: int | None = None
+    service_tier: str | None = None
+    stop: str | list[str] | None = None
+    store: bool | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    tool_choice: str | dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    user: str | None = None
+    verbosity: str | None = None
+    web_search_options: dict[str, Any] | None = None
+    # extension, not in the spec: llama.cpp samplers
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class CompletionRequest(_Request):
+    """https://platform.openai.com/docs/api-reference/completions/create"""
+
+    model: str
+    prompt: str | list[str] | list[int] | list[list[int]]
+    best_of: int | None = Field(None, ge=1)
+    echo: bool | None = None
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    logprobs: int | None = Field(None, ge=0, le=5)
+    max_tokens: int | None = Field(16, ge=1)
+    n: int | None = Field(None, ge=1, le=128)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    suffix: str | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    user: str | None = None
+    # extension, not in the spec: llama.cpp samplers
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+
+class PromptTokensDetails(BaseModel):
+    audio_tokens: int | None = None
+    cached_tokens: int = 0
+
+
+class Usage(BaseModel):
+    """https://platform.openai.com/docs/api-reference/chat/object#chat/object-usage"""
+
+    completion_tokens: int
+    prompt_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+
+class ResponseMessage(BaseModel):
+    content: str | None
+    refusal: str | None = None
+    role: Literal["assistant"] = "assistant"
+
+
+class ChatChoice(BaseModel):
+    finish_reason: Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+    index: int
+    logprobs: dict[str, Any] | None = None
+    message: ResponseMessage
+
+
+class ChatCompletion(BaseModel):
+    """https://platform.openai.com/docs/api-reference/chat/object"""
+
+    id: str
+    choices: list[ChatChoice]
+    created: int
+    model: str
+    object: Literal["chat.completion"] = "chat.completion"
+    system_fingerprint: str | None = None
+    usage: Usage
+
+
+class ChunkDelta(BaseModel):
+    content: str | None = None
+    refusal: str | None = None
+    role: Literal["assistant"] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A delta carries only what changed, as OpenAI's stream does.
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class ChunkChoice(BaseModel):
+    delta: ChunkDelta
+    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"] | None = None
+    index: int = 0
+    logprobs: dict[str, Any] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """https://platform.openai.com/docs/api-reference/chat-streaming/streaming"""
+
+    id: str
+    choices: list[ChunkChoice]
+    created: int
+    model: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    system_fingerprint: str | None = None
+    usage: Usage | None = None
+
+
+class CompletionChoice(BaseModel):
+    finish_reason: Literal["stop", "length", "content_filter"] | None
+    index: int
+    logprobs: dict[str, Any] | None = None
+    text: str
+
+
+class TextCompletion(BaseModel):
+    """https://platform.openai.com/docs/api-reference/completions/object
+
+    Streaming sends the same object, one per piece of text.
+    """
+
+    id: str
+    choices: list[CompletionChoice]
+    created: int
+    model: str
+    object: Literal["text_completion"] = "text_completion"
+    system_fingerprint: str | None = None
+    usage: Usage | None = None
+
+
+class Model(BaseModel):
+    """https://platform.openai.com/docs/api-reference/models/object"""
+
+    id: str
+    created: int
+    object: Literal["model"] = "model"
+    owned_by: str = "hearth"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """https://platform.openai.com/docs/guides/error-codes"""
+
+    error: ErrorDetail

@@ -1,0 +1,51 @@
+"""A request body limit, enforced before the body is buffered (413 in OpenAI's shape)."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hearth.errors import PayloadTooLargeError
+from hearth.server.errors import error_response
+
+__all__ = ["BodySizeLimit"]
+
+
+class BodySizeLimit:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        error = PayloadTooLargeError(
+            f"Request body too large: the limit is {self.max_bytes} bytes.", param=None
+        )
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await error_response(error)(scope, receive, send)
+                return
+
+        received = 0
+        exceeded = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:  # a chunked upload with no content-length
+                    exceeded = True
+                    raise error
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            # The framework may turn the read failure into its own 400; answer 413 instead.
+            if exceeded:
+                if message["type"] == "http.response.start":
+                    await error_response(error)(scope, receive, send)
+                return
+            await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)

@@ -1,0 +1,89 @@
+"""Thin routes: parse (FastAPI + pydantic), hand to serving, return. No logic lives here."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from hearth.errors import ModelNotFoundError
+from hearth.protocol.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ErrorBody,
+    Model,
+    ModelList,
+)
+from hearth.server.auth import require_api_key
+from hearth.server.serving import serve_chat, serve_completion
+from hearth.server.state import ServerState
+
+__all__ = ["health_router", "openai_router"]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody} for status in (400, 401, 404, 413, 429, 500, 503)
+}
+
+health_router = APIRouter()
+openai_router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_ERRORS)
+
+
+def _state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.hearth
+    return state
+
+
+@health_router.get("/health")
+async def health(request: Request) -> dict[str, Any]:
+    state = _state(request)
+    stats = state.engine.stats()
+    return {
+        "status": "ok",
+        "model": state.model_id,
+        "device": state.devices[0].name if state.devices else "CPU",
+        "devices": [asdict(d) for d in state.devices],
+        "slots_total": stats.slots_total,
+        "slots_in_use": stats.slots_in_use,
+        "queue_length": stats.queue_length,
+        "max_batch_size": stats.max_batch_size,
+        "n_ctx_per_slot": state.n_ctx_per_slot,
+        "engine": {
+            "steps": stats.steps,
+            "max_batch_tokens_seen": stats.max_batch_tokens_seen,
+            "prompt_tokens_total": stats.prompt_tokens_total,
+            "prompt_tokens_cached_total": stats.prompt_tokens_cached_total,
+            "generated_tokens_total": stats.generated_tokens_total,
+            "requests_finished": stats.requests_finished,
+            "batch_size_histogram": {str(k): v for k, v in stats.batch_size_histogram.items()},
+        },
+    }
+
+
+@openai_router.get("/models", response_model=ModelList)
+async def list_models(request: Request) -> ModelList:
+    state = _state(request)
+    return ModelList(data=[Model(id=state.model_id, created=state.created)])
+
+
+@openai_router.get("/models/{model_id:path}", response_model=Model)
+async def get_model(model_id: str, request: Request) -> Model:
+    state = _state(request)
+    if model_id != state.model_id:
+        raise ModelNotFoundError(f"The model `{model_id}` does not exist.", param="model")
+    return Model(id=state.model_id, created=state.created)
+
+
+@openai_router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request
+) -> JSONResponse | StreamingResponse:
+    return await serve_chat(_state(request), body, request)
+
+
+@openai_router.post("/completions", response_model=None)
+async def completions(
+    body: CompletionRequest, request: Request
+) -> JSONResponse | StreamingResponse:
+    return await serve_completion(_state(request), body, request)

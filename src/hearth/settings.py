@@ -1,0 +1,85 @@
+"""Server settings. Every field reads `HEARTH_<NAME>` from the environment; the CLI flags of
+`hearth serve` are generated from these fields (hearth.cli.serve), so the two never drift."""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ServeSettings", "physical_cores"]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8642
+
+
+@cache
+def physical_cores() -> int:
+    """Physical cores this process may run on; llama.cpp is slower on hyperthread siblings."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    logical = len(allowed) if allowed else (os.cpu_count() or 1)
+    try:
+        cores: set[tuple[str, str]] = set()
+        cpu = physical = ""
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "processor":
+                    cpu = value
+                elif key == "physical id":
+                    physical = value
+                elif key == "core id" and (allowed is None or int(cpu) in allowed):
+                    cores.add((physical, value))
+        return max(1, min(len(cores), logical)) if cores else logical
+    except (OSError, ValueError):
+        return logical
+
+
+class ServeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HEARTH_", extra="ignore")
+
+    host: str = Field(DEFAULT_HOST, description="Address to bind. Loopback unless told otherwise.")
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="TCP port to listen on.")
+    model: str | None = Field(
+        None, description="Model to serve: 'smollm2:135m' (embedded) or a path to a .gguf file."
+    )
+    ctx_size: int = Field(
+        4096, ge=64, description="Context tokens per slot; the KV cache holds ctx_size × parallel."
+    )
+    parallel: int = Field(4, ge=1, le=256, description="Slots: sequences decoded together.")
+    threads: int = Field(
+        default_factory=physical_cores, ge=1, description="CPU threads (default: physical cores)."
+    )
+    api_key: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="API keys for Bearer auth on /v1 (comma-separated in the env). Empty: no auth.",
+    )
+    cors_origin: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed by CORS (comma-separated). Empty: off."
+    )
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger gets 413."
+    )
+    max_batch_tokens: int = Field(
+        512, ge=16, description="Most tokens in one decode step (llama.cpp's n_batch)."
+    )
+    max_prefill_tokens: int = Field(
+        128, ge=1, description="Most prompt tokens per step while other requests are generating."
+    )
+    gpu_layers: int = Field(
+        -1, ge=-1, description="Layers to offload to a GPU; -1 offloads all that fit the backend."
+    )
+    log_level: str = Field("info", description="Log level: debug, info, warning or error.")
+
+    @field_validator("api_key", "cors_origin", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, (list, tuple)):
+            return [str(part).strip() for part in value if str(part).strip()]
+        return value
