@@ -133,13 +133,13 @@ class EngineCore(Generic[SinkT]):
 
     def _sample(self, gen: _Generation[SinkT], row: int) -> tuple[SinkT, RequestOutput] | None:
         params = gen.request.params
-        if gen.sampler is None:  # first token: the prompt is fully decoded
+        if gen.utf8 is None:  # first token: the prompt is fully decoded
             gen.sampler = self.runner.new_sampler(params)
             gen.utf8 = Utf8Stream()
             gen.stops = StopMatcher(params.stop)
             self.stats.prompt_tokens_total += len(gen.request.prompt_tokens)
             self.stats.prompt_tokens_cached_total += gen.sequence.cached_tokens
-        assert gen.utf8 is not None and gen.stops is not None
+        assert gen.stops is not None
         token = self.runner.sample(gen.sampler, row)
         gen.completion_tokens += 1
         self.stats.generated_tokens_total += 1
@@ -168,7 +168,7 @@ class EngineCore(Generic[SinkT]):
         return gen.sink, self._output(gen, text, reason)
 
     def _retire(self, gen: _Generation[SinkT]) -> None:
-        if gen.sampler is not None:
+        if gen.utf8 is not None:  # a sampler exists once the first token was sampled
             self.runner.free_sampler(gen.sampler)
             gen.sampler = None
         del self._live[gen.request.request_id]

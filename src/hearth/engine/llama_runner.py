@@ -109,6 +109,9 @@ class LlamaRunner:
         self._n_ctx_per_slot = int(llama.llama_n_ctx_seq(self._ctx))
         self._batch = llama.llama_batch_init(config.n_batch, 0, 1)
         self._n_vocab = int(llama.llama_vocab_n_tokens(self._vocab))
+        self._eog_tokens = [
+            t for t in range(self._n_vocab) if llama.llama_vocab_is_eog(self._vocab, t)
+        ]
         self._pieces: dict[int, bytes] = {}
         self._piece_buffer = ctypes.create_string_buffer(256)
         self.info = self._read_info()
@@ -148,6 +151,14 @@ class LlamaRunner:
     def new_sampler(self, params: SamplingParams) -> object:
         chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
         add = llama.llama_sampler_chain_add
+        biases = list(params.logit_bias)
+        if params.ignore_eos:
+            biases.extend((t, float("-inf")) for t in self._eog_tokens)
+        if biases:
+            array = (llama.llama_logit_bias * len(biases))(
+                *(llama.llama_logit_bias(token, bias) for token, bias in biases)
+            )
+            add(chain, llama.llama_sampler_init_logit_bias(self._n_vocab, len(biases), array))
         if params.presence_penalty or params.frequency_penalty:
             add(
                 chain,
@@ -205,6 +216,11 @@ class LlamaRunner:
                 self._vocab, data, len(data), buffer, capacity, add_special, parse_special
             )
         return list(buffer[:n])
+
+    def detokenize(self, tokens: SequenceType[int]) -> str:
+        # Thread-safe like tokenize: reads the vocabulary only, never the context.
+        data = b"".join(self._piece(t, special=False) for t in tokens)
+        return data.decode("utf-8", "replace")
 
     @property
     def n_vocab(self) -> int:

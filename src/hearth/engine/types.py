@@ -35,6 +35,8 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    ignore_eos: bool = False  # generate through end-of-generation tokens (benchmarks)
 
     @property
     def greedy(self) -> bool:

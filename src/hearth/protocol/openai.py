@@ -173,9 +173,10 @@ class ChatCompletionRequest(_Request):
     user: str | None = None
     verbosity: str | None = None
     web_search_options: dict[str, Any] | None = None
-    # extension, not in the spec: llama.cpp samplers
+    # extension, not in the spec: llama.cpp samplers, and llama-server's ignore_eos
     top_k: int | None = Field(None, ge=0)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
+    ignore_eos: bool | None = None
 
 
 class CompletionRequest(_Request):
@@ -199,9 +200,10 @@ class CompletionRequest(_Request):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, ge=0.0, le=1.0)
     user: str | None = None
-    # extension, not in the spec: llama.cpp samplers
+    # extension, not in the spec: llama.cpp samplers, and llama-server's ignore_eos
     top_k: int | None = Field(None, ge=0)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
+    ignore_eos: bool | None = None
 
 
 # -- responses ---------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from hearth.models import registry
 from hearth.models.chat_template import ChatTemplate
 from hearth.server.errors import install_error_handlers
 from hearth.server.limits import BodySizeLimit
-from hearth.server.routes import health_router, openai_router
+from hearth.server.routes import extensions_router, health_router, openai_router
 from hearth.server.state import ServerState
 from hearth.settings import ServeSettings
 
@@ -82,6 +82,7 @@ def create_app(settings: ServeSettings, state: ServerState | None = None) -> Fas
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(openai_router)
+    app.include_router(extensions_router)
     if settings.cors_origin:
         app.add_middleware(
             CORSMiddleware,

@@ -8,7 +8,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from hearth.errors import ModelNotFoundError
+from hearth.errors import InvalidRequestError, ModelNotFoundError
+from hearth.protocol.extensions import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 from hearth.protocol.openai import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -20,7 +26,7 @@ from hearth.server.auth import require_api_key
 from hearth.server.serving import serve_chat, serve_completion
 from hearth.server.state import ServerState
 
-__all__ = ["health_router", "openai_router"]
+__all__ = ["extensions_router", "health_router", "openai_router"]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (400, 401, 404, 413, 429, 500, 503)
@@ -28,6 +34,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 health_router = APIRouter()
 openai_router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_ERRORS)
+extensions_router = APIRouter(dependencies=[Depends(require_api_key)], responses=_ERRORS)
 
 
 def _state(request: Request) -> ServerState:
@@ -87,3 +94,22 @@ async def completions(
     body: CompletionRequest, request: Request
 ) -> JSONResponse | StreamingResponse:
     return await serve_completion(_state(request), body, request)
+
+
+@extensions_router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
+    runner = _state(request).runner
+    tokens = runner.tokenize(body.content, add_special=body.add_special, parse_special=True)
+    return TokenizeResponse(tokens=tokens)
+
+
+@extensions_router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
+    runner = _state(request).runner
+    bad = next((t for t in body.tokens if not 0 <= t < runner.n_vocab), None)
+    if bad is not None:
+        raise InvalidRequestError(
+            f"Token id {bad} is outside the vocabulary (0 to {runner.n_vocab - 1}).",
+            param="tokens",
+        )
+    return DetokenizeResponse(content=runner.detokenize(body.tokens))

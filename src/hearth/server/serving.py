@@ -100,6 +100,8 @@ def _sampling_params(
     frequency_penalty: float | None,
     seed: int | None,
     stop: tuple[str, ...],
+    logit_bias: dict[str, float] | None,
+    ignore_eos: bool | None,
     what: str,
 ) -> SamplingParams:
     """Resolve limits against the slot's context: refuse, never truncate silently."""
@@ -128,7 +130,31 @@ def _sampling_params(
         frequency_penalty=frequency_penalty or 0.0,
         seed=seed,
         stop=stop,
+        logit_bias=_logit_bias(state, logit_bias),
+        ignore_eos=bool(ignore_eos),
     )
+
+
+def _logit_bias(
+    state: ServerState, logit_bias: dict[str, float] | None
+) -> tuple[tuple[int, float], ...]:
+    if not logit_bias:
+        return ()
+    n_vocab = state.runner.n_vocab
+    biases = []
+    for key, bias in logit_bias.items():
+        if not key.lstrip("-").isdigit() or not 0 <= int(key) < n_vocab:
+            raise InvalidRequestError(
+                f"Invalid key in 'logit_bias': {key!r} is not a token id (0 to {n_vocab - 1}).",
+                param="logit_bias",
+            )
+        if not -100.0 <= bias <= 100.0:
+            raise InvalidRequestError(
+                f"Invalid value in 'logit_bias' for token {key}: {bias} is outside -100 to 100.",
+                param="logit_bias",
+            )
+        biases.append((int(key), float(bias)))
+    return tuple(biases)
 
 
 def _reject_unhonoured_chat_fields(req: ChatCompletionRequest) -> None:
@@ -138,8 +164,6 @@ def _reject_unhonoured_chat_fields(req: ChatCompletionRequest) -> None:
         raise _unsupported("logprobs", "log-probabilities are not served yet.")
     if req.top_logprobs:
         raise _unsupported("top_logprobs", "log-probabilities are not served yet.")
-    if req.logit_bias:
-        raise _unsupported("logit_bias", "logit bias is not served yet.")
     if req.tools:
         raise _unsupported("tools", "tool calling is not served yet.")
     if req.tool_choice not in (None, "none"):
@@ -318,6 +342,8 @@ async def serve_chat(
         frequency_penalty=req.frequency_penalty,
         seed=req.seed,
         stop=stop,
+        logit_bias=req.logit_bias,
+        ignore_eos=req.ignore_eos,
         what="messages",
     )
     completion_id = _new_id("chatcmpl")
@@ -402,8 +428,6 @@ def _reject_unhonoured_completion_fields(req: CompletionRequest) -> None:
         raise _unsupported("echo", "echo is not served yet.")
     if req.suffix:
         raise _unsupported("suffix", "this model has no fill-in-the-middle support.")
-    if req.logit_bias:
-        raise _unsupported("logit_bias", "logit bias is not served yet.")
 
 
 async def serve_completion(
@@ -426,6 +450,8 @@ async def serve_completion(
         frequency_penalty=req.frequency_penalty,
         seed=req.seed,
         stop=stop,
+        logit_bias=req.logit_bias,
+        ignore_eos=req.ignore_eos,
         what="prompt",
     )
     completion_id = _new_id("cmpl")

@@ -1,0 +1,42 @@
+# One entry point for developer commands. Every target installs what it needs into .venv first.
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# The newest Python 3.11+ on the machine creates the venv.
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	&& echo $$p && break; done)
+# llama-cpp-python compiles llama.cpp from source on first install (minutes, cached by pip).
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+ARGS ?=
+
+.PHONY: serve test lint typecheck unit bench clean
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "Hearth needs Python 3.11 or newer"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+serve: $(STAMP)  ## Serve the embedded model on 127.0.0.1:8642 (make serve ARGS="--port 9000")
+	$(BIN)/hearth serve $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)  ## The fast tier: no model, no server
+	$(BIN)/pytest tests/unit
+
+test: lint typecheck  ## Everything CI runs: lint, types, unit and real-server tests
+	$(BIN)/pytest $(ARGS)
+
+bench: $(STAMP)  ## Throughput with 1 and 8 clients; writes bench/results/latest.json
+	$(BIN)/python bench/bench.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,30 @@
+"""Hearth's own endpoints, not in OpenAI's API. Shaped after llama-server's
+/tokenize and /detokenize: https://github.com/ggml-org/llama.cpp/tree/master/tools/server
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["DetokenizeRequest", "DetokenizeResponse", "TokenizeRequest", "TokenizeResponse"]
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    content: str
+    add_special: bool = False
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[int]
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: list[int]
+
+
+class DetokenizeResponse(BaseModel):
+    content: str

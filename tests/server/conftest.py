@@ -1,0 +1,116 @@
+"""The third tier: the real `hearth serve` as a subprocess on a free loopback port, with the
+embedded model, polled on /health until ready (llama.cpp's and vLLM's server tests do this)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+MODEL = "smollm2:135m"
+READY_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class HearthServer:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    api_key: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, **kwargs: Any) -> openai.OpenAI:
+        kwargs.setdefault("api_key", self.api_key or "unused")
+        return openai.OpenAI(base_url=f"{self.base_url}/v1", max_retries=0, **kwargs)
+
+    def async_client(self, **kwargs: Any) -> openai.AsyncOpenAI:
+        kwargs.setdefault("api_key", self.api_key or "unused")
+        return openai.AsyncOpenAI(base_url=f"{self.base_url}/v1", max_retries=0, **kwargs)
+
+    def health(self) -> dict[str, Any]:
+        response = httpx.get(f"{self.base_url}/health", timeout=10)
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def _clean_environ(home: Path) -> dict[str, str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
+    environ["HEARTH_HOME"] = str(home / "home")
+    return environ
+
+
+def start_server(
+    log_dir: Path, *args: str, env: dict[str, str] | None = None, api_key: str | None = None
+) -> HearthServer:
+    port = free_port()
+    log_path = log_dir / f"hearth-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hearth", "serve", "--port", str(port), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**_clean_environ(log_dir), **(env or {})},
+        )
+    server = HearthServer(process, port, log_path, api_key)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"hearth serve exited with {process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.base_url}/health", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"hearth serve was not ready in {READY_TIMEOUT_S}s:\n{server.log()}")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HearthServer]:
+    """One shared server with the defaults (4 slots), for tests that don't need their own."""
+    running = start_server(tmp_path_factory.mktemp("server"))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture()
+def client(server: HearthServer) -> openai.OpenAI:
+    return server.client()

@@ -1,0 +1,71 @@
+"""A pure-Python ModelRunner: tokens are bytes, and each sequence follows a script.
+
+Sampling returns the next token of the script registered for the prompt's first token, so
+tests know exactly what every step must produce.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as SequenceType
+from dataclasses import dataclass, field
+
+from hearth.engine.scheduler import Chunk
+from hearth.engine.types import SamplingParams
+
+EOG = 256
+
+
+@dataclass
+class FakeSampler:
+    script: list[int]
+    position: int = 0
+
+
+@dataclass
+class FakeRunner:
+    n_ctx_per_slot: int = 64
+    scripts: dict[int, list[int]] = field(default_factory=dict)  # first prompt token -> output
+    decoded: list[list[Chunk]] = field(default_factory=list)
+    trims: list[tuple[int, int]] = field(default_factory=list)
+    fail_next_decode: int = 0
+    freed: int = 0
+    _row_to_first_token: dict[int, int] = field(default_factory=dict)
+    _positions: dict[int, int] = field(default_factory=dict)
+
+    def decode(self, chunks: SequenceType[Chunk]) -> int:
+        if self.fail_next_decode:
+            status, self.fail_next_decode = self.fail_next_decode, 0
+            return status
+        self.decoded.append(list(chunks))
+        self._row_to_first_token = {}
+        row = -1
+        for chunk in chunks:
+            row += len(chunk.tokens)
+            self._row_to_first_token[row] = chunk.sequence.prompt[0]
+        return 0
+
+    def new_sampler(self, params: SamplingParams) -> object:
+        return None  # bound lazily in sample(): the script depends on the row
+
+    def sample(self, sampler: object, batch_row: int) -> int:
+        first = self._row_to_first_token[batch_row]
+        script = self.scripts.setdefault(first, [])
+        position = self._positions.get(first, 0)
+        self._positions[first] = position + 1
+        return script[position] if position < len(script) else ord("x")
+
+    def free_sampler(self, sampler: object) -> None:
+        self.freed += 1
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return token == EOG
+
+    def token_bytes(self, token: int) -> bytes:
+        return bytes([token])
+
+    def kv_trim(self, seq_id: int, from_pos: int) -> None:
+        self.trims.append((seq_id, from_pos))
+
+
+def text_tokens(text: str) -> list[int]:
+    return list(text.encode())
