@@ -94,6 +94,12 @@ def serve(settings: ServeSettings) -> None:
                 settings.threads,
             )
 
+        async def shutdown(self, sockets: Any = None) -> None:
+            await super().shutdown(sockets)
+            # uvicorn re-raises SIGINT/SIGTERM after shutdown (a KeyboardInterrupt traceback, or
+            # death by signal); a requested stop that went cleanly exits 0 instead.
+            self._captured_signals.clear()
+
     config = uvicorn.Config(
         app,
         host=settings.host,

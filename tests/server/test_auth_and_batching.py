@@ -1,0 +1,193 @@
+"""Servers with their own settings: API keys, CORS, 8 parallel streams, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.server.conftest import MODEL, HearthServer, start_server
+
+pytestmark = pytest.mark.server
+
+CHAT = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.fixture()
+def keyed_server(tmp_path: Path) -> Iterator[HearthServer]:
+    # One key from the flag, two from the env: every one of them works.
+    server = start_server(
+        tmp_path,
+        "--api-key",
+        "flag-key",
+        "--cors-origin",
+        "http://localhost:3000",
+        env={"HEARTH_API_KEY": "env-key-1,env-key-2"},
+        api_key="flag-key",
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_auth_on(keyed_server: HearthServer) -> None:
+    ok = keyed_server.client().chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2)
+    assert ok.choices[0].message.content is not None
+    # The flag wins over the env, as every setting does.
+    with pytest.raises(openai.AuthenticationError) as wrong:
+        keyed_server.client(api_key="env-key-1").models.list()
+    assert wrong.value.status_code == 401
+    body = wrong.value.body
+    assert isinstance(body, dict) and body["type"] == "authentication_error"
+
+    missing = httpx.get(f"{keyed_server.base_url}/v1/models")
+    assert missing.status_code == 401
+    assert missing.json()["error"]["code"] == "missing_api_key"
+    assert httpx.post(f"{keyed_server.base_url}/tokenize", json={"content": "x"}).status_code == 401
+    # Health stays open for supervisors and load balancers.
+    assert httpx.get(f"{keyed_server.base_url}/health").status_code == 200
+
+
+def test_several_keys_from_the_env(tmp_path: Path) -> None:
+    server = start_server(tmp_path, env={"HEARTH_API_KEY": "env-key-1,env-key-2"})
+    try:
+        for key in ("env-key-1", "env-key-2"):
+            assert server.client(api_key=key).models.list().data[0].id == MODEL
+        with pytest.raises(openai.AuthenticationError):
+            server.client(api_key="env-key-3").models.list()
+    finally:
+        server.stop()
+
+
+def test_cors_only_for_listed_origins(keyed_server: HearthServer, server: HearthServer) -> None:
+    preflight = {
+        "Origin": "http://localhost:3000",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
+    allowed = httpx.options(f"{keyed_server.base_url}/v1/chat/completions", headers=preflight)
+    assert allowed.headers.get("access-control-allow-origin") == "http://localhost:3000"
+    other = httpx.options(
+        f"{keyed_server.base_url}/v1/chat/completions",
+        headers={**preflight, "Origin": "http://evil.example"},
+    )
+    assert "access-control-allow-origin" not in other.headers
+    # The default server has CORS off entirely.
+    default = httpx.get(f"{server.base_url}/v1/models", headers={"Origin": "http://localhost:3000"})
+    assert "access-control-allow-origin" not in default.headers
+
+
+def test_auth_off_by_default(client: openai.OpenAI) -> None:
+    assert client.models.list().data[0].id == MODEL
+
+
+def test_eight_streams_are_decoded_together(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--parallel", "8")
+    try:
+        assert server.health()["max_batch_size"] == 0
+
+        async def one(i: int, client: openai.AsyncOpenAI) -> tuple[str, str | None, int]:
+            stream = await client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": f"Give me fact number {i} about cats."}],
+                max_tokens=48,
+                temperature=0.7,
+                seed=i,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            text, finish, tokens = "", None, 0
+            async for chunk in stream:
+                if chunk.choices:
+                    text += chunk.choices[0].delta.content or ""
+                    finish = chunk.choices[0].finish_reason or finish
+                if chunk.usage:
+                    tokens = chunk.usage.completion_tokens
+            return text, finish, tokens
+
+        async def all_of_them() -> list[tuple[str, str | None, int]]:
+            async with server.async_client() as client:
+                return await asyncio.gather(*(one(i, client) for i in range(8)))
+
+        results = asyncio.run(all_of_them())
+        for text, finish, tokens in results:
+            assert finish in ("stop", "length")
+            assert text.strip() and "\ufffd" not in text
+            assert 0 < tokens <= 48
+        assert len({text for text, _, _ in results}) > 1  # distinct prompts and seeds
+        health = server.health()
+        assert health["max_batch_size"] >= 4
+        assert health["slots_in_use"] == 0 and health["queue_length"] == 0
+    finally:
+        server.stop()
+
+
+def test_a_closed_stream_frees_its_slot_at_once(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--parallel", "1")
+    try:
+        client = server.client()
+        long_story = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Write a very long story."}],
+            max_tokens=3000,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        received = 0
+        for chunk in long_story:
+            if chunk.choices and chunk.choices[0].delta.content:
+                received += 1
+            if received == 5:
+                break
+        long_story.close()  # the client walks away mid-stream
+
+        deadline = time.monotonic() + 30
+        while server.health()["slots_in_use"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # The one slot is free long before 3000 tokens could have been generated.
+        assert server.health()["slots_in_use"] == 0
+        reply = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=4)
+        assert reply.choices[0].message.content is not None
+        engine = server.health()["engine"]
+        assert engine["generated_tokens_total"] < 1000
+        assert engine["requests_finished"] == 2
+    finally:
+        server.stop()
+
+
+def test_a_non_streaming_client_that_leaves_is_aborted(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--parallel", "1")
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                f"{server.base_url}/v1/chat/completions",
+                json={
+                    "model": MODEL,
+                    "messages": [{"role": "user", "content": "Write a very long story."}],
+                    "max_tokens": 3000,
+                    "ignore_eos": True,
+                },
+                timeout=1.0,
+            )
+        deadline = time.monotonic() + 30
+        while server.health()["slots_in_use"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.health()["slots_in_use"] == 0
+        assert server.health()["engine"]["generated_tokens_total"] < 1000
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signals_shut_down_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
+    server = start_server(tmp_path)
+    assert server.stop(sig) == 0
+    assert "Traceback" not in server.log()
+    assert "Hearth ready on http://127.0.0.1:" in server.log()

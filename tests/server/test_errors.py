@@ -1,0 +1,206 @@
+"""Every bad input gets an OpenAI error body with the right status, never a 500 or a hang,
+and none of them disturbs another client's stream."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.server.conftest import MODEL, HearthServer
+
+pytestmark = pytest.mark.server
+
+CHAT = [{"role": "user", "content": "Hi"}]
+
+
+def post(server: HearthServer, path: str, **kwargs: Any) -> httpx.Response:
+    return httpx.post(f"{server.base_url}{path}", timeout=30, **kwargs)
+
+
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    body = response.json()
+    assert set(body) == {"error"}
+    error: dict[str, Any] = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"]
+    return error
+
+
+def test_malformed_json_is_a_400(server: HearthServer) -> None:
+    response = post(
+        server,
+        "/v1/chat/completions",
+        content=b'{"model": "smollm2:135m", "messages": [',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert error_of(response)["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": MODEL, "messages": CHAT, "temperature": "hot"}, "temperature"),
+        ({"model": MODEL, "messages": CHAT, "temperature": 2.5}, "temperature"),
+        ({"model": MODEL, "messages": CHAT, "temperature": -0.1}, "temperature"),
+        ({"model": MODEL, "messages": CHAT, "max_tokens": -5}, "max_tokens"),
+        ({"model": MODEL, "messages": CHAT, "max_tokens": "many"}, "max_tokens"),
+        ({"model": MODEL, "messages": "hello"}, "messages"),
+        ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0]"),
+        ({"model": MODEL, "messages": [{"role": "user"}]}, "messages[0].content"),
+        ({"model": MODEL}, "messages"),
+        ({"messages": CHAT}, "model"),
+        ({"model": MODEL, "messages": CHAT, "stream": "yes please"}, "stream"),
+        ({"model": MODEL, "messages": CHAT, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"model": MODEL, "messages": CHAT, "top_p": 1.5}, "top_p"),
+        ({"model": MODEL, "messages": CHAT, "frobnicate": True}, "frobnicate"),
+        ({"model": MODEL, "messages": CHAT, "n": 3}, "n"),
+        ({"model": MODEL, "messages": CHAT, "logprobs": True}, "logprobs"),
+        ({"model": MODEL, "messages": CHAT, "tools": [{"type": "function"}]}, "tools"),
+        ({"model": MODEL, "messages": CHAT, "tool_choice": "required"}, "tool_choice"),
+        (
+            {"model": MODEL, "messages": CHAT, "response_format": {"type": "json_object"}},
+            "response_format",
+        ),
+        ({"model": MODEL, "messages": CHAT, "logit_bias": {"abc": 1}}, "logit_bias"),
+        ({"model": MODEL, "messages": CHAT, "logit_bias": {"5": 500}}, "logit_bias"),
+        (
+            {"model": MODEL, "messages": CHAT, "stream_options": {"include_usage": True}},
+            "stream_options",
+        ),
+        (
+            {
+                "model": MODEL,
+                "messages": [
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+                ],
+            },
+            "messages[0].content[0]",
+        ),
+    ],
+)
+def test_bad_chat_fields_are_400_naming_the_param(
+    server: HearthServer, body: dict[str, Any], param: str
+) -> None:
+    response = post(server, "/v1/chat/completions", json=body)
+    assert response.status_code == 400, response.text
+    error = error_of(response)
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+
+
+def test_empty_messages_is_a_400(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL, messages=[])
+    assert caught.value.status_code == 400
+    assert caught.value.body["param"] == "messages"  # type: ignore[index]
+
+
+def test_unknown_model_is_404_model_not_found(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="gpt-4o", messages=CHAT)  # type: ignore[arg-type]
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert body["code"] == "model_not_found"
+    assert body["param"] == "model"
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="x")
+
+
+def test_context_length_exceeded_states_both_numbers(
+    server: HearthServer, client: openai.OpenAI
+) -> None:
+    n_ctx = server.health()["n_ctx_per_slot"]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=n_ctx + 1)
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert body["code"] == "context_length_exceeded"
+    assert str(n_ctx) in body["message"]
+    prompt_tokens = int(body["message"].split("(")[1].split(" ")[0])
+    assert f"{prompt_tokens + n_ctx + 1} tokens" in body["message"]
+
+    with pytest.raises(openai.BadRequestError) as long_prompt:
+        client.completions.create(model=MODEL, prompt="word " * (n_ctx + 10), max_tokens=1)
+    assert isinstance(long_prompt.value.body, dict)
+    assert long_prompt.value.body["code"] == "context_length_exceeded"
+
+
+def test_completions_errors(server: HearthServer) -> None:
+    bad_token = post(server, "/v1/completions", json={"model": MODEL, "prompt": [10**9]})
+    assert bad_token.status_code == 400 and error_of(bad_token)["param"] == "prompt"
+    empty = post(server, "/v1/completions", json={"model": MODEL, "prompt": ""})
+    assert empty.status_code == 400 and error_of(empty)["param"] == "prompt"
+    suffix = post(server, "/v1/completions", json={"model": MODEL, "prompt": "a", "suffix": "b"})
+    assert suffix.status_code == 400 and error_of(suffix)["param"] == "suffix"
+
+
+def test_body_over_the_limit_is_413(server: HearthServer) -> None:
+    huge = b'{"model": "smollm2:135m", "messages": [{"role": "user", "content": "'
+    huge += b"a" * (17 * 1024 * 1024) + b'"}]}'
+    response = post(
+        server, "/v1/chat/completions", content=huge, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert error_of(response)["type"] == "invalid_request_error"
+
+    def chunked() -> Any:  # no content-length: the limit counts bytes as they come
+        yield huge[: 1024 * 1024]
+        for _ in range(20):
+            yield b"a" * 1024 * 1024
+
+    response = post(
+        server,
+        "/v1/chat/completions",
+        content=chunked(),
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 413
+
+
+def test_unknown_route_and_method_get_openai_errors(server: HearthServer) -> None:
+    missing = httpx.get(f"{server.base_url}/v1/nothing-here")
+    assert missing.status_code == 404
+    error_of(missing)
+    wrong_method = httpx.get(f"{server.base_url}/v1/chat/completions")
+    assert wrong_method.status_code == 405
+    error_of(wrong_method)
+
+
+def test_bad_requests_do_not_disturb_a_running_stream(server: HearthServer) -> None:
+    client = server.client()
+    pieces: list[str] = []
+    finish: list[str | None] = []
+
+    def stream() -> None:
+        for chunk in client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Tell me a story about a fox."}],
+            max_tokens=60,
+            temperature=0,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        ):
+            if chunk.choices:
+                pieces.append(chunk.choices[0].delta.content or "")
+                finish.append(chunk.choices[0].finish_reason)
+
+    worker = threading.Thread(target=stream)
+    worker.start()
+    statuses = set()
+    for body in (
+        {"model": MODEL, "messages": []},
+        {"model": "other", "messages": CHAT},
+        {"model": MODEL, "messages": CHAT, "max_tokens": 10**9},
+        {"model": MODEL, "messages": CHAT, "temperature": 9},
+    ):
+        statuses.add(post(server, "/v1/chat/completions", json=body).status_code)
+    worker.join(timeout=120)
+    assert not worker.is_alive()
+    assert statuses == {400, 404}
+    assert finish[-1] == "length"
+    assert "".join(pieces).strip()
