@@ -191,3 +191,26 @@ def test_signals_shut_down_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
     assert server.stop(sig) == 0
     assert "Traceback" not in server.log()
     assert "Hearth ready on http://127.0.0.1:" in server.log()
+
+
+def test_any_gguf_path_is_served_under_its_stem(tmp_path: Path) -> None:
+    from hearth.models.registry import embedded_model_path
+
+    model_file = tmp_path / "my-model.gguf"
+    model_file.symlink_to(embedded_model_path())
+    server = start_server(tmp_path, "--model", str(model_file), "--ctx-size", "512")
+    try:
+        client = server.client()
+        assert [m.id for m in client.models.list().data] == ["my-model"]
+        reply = client.chat.completions.create(model="my-model", messages=CHAT, max_tokens=3)
+        assert reply.model == "my-model"
+        assert server.health()["n_ctx_per_slot"] == 512
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=3)
+    finally:
+        server.stop()
+
+
+def test_a_missing_model_file_fails_at_start_with_a_message(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match=r"no such model file"):
+        start_server(tmp_path, "--model", str(tmp_path / "absent.gguf"))
