@@ -15,6 +15,7 @@ __all__ = [
     "ModelNotFoundError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "QueueTimeoutError",
     "ServerOverloadedError",
     "UnsupportedParameterError",
 ]
@@ -93,6 +94,12 @@ class ServerOverloadedError(HearthError):
     status_code = 429
     error_type = "server_overloaded"
     default_code = "server_overloaded"
+
+
+class QueueTimeoutError(ServerOverloadedError):
+    """Waited in the queue longer than --queue-timeout without getting a slot."""
+
+    status_code = 503
 
 
 class EngineError(HearthError):

@@ -70,6 +70,12 @@ class ServeSettings(BaseSettings):
     max_prefill_tokens: int = Field(
         128, ge=1, description="Most prompt tokens per step while other requests are generating."
     )
+    max_queue: int = Field(
+        64, ge=0, description="Requests that may wait for a slot; past it, 429 with Retry-After."
+    )
+    queue_timeout: float = Field(
+        300.0, gt=0, description="Seconds a request may wait for a slot before a 503."
+    )
     gpu_layers: int = Field(
         -1, ge=-1, description="Layers to offload to a GPU; -1 offloads all that fit the backend."
     )

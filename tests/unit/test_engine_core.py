@@ -148,3 +148,23 @@ def test_cached_prefix_is_reported_and_not_decoded_again() -> None:
     assert out[-1].cached_tokens == len("System prompt. Hi")
     assert decoded_turn2 == len(" again")
     assert core.stats.prompt_tokens_cached_total == len("System prompt. Hi")
+
+
+def test_a_request_waiting_past_the_queue_timeout_fails_with_503() -> None:
+    now = [0.0]
+    runner = FakeRunner(scripts={ord("A"): text_tokens("a" * 50), ord("B"): [EOG]})
+    core: EngineCore[str] = EngineCore(
+        runner, 1, BatchBudget(64, 16), queue_timeout_s=5.0, clock=lambda: now[0]
+    )
+    core.add(request("a", "A", max_tokens=50), "a")
+    core.step()
+    core.add(request("b", "B"), "b")
+    now[0] = 4.0
+    assert all(sink == "a" for sink, _ in core.step())
+    now[0] = 5.5
+    expired = [o for sink, o in core.step() if sink == "b"]
+    assert expired[0].finish_reason is FinishReason.ERROR
+    assert expired[0].error is not None and expired[0].error.status_code == 503
+    assert expired[0].error.headers == {"Retry-After": "1"}
+    assert core.stats.queue_length == 0
+    assert "a" in run(core)  # the running request is untouched

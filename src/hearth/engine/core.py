@@ -7,6 +7,8 @@ unit tests drive it with a fake runner. It holds no locks: only the engine threa
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from collections.abc import Sequence as SequenceType
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -21,6 +23,7 @@ from hearth.engine.types import (
     RequestOutput,
     SamplingParams,
 )
+from hearth.errors import EngineError, HearthError, QueueTimeoutError
 
 __all__ = ["EngineCore", "ModelRunner"]
 
@@ -65,14 +68,25 @@ class _Generation(Generic[SinkT]):
     utf8: Utf8Stream | None = None
     stops: StopMatcher | None = None
     completion_tokens: int = 0
+    enqueued_at: float = 0.0
 
 
 class EngineCore(Generic[SinkT]):
     """Owns the scheduler and every live generation. `SinkT` is where outputs go (a queue)."""
 
-    def __init__(self, runner: ModelRunner, n_slots: int, budget: BatchBudget) -> None:
+    def __init__(
+        self,
+        runner: ModelRunner,
+        n_slots: int,
+        budget: BatchBudget,
+        *,
+        queue_timeout_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.runner = runner
         self.scheduler = Scheduler(n_slots, budget)
+        self.queue_timeout_s = queue_timeout_s
+        self._clock = clock
         self.stats = EngineStats(slots_total=n_slots)
         self._live: dict[str, _Generation[SinkT]] = {}
 
@@ -84,7 +98,7 @@ class EngineCore(Generic[SinkT]):
         if request.request_id in self._live:
             raise ValueError(f"duplicate request id {request.request_id}")
         seq = Sequence(request_id=request.request_id, prompt=request.prompt_tokens)
-        self._live[request.request_id] = _Generation(request, sink, seq)
+        self._live[request.request_id] = _Generation(request, sink, seq, enqueued_at=self._clock())
         self.scheduler.add(seq)
         self._refresh_gauges()
 
@@ -101,24 +115,27 @@ class EngineCore(Generic[SinkT]):
         for request_id, gen in list(self._live.items()):
             self.scheduler.abort(request_id)
             self._retire(gen)
-            outputs.append((gen.sink, self._output(gen, "", FinishReason.ERROR, error=reason)))
+            outputs.append((gen.sink, self._failed(gen, EngineError(reason))))
         self._refresh_gauges()
         return outputs
 
     def step(self) -> list[tuple[SinkT, RequestOutput]]:
+        expired = self._expire_waiting()
+        if expired and not self.has_work:
+            return expired
         plan = self.scheduler.schedule()
         for seq_id, from_pos in plan.kv_trims:
             self.runner.kv_trim(seq_id, from_pos)
         self._refresh_gauges()
         if not plan.chunks:
-            return []
+            return expired
         status = self.runner.decode(plan.chunks)
         if status != 0:
-            return self._fail_step(plan.chunks, status)
+            return expired + self._fail_step(plan.chunks, status)
         self.scheduler.commit(plan)
         self._record_batch(plan.chunks, plan.n_tokens)
 
-        outputs: list[tuple[SinkT, RequestOutput]] = []
+        outputs = expired
         row = -1
         for chunk in plan.chunks:
             row += len(chunk.tokens)
@@ -174,12 +191,15 @@ class EngineCore(Generic[SinkT]):
         del self._live[gen.request.request_id]
         self.stats.requests_finished += 1
 
+    def _failed(self, gen: _Generation[SinkT], error: HearthError) -> RequestOutput:
+        return self._output(gen, "", FinishReason.ERROR, error)
+
     def _output(
         self,
         gen: _Generation[SinkT],
         text: str,
         reason: FinishReason | None,
-        error: str | None = None,
+        error: HearthError | None = None,
     ) -> RequestOutput:
         return RequestOutput(
             text=text,
@@ -205,9 +225,31 @@ class EngineCore(Generic[SinkT]):
             gen = self._live[chunk.sequence.request_id]
             self.scheduler.release(gen.sequence)
             self._retire(gen)
-            message = f"llama_decode failed with status {status}"
-            outputs.append((gen.sink, self._output(gen, "", FinishReason.ERROR, error=message)))
+            error = EngineError(f"llama_decode failed with status {status}")
+            outputs.append((gen.sink, self._failed(gen, error)))
         self._refresh_gauges()
+        return outputs
+
+    def _expire_waiting(self) -> list[tuple[SinkT, RequestOutput]]:
+        """Fail requests that waited for a slot longer than the queue timeout (oldest first)."""
+        if self.queue_timeout_s is None:
+            return []
+        outputs = []
+        deadline = self._clock() - self.queue_timeout_s
+        while self.scheduler.waiting:
+            gen = self._live[self.scheduler.waiting[0].request_id]
+            if gen.enqueued_at > deadline:
+                break
+            self.scheduler.waiting.popleft()
+            self._retire(gen)
+            error = QueueTimeoutError(
+                f"The request waited {self.queue_timeout_s:g}s for a free slot; the server is "
+                "overloaded. Retry later.",
+                headers={"Retry-After": "1"},
+            )
+            outputs.append((gen.sink, self._failed(gen, error)))
+        if outputs:
+            self._refresh_gauges()
         return outputs
 
     def _record_batch(self, chunks: SequenceType[Chunk], n_tokens: int) -> None:

@@ -23,9 +23,10 @@ from hearth.engine.types import (
     EngineStats,
     FinishReason,
     GenerationRequest,
+    QueuePolicy,
     RequestOutput,
 )
-from hearth.errors import EngineError
+from hearth.errors import EngineError, ServerOverloadedError
 
 __all__ = ["Engine"]
 
@@ -53,8 +54,21 @@ _Command = _Add | _Abort | _Stop
 
 
 class Engine:
-    def __init__(self, runner: ModelRunner, n_slots: int, budget: BatchBudget) -> None:
-        self._core: EngineCore[_Sink] = EngineCore(runner, n_slots, budget)
+    def __init__(
+        self,
+        runner: ModelRunner,
+        n_slots: int,
+        budget: BatchBudget,
+        queue_policy: QueuePolicy | None = None,
+    ) -> None:
+        policy = queue_policy or QueuePolicy()
+        self._core: EngineCore[_Sink] = EngineCore(
+            runner, n_slots, budget, queue_timeout_s=policy.timeout_s
+        )
+        # Requests between generate() and their end, counted on the event loop: a bound that
+        # holds exactly, with no round trip to the engine thread.
+        self._capacity = n_slots + policy.max_waiting
+        self._in_flight = 0
         self._inbox: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -81,7 +95,14 @@ class Engine:
         """Stream a request's outputs. Leaving the iterator early aborts the request."""
         if not self._running:
             raise EngineError("the engine is not running")
+        if self._in_flight >= self._capacity:
+            raise ServerOverloadedError(
+                f"The server is overloaded: {self._in_flight} requests are running or waiting. "
+                "Retry later.",
+                headers={"Retry-After": "1"},
+            )
         sink: _Sink = asyncio.Queue()
+        self._in_flight += 1
         self._inbox.put(_Add(request, sink))
         finished = False
         try:
@@ -90,11 +111,12 @@ class Engine:
                 if output.finish_reason is not None:
                     finished = True
                     if output.finish_reason is FinishReason.ERROR:
-                        raise EngineError(output.error or "the engine failed this request")
+                        raise output.error or EngineError("the engine failed this request")
                 yield output
                 if finished:
                     return
         finally:
+            self._in_flight -= 1
             if not finished:
                 self._inbox.put(_Abort(request.request_id))
 

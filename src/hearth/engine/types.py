@@ -5,11 +5,14 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from hearth.errors import HearthError
+
 __all__ = [
     "BatchBudget",
     "EngineStats",
     "FinishReason",
     "GenerationRequest",
+    "QueuePolicy",
     "RequestOutput",
     "SamplingParams",
 ]
@@ -59,7 +62,7 @@ class RequestOutput:
     completion_tokens: int
     cached_tokens: int
     finish_reason: FinishReason | None = None
-    error: str | None = None
+    error: HearthError | None = None  # set with FinishReason.ERROR
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,14 @@ class BatchBudget:
 
     max_batch_tokens: int = 512
     max_prefill_tokens: int = 128
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    """How many requests may wait for a slot, and for how long (seconds)."""
+
+    max_waiting: int = 64
+    timeout_s: float = 300.0
 
 
 @dataclass(slots=True)

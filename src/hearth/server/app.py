@@ -30,7 +30,7 @@ def load_state(settings: ServeSettings) -> ServerState:
     from hearth.engine.devices import list_devices
     from hearth.engine.engine import Engine
     from hearth.engine.llama_runner import LlamaRunner, RunnerConfig
-    from hearth.engine.types import BatchBudget
+    from hearth.engine.types import BatchBudget, QueuePolicy
 
     model = registry.resolve(settings.model)
     runner = LlamaRunner(
@@ -55,7 +55,12 @@ def load_state(settings: ServeSettings) -> ServerState:
         settings=settings,
         model_id=model.id,
         runner=runner,
-        engine=Engine(runner, settings.parallel, budget),
+        engine=Engine(
+            runner,
+            settings.parallel,
+            budget,
+            QueuePolicy(max_waiting=settings.max_queue, timeout_s=settings.queue_timeout),
+        ),
         chat_template=template,
         devices=list_devices(),
     )

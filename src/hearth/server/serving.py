@@ -300,6 +300,21 @@ async def _until_disconnect(http_request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
+async def _started(
+    http_request: Request, outputs: AsyncIterator[RequestOutput]
+) -> AsyncIterator[RequestOutput]:
+    """Wait for a stream's first output before sending headers, so that a refusal (429, a queue
+    timeout's 503, an engine error) is a real HTTP status, not an event in a 200 stream."""
+    first = await _until_disconnect(http_request, anext(outputs))
+
+    async def chained() -> AsyncIterator[RequestOutput]:
+        yield first
+        async for output in outputs:
+            yield output
+
+    return chained()
+
+
 def _sse(payload: str) -> bytes:
     return b"data: " + payload.encode() + b"\n\n"
 
@@ -352,7 +367,8 @@ async def serve_chat(
 
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        events = _stream_chat(state, request, completion_id, created, req.model, include_usage)
+        outputs = await _started(http_request, state.engine.generate(request))
+        events = _stream_chat(outputs, completion_id, created, req.model, include_usage)
         return StreamingResponse(
             _guarded_stream(events), media_type="text/event-stream", headers=_SSE_HEADERS
         )
@@ -374,8 +390,7 @@ async def serve_chat(
 
 
 async def _stream_chat(
-    state: ServerState,
-    request: GenerationRequest,
+    outputs: AsyncIterator[RequestOutput],
     completion_id: str,
     created: int,
     model: str,
@@ -393,7 +408,7 @@ async def _stream_chat(
         )
 
     first = True
-    async for output in state.engine.generate(request):
+    async for output in outputs:
         if first:
             yield chunk(ChunkDelta(role="assistant", content=""))
             first = False
@@ -471,8 +486,10 @@ async def serve_completion(
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
+        outputs = await _started(http_request, state.engine.generate(request))
+
         async def events() -> AsyncIterator[bytes]:
-            async for output in state.engine.generate(request):
+            async for output in outputs:
                 finish = _finish_reason(output) if output.finish_reason is not None else None
                 if output.text or finish is not None:
                     yield _sse(body(output.text, finish, None).model_dump_json(exclude={"usage"}))
