@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,9 @@ class HearthServer:
     port: int
     log_path: Path
     api_key: str | None = None
+    # Clients stay referenced until stop() closes them: a client dropped to the garbage
+    # collector leaves an unclosed socket, a ResourceWarning (an error here) in a later test.
+    _clients: list[openai.OpenAI] = field(default_factory=list)
 
     @property
     def base_url(self) -> str:
@@ -42,7 +45,9 @@ class HearthServer:
 
     def client(self, **kwargs: Any) -> openai.OpenAI:
         kwargs.setdefault("api_key", self.api_key or "unused")
-        return openai.OpenAI(base_url=f"{self.base_url}/v1", max_retries=0, **kwargs)
+        client = openai.OpenAI(base_url=f"{self.base_url}/v1", max_retries=0, **kwargs)
+        self._clients.append(client)
+        return client
 
     def async_client(self, **kwargs: Any) -> openai.AsyncOpenAI:
         kwargs.setdefault("api_key", self.api_key or "unused")
@@ -58,6 +63,8 @@ class HearthServer:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        for client in self._clients:
+            client.close()
         if self.process.poll() is None:
             self.process.send_signal(sig)
             try:
