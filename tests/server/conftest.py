@@ -85,6 +85,7 @@ def start_server(
     log_dir: Path, *args: str, env: dict[str, str] | None = None, api_key: str | None = None
 ) -> HearthServer:
     port = free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"hearth-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

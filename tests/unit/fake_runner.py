@@ -27,6 +27,7 @@ class FakeRunner:
     scripts: dict[int, list[int]] = field(default_factory=dict)  # first prompt token -> output
     decoded: list[list[Chunk]] = field(default_factory=list)
     trims: list[tuple[int, int]] = field(default_factory=list)
+    copies: list[tuple[int, int]] = field(default_factory=list)
     fail_next_decode: int = 0
     freed: int = 0
     _row_to_first_token: dict[int, int] = field(default_factory=dict)
@@ -65,6 +66,9 @@ class FakeRunner:
 
     def kv_trim(self, seq_id: int, from_pos: int) -> None:
         self.trims.append((seq_id, from_pos))
+
+    def kv_copy(self, src: int, dst: int) -> None:
+        self.copies.append((src, dst))
 
 
 def text_tokens(text: str) -> list[int]:

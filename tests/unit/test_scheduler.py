@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from hearth.engine.scheduler import Scheduler, Sequence, common_prefix_length
+from hearth.engine.scheduler import (
+    MIN_COPY_TOKENS,
+    KvCopy,
+    KvTrim,
+    Scheduler,
+    Sequence,
+    common_prefix_length,
+)
 from hearth.engine.types import BatchBudget
 
 
@@ -88,7 +95,7 @@ def test_new_request_reuses_the_slot_with_the_longest_prefix() -> None:
     assert follow_up.cached_tokens == 4
     assert list(plan.chunks[0].tokens) == [11, 12]
     assert plan.chunks[0].start_pos == 4
-    assert plan.kv_trims == []  # the whole cached prefix is kept
+    assert plan.kv_ops == []  # the whole cached prefix is kept
 
 
 def test_diverging_prompt_trims_the_cache_tail() -> None:
@@ -98,7 +105,7 @@ def test_diverging_prompt_trims_the_cache_tail() -> None:
     scheduler.release(scheduler.running[0])
     scheduler.add(seq("b", [1, 2, 9]))
     plan = scheduler.schedule()
-    assert plan.kv_trims == [(0, 2)]
+    assert plan.kv_ops == [KvTrim(0, 2)]
     assert list(plan.chunks[0].tokens) == [9]
 
 
@@ -111,7 +118,7 @@ def test_identical_prompt_still_decodes_its_last_token() -> None:
     scheduler.add(again)
     plan = scheduler.schedule()
     assert again.cached_tokens == 2
-    assert plan.kv_trims == [(0, 2)]
+    assert plan.kv_ops == [KvTrim(0, 2)]
     assert list(plan.chunks[0].tokens) == [3] and plan.chunks[0].wants_logits
 
 
@@ -146,3 +153,45 @@ def test_abort_removes_waiting_and_running_sequences() -> None:
 def test_budget_must_cover_one_token_per_slot() -> None:
     with pytest.raises(ValueError):
         Scheduler(8, BatchBudget(max_batch_tokens=4, max_prefill_tokens=4))
+
+
+def test_a_new_conversation_takes_an_empty_slot_not_one_sharing_its_system_prompt() -> None:
+    scheduler = Scheduler(2, BatchBudget(64, 64))
+    system = list(range(100, 120))
+    scheduler.add(seq("a", [*system, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]))
+    scheduler.commit(scheduler.schedule())
+    first = scheduler.running[0]
+    assert first.slot is not None
+    scheduler.release(first)
+    other = seq("b", [*system, 50, 51])
+    scheduler.add(other)
+    scheduler.schedule()
+    assert other.slot is not None and other.slot.seq_id != 0
+    assert scheduler.slots[0].cached[-1] == 10  # "a"'s history survives for its next turn
+
+
+def test_a_long_shared_prefix_is_copied_from_a_busy_slot() -> None:
+    scheduler = Scheduler(2, BatchBudget(512, 512))
+    system = list(range(1000, 1000 + MIN_COPY_TOKENS + 10))
+    busy = seq("a", [*system, 1, 2, 3])
+    scheduler.add(busy)
+    scheduler.commit(scheduler.schedule())
+    busy.next_token = 7  # still generating
+    newcomer = seq("b", [*system, 9, 9])
+    scheduler.add(newcomer)
+    plan = scheduler.schedule()
+    assert newcomer.slot is not None and newcomer.slot.seq_id == 1
+    assert plan.kv_ops == [KvCopy(src=0, dst=1), KvTrim(1, len(system))]
+    assert newcomer.cached_tokens == len(system)
+    prefill = [c for c in plan.chunks if c.sequence is newcomer]
+    assert [list(c.tokens) for c in prefill] == [[9, 9]]
+    assert prefill[0].start_pos == len(system)
+
+
+def test_a_short_shared_prefix_is_recomputed_not_copied() -> None:
+    scheduler = Scheduler(2, BatchBudget(512, 512))
+    scheduler.add(seq("a", [5, 6, 7, 8, 1]))
+    scheduler.commit(scheduler.schedule())
+    scheduler.add(seq("b", [5, 6, 7, 8, 2]))
+    plan = scheduler.schedule()
+    assert not any(isinstance(op, KvCopy) for op in plan.kv_ops)

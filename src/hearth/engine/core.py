@@ -13,7 +13,7 @@ from collections.abc import Sequence as SequenceType
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from hearth.engine.scheduler import Chunk, Scheduler, Sequence
+from hearth.engine.scheduler import Chunk, KvCopy, Scheduler, Sequence
 from hearth.engine.text import StopMatcher, Utf8Stream
 from hearth.engine.types import (
     BatchBudget,
@@ -56,6 +56,10 @@ class ModelRunner(Protocol):
 
     def kv_trim(self, seq_id: int, from_pos: int) -> None:
         """Remove `seq_id`'s KV cache from `from_pos` to the end."""
+        ...
+
+    def kv_copy(self, src: int, dst: int) -> None:
+        """Replace `dst`'s KV cache with a copy of `src`'s."""
         ...
 
 
@@ -124,8 +128,11 @@ class EngineCore(Generic[SinkT]):
         if expired and not self.has_work:
             return expired
         plan = self.scheduler.schedule()
-        for seq_id, from_pos in plan.kv_trims:
-            self.runner.kv_trim(seq_id, from_pos)
+        for op in plan.kv_ops:
+            if isinstance(op, KvCopy):
+                self.runner.kv_copy(op.src, op.dst)
+            else:
+                self.runner.kv_trim(op.seq_id, op.from_pos)
         self._refresh_gauges()
         if not plan.chunks:
             return expired

@@ -200,6 +200,12 @@ class LlamaRunner:
     def kv_trim(self, seq_id: int, from_pos: int) -> None:
         llama.llama_memory_seq_rm(self._memory, seq_id, from_pos, -1)
 
+    def kv_copy(self, src: int, dst: int) -> None:
+        # With split KV each sequence is its own stream, and llama.cpp copies streams whole
+        # (p0 = p1 = -1); the scheduler trims the copy's tail right after.
+        llama.llama_memory_seq_rm(self._memory, dst, -1, -1)
+        llama.llama_memory_seq_cp(self._memory, src, dst, -1, -1)
+
     # -- request side --------------------------------------------------------------------------
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:

@@ -5,8 +5,11 @@ Plain Python over plain data, so it is tested with no model at all. Two verbs, a
 
 Design (llama.cpp server's slots):
 - One llama.cpp sequence per slot, `seq_id = slot index`. A slot remembers the tokens in its KV
-  cache, so a new request goes to the free slot sharing the longest token prefix with its prompt
-  and only the rest of the prompt is decoded (the prompt cache).
+  cache, so only the part of a prompt that no cache holds is decoded (the prompt cache):
+  - a conversation continues in the free slot that holds its history (`_pick_slot`);
+  - any other request takes the free slot whose cache is worth least (empty, else least recently
+    used), and if another slot, busy or free, shares a long prefix with the prompt (a common
+    system prompt), that slot's KV is copied in (`llama_memory_seq_cp`) instead of recomputed.
 - Every step carries the pending token of each generating sequence, then prompt chunks of newly
   admitted ones, under the named budgets in `BatchBudget`.
 - Requests beyond the slots wait in arrival order.
@@ -21,7 +24,22 @@ from dataclasses import dataclass, field
 
 from hearth.engine.types import BatchBudget
 
-__all__ = ["Chunk", "Scheduler", "Sequence", "Slot", "StepPlan", "common_prefix_length"]
+__all__ = [
+    "Chunk",
+    "KvCopy",
+    "KvTrim",
+    "Scheduler",
+    "Sequence",
+    "Slot",
+    "StepPlan",
+    "common_prefix_length",
+]
+
+# A free slot continues a conversation when the prompt reuses all its cache but this many tokens
+# (the generation header, the last sampled token, a re-tokenized seam).
+CONTINUATION_SLACK = 8
+# Copying another slot's KV costs a memcpy of a whole slot; below this prefix, recompute instead.
+MIN_COPY_TOKENS = 64
 
 
 @dataclass(eq=False, slots=True)
@@ -56,11 +74,26 @@ class Chunk:
     wants_logits: bool
 
 
+@dataclass(frozen=True, slots=True)
+class KvCopy:
+    """Replace `dst`'s KV cache with a copy of `src`'s."""
+
+    src: int
+    dst: int
+
+
+@dataclass(frozen=True, slots=True)
+class KvTrim:
+    """Drop `seq_id`'s KV cache from `from_pos` to the end."""
+
+    seq_id: int
+    from_pos: int
+
+
 @dataclass(slots=True)
 class StepPlan:
     chunks: list[Chunk]
-    # (seq_id, first position to drop): KV to remove before decoding, to the end of the sequence.
-    kv_trims: list[tuple[int, int]]
+    kv_ops: list[KvCopy | KvTrim]  # to apply in order, before decoding
 
     @property
     def n_tokens(self) -> int:
@@ -126,7 +159,7 @@ class Scheduler:
     # -- planning ----------------------------------------------------------------------------
 
     def schedule(self) -> StepPlan:
-        kv_trims = self._admit()
+        kv_ops = self._admit()
         chunks: list[Chunk] = []
         budget = self.budget.max_batch_tokens
         for seq in self.running:
@@ -146,7 +179,7 @@ class Scheduler:
             done = start + len(take) == len(seq.prompt)
             chunks.append(Chunk(seq, slot.seq_id, start, take, done))
             prefill_budget -= len(take)
-        return StepPlan(chunks=chunks, kv_trims=kv_trims)
+        return StepPlan(chunks=chunks, kv_ops=kv_ops)
 
     def commit(self, plan: StepPlan) -> None:
         """Record that every chunk of `plan` is now in the KV cache."""
@@ -160,36 +193,50 @@ class Scheduler:
         """The KV cache of `seq_id` from `from_pos` on was dropped (after a failed decode)."""
         del self.slots[seq_id].cached[from_pos:]
 
-    def _admit(self) -> list[tuple[int, int]]:
-        trims: list[tuple[int, int]] = []
+    def _admit(self) -> list[KvCopy | KvTrim]:
+        ops: list[KvCopy | KvTrim] = []
         while self.waiting:
             free = [s for s in self.slots if s.sequence is None]
             if not free:
                 break
             seq = self.waiting.popleft()
-            slot, reuse = self._pick_slot(free, seq.prompt)
+            slot, reuse, donor = self._pick_slot(free, seq.prompt)
+            if donor is not None:
+                ops.append(KvCopy(donor.seq_id, slot.seq_id))
+                slot.cached = list(donor.cached)
             # Keep at least one prompt token to decode: its logits give the first sample.
             reuse = min(reuse, len(seq.prompt) - 1)
             if reuse < len(slot.cached):
-                trims.append((slot.seq_id, reuse))
+                ops.append(KvTrim(slot.seq_id, reuse))
                 del slot.cached[reuse:]
             slot.sequence = seq
             slot.last_used = next(self._clock)
             seq.slot = slot
             seq.cached_tokens = reuse
             self.running.append(seq)
-        return trims
+        return ops
 
-    @staticmethod
-    def _pick_slot(free: list[Slot], prompt: tuple[int, ...]) -> tuple[Slot, int]:
-        """The free slot with the longest common prefix; on a tie, the least recently used."""
-        best = min(free, key=lambda s: s.last_used)
-        best_len = common_prefix_length(best.cached, prompt)
-        for slot in free:
-            n = common_prefix_length(slot.cached, prompt)
-            if n > best_len or (n == best_len and slot.last_used < best.last_used):
-                best, best_len = slot, n
-        return best, best_len
+    def _pick_slot(
+        self, free: list[Slot], prompt: tuple[int, ...]
+    ) -> tuple[Slot, int, Slot | None]:
+        """(slot, prompt tokens it can reuse, slot to copy the KV cache from first, if any)."""
+        prefix = {slot.seq_id: common_prefix_length(slot.cached, prompt) for slot in self.slots}
+        continuing = [
+            s
+            for s in free
+            if prefix[s.seq_id] and len(s.cached) - prefix[s.seq_id] <= CONTINUATION_SLACK
+        ]
+        if continuing:
+            best = max(continuing, key=lambda s: (prefix[s.seq_id], -s.last_used))
+            return best, prefix[best.seq_id], None
+        # Not a continuation: overwrite the cache worth least, and never a conversation that
+        # only shares a system prompt with this one when an empty slot is there.
+        target = min(free, key=lambda s: (bool(s.cached), s.last_used))
+        donor = max(self.slots, key=lambda s: prefix[s.seq_id])
+        gain = prefix[donor.seq_id] - prefix[target.seq_id]
+        if donor is not target and gain >= MIN_COPY_TOKENS:
+            return target, prefix[donor.seq_id], donor
+        return target, prefix[target.seq_id], None
 
 
 def _slot_of(seq: Sequence) -> Slot:
