@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from functools import cache
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -75,6 +75,11 @@ class ServeSettings(BaseSettings):
     )
     queue_timeout: float = Field(
         300.0, gt=0, description="Seconds a request may wait for a slot before a 503."
+    )
+    flash_attn: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="llama.cpp flash attention. 'off' makes outputs independent of how a prompt "
+        "was split between cache and batch, at some speed on long contexts.",
     )
     gpu_layers: int = Field(
         -1, ge=-1, description="Layers to offload to a GPU; -1 offloads all that fit the backend."

@@ -152,3 +152,38 @@ def test_a_shared_system_prompt_is_copied_between_slots_exactly(tmp_path: Path) 
     finally:
         copying.stop()
         in_place.stop()
+
+
+def test_without_flash_attention_cached_and_cold_answers_match_exactly(tmp_path: Path) -> None:
+    # llama.cpp's CPU flash attention takes a tiled path for 64+ queries of one sequence, so a
+    # prompt decoded whole and one decoded on top of a cache can differ in the last bits. With
+    # --flash-attn off, every split of a prompt computes the same logits.
+    request = {
+        "model": MODEL,
+        "max_tokens": 20,
+        "temperature": 0.7,
+        "seed": 99,
+    }
+
+    def messages(question: str) -> list[dict[str, str]]:
+        return [{"role": "system", "content": LONG_SYSTEM}, {"role": "user", "content": question}]
+
+    warm = start_server(tmp_path / "warm", "--parallel", "1", "--flash-attn", "off")
+    cold = start_server(tmp_path / "cold", "--parallel", "1", "--flash-attn", "off")
+    try:
+        warm.client().chat.completions.create(
+            messages=messages("Are you open on Sunday?"), **request
+        )  # type: ignore[call-overload]
+        cached = warm.client().chat.completions.create(
+            messages=messages("How much is a baguette?"), **request
+        )  # type: ignore[call-overload]
+        fresh = cold.client().chat.completions.create(
+            messages=messages("How much is a baguette?"), **request
+        )  # type: ignore[call-overload]
+        prompt, cached_tokens = usage_of(cached)
+        assert cached_tokens > 64 and prompt - cached_tokens > 1  # several tokens on top
+        assert usage_of(fresh)[1] == 0
+        assert cached.choices[0].message.content == fresh.choices[0].message.content
+    finally:
+        warm.stop()
+        cold.stop()

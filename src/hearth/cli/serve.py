@@ -24,6 +24,8 @@ def _flag_type(annotation: Any) -> tuple[Any, bool]:
         return _flag_type(typing.get_args(annotation)[0])
     if origin is list:
         return str, True
+    if origin is typing.Literal:
+        return click.Choice([str(choice) for choice in typing.get_args(annotation)]), False
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(annotation) if a is not type(None)]
         return _flag_type(inner[0])

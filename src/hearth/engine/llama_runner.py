@@ -41,6 +41,9 @@ def _log_callback(level: int, text: bytes, _user_data: Any) -> None:
         _llama_logger.log(python_level, "%s", message)
 
 
+# enum llama_flash_attn_type
+_FLASH_ATTN_TYPES = {"auto": -1, "off": 0, "on": 1}
+
 _backend_ready = False
 
 
@@ -60,6 +63,7 @@ class RunnerConfig:
     n_threads: int
     n_batch: int
     gpu_layers: int = -1  # -1: as many as llama.cpp offers (none on a CPU-only build)
+    flash_attn: str = "auto"  # "auto", "on" or "off"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +105,7 @@ class LlamaRunner:
         # Split KV: every slot owns n_ctx_per_slot cells, so one long chat never starves others.
         ctx_params.kv_unified = False
         ctx_params.no_perf = True
+        ctx_params.flash_attn_type = _FLASH_ATTN_TYPES[config.flash_attn]
         self._ctx = llama.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
             llama.llama_model_free(self._model)

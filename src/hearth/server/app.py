@@ -41,6 +41,7 @@ def load_state(settings: ServeSettings) -> ServerState:
             n_threads=settings.threads,
             n_batch=settings.max_batch_tokens,
             gpu_layers=settings.gpu_layers,
+            flash_attn=settings.flash_attn,
         )
     )
     budget = BatchBudget(
