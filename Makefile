@@ -2,6 +2,7 @@
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 # The newest Python 3.11+ on the machine creates the venv.
 PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -19,6 +20,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# The bench extra (llama-cpp-python's server, the peer) on top of dev; the wheel is already built.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
 serve: $(STAMP)  ## Serve the embedded model on 127.0.0.1:8642 (make serve ARGS="--port 9000")
 	$(BIN)/hearth serve $(ARGS)
 
@@ -35,7 +41,7 @@ unit: $(STAMP)  ## The fast tier: no model, no server
 test: lint typecheck  ## Everything CI runs: lint, types, unit and real-server tests
 	$(BIN)/pytest $(ARGS)
 
-bench: $(STAMP)  ## Throughput with 1 and 8 clients; writes bench/results/latest.json
+bench: $(BENCH_STAMP)  ## Hearth vs llama-cpp-python's server and bare llama.cpp (ARGS="--quick")
 	$(BIN)/python bench/bench.py $(ARGS)
 
 clean:

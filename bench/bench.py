@@ -1,10 +1,15 @@
-"""Throughput benchmark: starts `hearth serve`, streams chat completions at several client counts.
+"""Side-by-side benchmark: Hearth, llama-cpp-python's own OpenAI server, and a bare llama.cpp loop.
 
-    .venv/bin/python bench/bench.py --clients 1,8 --requests 16 --max-tokens 128
+    .venv/bin/python bench/bench.py                 # everything (make bench)
+    .venv/bin/python bench/bench.py --quick         # smoke run: 1 and 4 clients, short requests
 
-Writes JSON and a markdown table (default bench/results/latest.json and .md) and prints the table.
-Every request uses `ignore_eos`, so each one generates exactly --max-tokens tokens and runs at
-different client counts do the same work.
+In order, on one machine and in one run, so that the ratios compare like with like:
+1. bench/ceiling.py in a subprocess, with no server up: the bare decode loop's tok/s.
+2. Each server in turn, alone: streaming chat requests at every client count (tok/s, TTFT, ITL,
+   RSS), then the multi-turn case (TTFT of a long conversation, cold and with its prefix cached).
+Both servers get the same requests, with the end-of-generation tokens banned through logit_bias
+(the peer has no ignore_eos), so every request generates exactly --max-tokens tokens.
+Writes bench/results/latest.json and latest.md (see bench/README.md for what each figure means).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -39,14 +45,36 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from hearth.models.registry import embedded_model_path
 from hearth.settings import physical_cores
 
 MODEL_ID = "smollm2:135m"
+HEARTH = "hearth"
+PEER = "llama-cpp-python"
+SERVERS = (HEARTH, PEER)
 HOST = "127.0.0.1"
-HEALTH_TIMEOUT_S = 120.0
+READY_TIMEOUT_S = 180.0
 TERMINATE_GRACE_S = 10.0
 RSS_INTERVAL_S = 0.1
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+
+# SmolLM2's end-of-generation tokens (llama_vocab_is_eog). Hearth's /tokenize and ceiling.py
+# check these ids against the model at run time.
+EOG_TOKENS = {"<|endoftext|>": 0, "<|im_end|>": 2, "<reponame>": 4}
+# The most negative bias Hearth (and OpenAI) accept: far below any logit, so a ban.
+EOG_BIAS = -100.0
+# Hearth's sampler chain for these requests: logit_bias, top_k, min_p, temp, dist(seed).
+SAMPLING: dict[str, Any] = {"temperature": 0.7, "top_p": 1.0, "top_k": 40, "min_p": 0.05}
+# The peer's repeat_penalty defaults to 1.1, a penalties pass Hearth does not run; 1.0 is off.
+PEER_SAMPLING: dict[str, Any] = {"repeat_penalty": 1.0}
+
+# Acceptance (issue 3, item 6).
+RSS_GROWTH_MAX = 1.3
+WARM_COLD_MAX = 0.3
+CEILING_MIN = {1: 0.95, 16: 0.85}
+
+MULTI_TURN_MAX_TOKENS = 8  # only the first token's latency matters there
 TOPICS = (
     "a lighthouse keeper",
     "a lost robot",
@@ -69,40 +97,25 @@ TOPICS = (
 console = Console()
 
 
-@dataclass
-class RequestResult:
-    ttft_s: float | None = None
-    itls_s: list[float] = field(default_factory=list)
-    completion_tokens: int = 0
-    error: str | None = None
+# -- options ------------------------------------------------------------------------------------
 
 
-@dataclass
-class RunResult:
-    clients: int
-    requests: int
-    errors: int
-    wall_s: float
-    completion_tokens: int
-    output_tok_s: float
-    ttft_p50_ms: float | None
-    ttft_p95_ms: float | None
-    itl_p50_ms: float | None
-    peak_rss_mib: float | None
-    max_batch_size: int | None
-    engine_steps: int | None
-    tokens_per_step: float | None
-    first_error: str | None = None
-
-
-def parse_clients(text: str) -> list[int]:
+def parse_ints(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from exc
     if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("client counts must be positive integers")
+        raise argparse.ArgumentTypeError("counts must be positive integers")
     return sorted(set(values))
+
+
+def parse_servers(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in SERVERS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"servers are {', '.join(SERVERS)}; got {text!r}")
+    return [name for name in SERVERS if name in names]
 
 
 def positive_int(text: str) -> int:
@@ -112,31 +125,87 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text}")
+    return value
+
+
+# Full run, and what --quick changes unless the flag is given explicitly.
+DEFAULTS: dict[str, Any] = {
+    "clients": [1, 4, 16],
+    "requests": 32,
+    "max_tokens": 128,
+    "multi_turn_repeats": 3,
+    "ceiling_repeats": 3,
+}
+QUICK: dict[str, Any] = {
+    "clients": [1, 4],
+    "requests": 8,
+    "max_tokens": 32,
+    "multi_turn_repeats": 1,
+    "ceiling_repeats": 1,
+}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
-        "--clients", type=parse_clients, default=[1, 8], help="client counts (default 1,8)"
+        "--servers",
+        type=parse_servers,
+        default=list(SERVERS),
+        help=f"comma-separated, of {','.join(SERVERS)} (default both)",
+    )
+    parser.add_argument("--clients", type=parse_ints, help="client counts (default 1,4,16)")
+    parser.add_argument(
+        "--requests", type=positive_int, help="requests per run, at every client count (32)"
+    )
+    parser.add_argument("--max-tokens", type=positive_int, help="tokens per request (128)")
+    parser.add_argument(
+        "--threads", type=positive_int, help="threads of both servers (default: physical cores)"
     )
     parser.add_argument(
-        "--requests", type=positive_int, default=16, help="requests per run (default 16)"
+        "--parallel", type=positive_int, help="Hearth's slots (default: max clients)"
     )
     parser.add_argument(
-        "--max-tokens", type=positive_int, default=128, help="tokens per request (default 128)"
+        "--hearth-ctx-size", type=positive_int, default=2048, help="Hearth's ctx per slot (2048)"
     )
     parser.add_argument(
-        "--threads", type=positive_int, default=None, help="server threads (default: physical)"
+        "--peer-ctx-size", type=positive_int, default=4096, help="the peer's n_ctx (4096)"
     )
     parser.add_argument(
-        "--parallel", type=positive_int, default=None, help="server slots (default: max clients)"
+        "--peer-flash-attn",
+        choices=("on", "off"),
+        default="on",
+        help="the peer's flash attention; on matches Hearth, whose llama.cpp 'auto' picks it",
+    )
+    parser.add_argument(
+        "--multi-turn-repeats",
+        type=non_negative_int,
+        help="cold and warm repetitions of the multi-turn case; 0 skips it (3)",
+    )
+    parser.add_argument(
+        "--ceiling-repeats", type=non_negative_int, help="ceiling runs per batch; 0 skips it (3)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: clients 1,4, 8 requests, 32 tokens, 1 multi-turn and ceiling repeat",
     )
     parser.add_argument(
         "--out", type=Path, default=RESULTS_DIR / "latest.json", help="JSON output path"
     )
-    parser.add_argument("--port", type=int, default=0, help="server port (0: a free one)")
     args = parser.parse_args(argv)
+    for name, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     args.threads = args.threads or physical_cores()
     args.parallel = args.parallel or max(args.clients)
     return args
+
+
+# -- small helpers ------------------------------------------------------------------------------
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -149,8 +218,16 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
 def ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
+
+
+def ratio(num: float | None, den: float | None) -> float | None:
+    return round(num / den, 3) if num is not None and den else None
 
 
 def free_port() -> int:
@@ -175,7 +252,7 @@ def mib(kib: int | None) -> float | None:
     return None if kib is None else round(kib / 1024, 1)
 
 
-def machine_info(threads: int, parallel: int) -> dict[str, Any]:
+def machine_info(args: argparse.Namespace) -> dict[str, Any]:
     cpu_model = platform.processor() or "unknown"
     with (
         contextlib.suppress(OSError),
@@ -189,46 +266,103 @@ def machine_info(threads: int, parallel: int) -> dict[str, Any]:
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
+            cwd=BENCH_DIR,
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=Path(__file__).resolve().parent,
+            cwd=BENCH_DIR,
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
         commit += "-dirty" if dirty else ""
     versions: dict[str, str] = {}
-    for dist in ("hearth", "llama-cpp-python"):
+    for dist in ("hearth", "llama-cpp-python", "fastapi", "uvicorn", "sse-starlette"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[dist] = metadata.version(dist)
+    mem_total_kib: int | None = None
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/meminfo") as meminfo:
+        mem_total_kib = int(meminfo.readline().split()[1])
     return {
+        "model": MODEL_ID,
         "cpu_model": cpu_model,
         "nproc": len(os.sched_getaffinity(0)),
         "cpu_count": os.cpu_count(),
-        "threads": threads,
-        "parallel": parallel,
+        "mem_total_mib": mib(mem_total_kib),
+        # A busy neighbour skews everything here; the load at the start says whether there was one.
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "threads": args.threads,
         "python": platform.python_version(),
+        "platform": platform.platform(),
         "versions": versions,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "git_commit": commit,
     }
 
 
+# -- the ceiling --------------------------------------------------------------------------------
+
+
+def run_ceiling(args: argparse.Namespace) -> dict[str, Any]:
+    """bench/ceiling.py in its own process, started while no server runs."""
+    sizes = sorted({1, max(args.clients)})
+    cmd = [sys.executable, str(BENCH_DIR / "ceiling.py"), "--json"]
+    cmd += ["--batch-sizes", ",".join(map(str, sizes)), "--tokens", str(args.max_tokens)]
+    cmd += ["--threads", str(args.threads), "--ctx-per-seq", str(args.hearth_ctx_size)]
+    cmd += ["--repeats", str(args.ceiling_repeats)]
+    with console.status(f"Ceiling: bare llama.cpp decode loop, batch {sizes}…"):
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return {"error": f"ceiling.py exited {done.returncode}: {done.stderr.strip()[-500:]}"}
+    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    if sorted(report["eog_tokens"]) != sorted(EOG_TOKENS.values()):
+        report["warning"] = (
+            f"the model's EOG tokens are {report['eog_tokens']}, not the banned ones"
+        )
+    for row in report["results"]:
+        console.print(f"Ceiling batch {row['batch_size']:>2}: {row['tok_s']} tok/s")
+    return report
+
+
+# -- servers ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ServerSpec:
+    name: str
+    cmd: list[str]
+    ready_path: str
+    env: dict[str, str]
+
+
+def server_spec(name: str, args: argparse.Namespace, port: int) -> ServerSpec:
+    if name == HEARTH:
+        # Inherited HEARTH_* settings (an API key, another model) would skew or break the run.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
+        cmd = [sys.executable, "-m", "hearth", "serve", "--host", HOST, "--port", str(port)]
+        cmd += ["--parallel", str(args.parallel), "--threads", str(args.threads)]
+        cmd += ["--ctx-size", str(args.hearth_ctx_size)]
+        return ServerSpec(name, cmd, "/health", env)
+    # The peer's settings also read unprefixed env vars (MODEL, PORT, CONFIG_FILE…); the flags
+    # below win over them, and CONFIG_FILE would replace them all, so drop it.
+    env = {k: v for k, v in os.environ.items() if k != "CONFIG_FILE"}
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_model_path())]
+    cmd += ["--model_alias", MODEL_ID, "--n_ctx", str(args.peer_ctx_size)]
+    cmd += ["--n_threads", str(args.threads), "--n_threads_batch", str(args.threads)]
+    cmd += ["--flash_attn", str(args.peer_flash_attn == "on")]
+    # Queued requests must wait their turn, not cut off the one streaming (its default).
+    cmd += ["--interrupt_requests", "False", "--verbose", "False"]
+    cmd += ["--host", HOST, "--port", str(port)]
+    return ServerSpec(name, cmd, "/v1/models", env)
+
+
 @contextlib.contextmanager
-def hearth_server(
-    port: int, threads: int, parallel: int, log: TextIO
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Runs `hearth serve` for the block and always stops it."""
-    # Inherited HEARTH_* settings (an API key, another model) would skew or break the run.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
-    cmd = [sys.executable, "-m", "hearth", "serve", "--host", HOST, "--port", str(port)]
-    cmd += ["--parallel", str(parallel), "--threads", str(threads)]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+def running(spec: ServerSpec, log: TextIO) -> Iterator[subprocess.Popen[bytes]]:
+    """Runs the server for the block and always stops it."""
+    proc = subprocess.Popen(spec.cmd, stdout=log, stderr=subprocess.STDOUT, env=spec.env)
     try:
         yield proc
     finally:
@@ -241,49 +375,78 @@ def hearth_server(
                 proc.wait()
 
 
-async def wait_for_health(
-    client: httpx.AsyncClient, server: subprocess.Popen[bytes]
-) -> dict[str, Any]:
-    deadline = time.monotonic() + HEALTH_TIMEOUT_S
+async def wait_until_ready(
+    client: httpx.AsyncClient, server: subprocess.Popen[bytes], path: str
+) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise RuntimeError(f"the server exited during startup (code {server.returncode})")
         with contextlib.suppress(httpx.HTTPError):
-            response = await client.get("/health", timeout=2.0)
-            if response.status_code == 200:
-                health: dict[str, Any] = response.json()
-                return health
+            if (await client.get(path, timeout=2.0)).status_code == 200:
+                return
         await asyncio.sleep(0.25)
-    raise RuntimeError(f"the server was not healthy within {HEALTH_TIMEOUT_S:.0f} s")
+    raise RuntimeError(f"the server was not ready within {READY_TIMEOUT_S:.0f} s")
 
 
-async def get_health(client: httpx.AsyncClient) -> dict[str, Any]:
-    response = await client.get("/health")
+async def get_json(client: httpx.AsyncClient, path: str) -> dict[str, Any]:
+    response = await client.get(path)
     response.raise_for_status()
-    health: dict[str, Any] = response.json()
-    return health
+    data: dict[str, Any] = response.json()
+    return data
 
 
-def prompt(index: int) -> str:
+async def check_eog_ids(client: httpx.AsyncClient) -> None:
+    """The banned ids must be the model's end-of-generation tokens, or the runs would differ."""
+    for text, expected in EOG_TOKENS.items():
+        response = await client.post("/tokenize", json={"content": text})
+        response.raise_for_status()
+        tokens = response.json()["tokens"]
+        if tokens != [expected]:
+            raise RuntimeError(f"{text} tokenizes to {tokens}, not [{expected}]")
+
+
+# -- requests -----------------------------------------------------------------------------------
+
+
+@dataclass
+class RequestResult:
+    ttft_s: float | None = None
+    itls_s: list[float] = field(default_factory=list)
+    content_chunks: int = 0
+    usage: dict[str, Any] | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+def chat_body(
+    server: str, messages: list[dict[str, str]], max_tokens: int, seed: int, *, stream: bool
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": MODEL_ID,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "seed": seed,
+        "logit_bias": {str(t): EOG_BIAS for t in EOG_TOKENS.values()},
+        "stream": stream,
+        **SAMPLING,
+    }
+    if stream:
+        # Hearth sends usage in the last chunk; the peer ignores stream_options.
+        body["stream_options"] = {"include_usage": True}
+    if server == PEER:
+        body.update(PEER_SAMPLING)  # Hearth answers unknown fields with a 400
+    return body
+
+
+def story(index: int) -> list[dict[str, str]]:
     topic = TOPICS[index % len(TOPICS)]
     # Past the topic list, a suffix keeps every prompt distinct (no shared cached prefix).
     suffix = f" Version {index // len(TOPICS) + 1}." if index >= len(TOPICS) else ""
-    return f"Write a short story about {topic}.{suffix}"
+    return [{"role": "user", "content": f"Write a long story about {topic}.{suffix}"}]
 
 
-async def stream_chat(
-    client: httpx.AsyncClient, model: str, index: int, max_tokens: int
-) -> RequestResult:
-    body = {
-        "model": model,
-        "messages": [{"role": "user", "content": prompt(index)}],
-        "temperature": 0.7,
-        "seed": index,
-        "max_tokens": max_tokens,
-        "ignore_eos": True,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
+async def stream_chat(client: httpx.AsyncClient, body: dict[str, Any]) -> RequestResult:
     result = RequestResult()
     start = last = time.perf_counter()
     try:
@@ -294,7 +457,7 @@ async def stream_chat(
                 return result
             async for line in response.aiter_lines():
                 if not line.startswith("data:"):
-                    continue
+                    continue  # blank separators, and the peer's ": ping" comments
                 data = line[len("data:") :].strip()
                 if data == "[DONE]":
                     break
@@ -303,17 +466,46 @@ async def stream_chat(
                     result.error = str(chunk["error"])[:200]
                     return result
                 if chunk.get("usage"):
-                    result.completion_tokens = int(chunk["usage"]["completion_tokens"])
-                if any((c.get("delta") or {}).get("content") for c in chunk.get("choices") or []):
+                    result.usage = chunk["usage"]
+                for choice in chunk.get("choices") or []:
+                    result.finish_reason = choice.get("finish_reason") or result.finish_reason
+                    if not (choice.get("delta") or {}).get("content"):
+                        continue
                     now = time.perf_counter()
                     if result.ttft_s is None:
                         result.ttft_s = now - start
                     else:
                         result.itls_s.append(now - last)
                     last = now
+                    result.content_chunks += 1
     except (httpx.HTTPError, json.JSONDecodeError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     return result
+
+
+def completion_tokens(result: RequestResult, max_tokens: int) -> tuple[int, str]:
+    """The tokens a request generated, and how that number was known."""
+    if result.usage is not None:
+        return int(result.usage["completion_tokens"]), "usage"
+    # The peer sends no usage in streams. With EOS banned, "length" means exactly max_tokens
+    # (checked non-streamed at startup); its content chunks can merge tokens, so undercount.
+    if result.finish_reason == "length":
+        return max_tokens, "finish_reason=length"
+    return result.content_chunks, "content chunks"
+
+
+async def check_exact_length(client: httpx.AsyncClient, server: str) -> dict[str, Any]:
+    """One non-streamed request: the usage must say exactly max_tokens, finish_reason length."""
+    n = 16
+    body = chat_body(server, story(0), n, seed=0, stream=False)
+    response = await client.post("/v1/chat/completions", json=body)
+    response.raise_for_status()
+    reply = response.json()
+    got = int(reply["usage"]["completion_tokens"])
+    finish = reply["choices"][0]["finish_reason"]
+    if got != n or finish != "length":
+        raise RuntimeError(f"asked {n} tokens with EOS banned, got {got} ({finish})")
+    return {"max_tokens": n, "completion_tokens": got, "finish_reason": finish}
 
 
 async def sample_rss(pid: int, peak: list[int]) -> None:
@@ -325,23 +517,45 @@ async def sample_rss(pid: int, peak: list[int]) -> None:
         await asyncio.sleep(RSS_INTERVAL_S)
 
 
-async def run_once(
+# -- one server ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    clients: int
+    requests: int
+    errors: int
+    wall_s: float
+    completion_tokens: int
+    token_count: str
+    output_tok_s: float
+    ttft_p50_ms: float | None
+    ttft_p95_ms: float | None
+    itl_p50_ms: float | None
+    peak_rss_mib: float | None
+    max_batch_size: int | None = None
+    tokens_per_step: float | None = None
+    first_error: str | None = None
+
+
+async def run_clients(
     client: httpx.AsyncClient,
+    server: str,
     pid: int,
-    model: str,
     clients: int,
-    requests: int,
-    max_tokens: int,
+    args: argparse.Namespace,
     first_index: int,
     progress: Progress,
     task: TaskID,
 ) -> RunResult:
-    before = (await get_health(client))["engine"]
+    hearth = server == HEARTH
+    before = (await get_json(client, "/health"))["engine"] if hearth else None
     gate = asyncio.Semaphore(clients)
 
     async def one(index: int) -> RequestResult:
         async with gate:
-            result = await stream_chat(client, model, index, max_tokens)
+            body = chat_body(server, story(index), args.max_tokens, index, stream=True)
+            result = await stream_chat(client, body)
         progress.advance(task)
         return result
 
@@ -349,59 +563,151 @@ async def run_once(
     sampler = asyncio.create_task(sample_rss(pid, peak))
     start = time.perf_counter()
     try:
-        results = await asyncio.gather(*(one(first_index + i) for i in range(requests)))
+        results = await asyncio.gather(*(one(first_index + i) for i in range(args.requests)))
     finally:
         wall = time.perf_counter() - start
         sampler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sampler
-    health = await get_health(client)
 
     ok = [r for r in results if r.error is None]
     errors = [r.error for r in results if r.error is not None]
-    tokens = sum(r.completion_tokens for r in ok)
+    counted = [completion_tokens(r, args.max_tokens) for r in ok]
+    tokens = sum(n for n, _ in counted)
     ttfts = [r.ttft_s for r in ok if r.ttft_s is not None]
     itls = [gap for r in ok for gap in r.itls_s]
-    steps = health["engine"]["steps"] - before["steps"]
-    generated = health["engine"]["generated_tokens_total"] - before["generated_tokens_total"]
-    return RunResult(
+    run = RunResult(
         clients=clients,
-        requests=requests,
+        requests=args.requests,
         errors=len(errors),
         wall_s=round(wall, 3),
         completion_tokens=tokens,
+        token_count=", ".join(sorted({how for _, how in counted})) or "–",
         output_tok_s=round(tokens / wall, 2) if wall > 0 else 0.0,
         ttft_p50_ms=ms(percentile(ttfts, 50)),
         ttft_p95_ms=ms(percentile(ttfts, 95)),
         itl_p50_ms=ms(percentile(itls, 50)),
         peak_rss_mib=mib(peak[0] or None),
-        max_batch_size=health.get("max_batch_size"),
-        engine_steps=steps,
-        tokens_per_step=round(generated / steps, 2) if steps else None,
         first_error=errors[0] if errors else None,
     )
+    if before is not None:
+        health = await get_json(client, "/health")
+        steps = health["engine"]["steps"] - before["steps"]
+        generated = health["engine"]["generated_tokens_total"] - before["generated_tokens_total"]
+        run.max_batch_size = health.get("max_batch_size")
+        run.tokens_per_step = round(generated / steps, 2) if steps else None
+    return run
 
 
-async def benchmark(
-    args: argparse.Namespace, server: subprocess.Popen[bytes], base_url: str
+# ~1,500 tokens of fixed chat: the history a client resends with every new message.
+_SUBJECTS = (
+    "the water cycle",
+    "how bridges carry weight",
+    "why the sky is blue",
+    "how bees find flowers",
+    "what makes bread rise",
+    "how tides follow the moon",
+    "why leaves change colour",
+    "how a compass works",
+)
+_FACTS = (
+    "The first thing to notice is that {s} follows from a few simple rules.",
+    "People have studied {s} for centuries, and the basic picture has held up well.",
+    "A common mistake is to think that {s} needs a complicated explanation.",
+    "If you watch closely, you can see {s} at work in everyday life.",
+    "Teachers often use a simple experiment to show {s} to children.",
+    "The details of {s} still surprise scientists now and then.",
+    "Every part of {s} depends on energy moving from one place to another.",
+    "In short, {s} is a good example of nature being both simple and clever.",
+)
+
+
+def conversation(marker: str) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": f"{marker} You are a patient, friendly tutor."}]
+    for i, subject in enumerate(_SUBJECTS):
+        messages.append({"role": "user", "content": f"Can you explain {subject}, in detail?"})
+        # Ten sentences per answer: about 1,590 tokens in all with the new message.
+        sentences = [_FACTS[(i + j) % len(_FACTS)].format(s=subject) for j in range(10)]
+        messages.append({"role": "assistant", "content": " ".join(sentences)})
+    return messages
+
+
+NEW_MESSAGE = {"role": "user", "content": "Thank you! Now summarise all of that in one sentence."}
+
+
+async def multi_turn(
+    client: httpx.AsyncClient,
+    server: str,
+    repeats: int,
+    progress: Progress,
+    task: TaskID,
 ) -> dict[str, Any]:
-    pid = server.pid
+    """TTFT of history + a new message: cold (an unseen prefix) and warm (the history sent once
+    before). A unique marker first in each conversation keeps it unseen until then."""
+
+    async def ask(messages: list[dict[str, str]], max_tokens: int, seed: int) -> RequestResult:
+        result = await stream_chat(
+            client, chat_body(server, messages, max_tokens, seed, stream=True)
+        )
+        progress.advance(task)
+        if result.error:
+            raise RuntimeError(f"multi-turn request failed: {result.error}")
+        return result
+
+    cold: list[RequestResult] = []
+    warm: list[RequestResult] = []
+    for r in range(repeats):
+        cold.append(
+            await ask([*conversation(f"[cold {r}]"), NEW_MESSAGE], MULTI_TURN_MAX_TOKENS, r)
+        )
+        history = conversation(f"[warm {r}]")
+        await ask(history, 1, r)  # the previous turn: puts the history in the server's cache
+        warm.append(await ask([*history, NEW_MESSAGE], MULTI_TURN_MAX_TOKENS, r))
+
+    def ttfts(results: list[RequestResult]) -> list[float]:
+        return [r.ttft_s for r in results if r.ttft_s is not None]
+
+    def cached(result: RequestResult) -> int | None:
+        details = (result.usage or {}).get("prompt_tokens_details") or {}
+        value = details.get("cached_tokens")
+        return None if value is None else int(value)
+
+    cold_ms, warm_ms = ms(median(ttfts(cold))), ms(median(ttfts(warm)))
+    return {
+        "repeats": repeats,
+        "prompt_tokens": (cold[0].usage or {}).get("prompt_tokens") if cold else None,
+        "cold_ttft_ms": [ms(t) for t in ttfts(cold)],
+        "warm_ttft_ms": [ms(t) for t in ttfts(warm)],
+        "cold_ttft_p50_ms": cold_ms,
+        "warm_ttft_p50_ms": warm_ms,
+        "warm_over_cold": ratio(warm_ms, cold_ms),
+        "cold_cached_tokens": [cached(r) for r in cold],
+        "warm_cached_tokens": [cached(r) for r in warm],
+    }
+
+
+async def bench_server(
+    spec: ServerSpec, args: argparse.Namespace, proc: subprocess.Popen[bytes], base_url: str
+) -> dict[str, Any]:
+    server, pid = spec.name, proc.pid
     limits = httpx.Limits(max_connections=max(args.clients) + 4, max_keepalive_connections=None)
-    # Queued requests may wait long for a slot before their first byte, so no read timeout.
+    # Queued requests may wait long before their first byte (the peer serves one at a time).
     timeout = httpx.Timeout(None, connect=10.0)
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as client:
-        with console.status("Waiting for the server to load the model…"):
-            health = await wait_for_health(client, server)
-        model = health.get("model", MODEL_ID)
+        with console.status(f"{server}: waiting for the model to load…"):
+            await wait_until_ready(client, proc, spec.ready_path)
         rss_loaded = read_rss_kib(pid)
-        console.print(f"Server ready: {model}, {health['slots_total']} slots, pid {pid}")
-
+        console.print(f"{server} ready (pid {pid}), RSS {mib(rss_loaded)} MiB")
+        if server == HEARTH:
+            await check_eog_ids(client)
+        exact = await check_exact_length(client, server)
         # Warm-up: first-call allocations and page faults must not count against 1 client.
-        warm = await stream_chat(client, model, len(args.clients) * args.requests, 8)
+        warm = await stream_chat(client, chat_body(server, story(10_000), 8, 0, stream=True))
         if warm.error:
             raise RuntimeError(f"warm-up request failed: {warm.error}")
 
         runs: list[RunResult] = []
+        turns: dict[str, Any] | None = None
         columns = (
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -410,82 +716,260 @@ async def benchmark(
         )
         with Progress(*columns, console=console) as progress:
             for n, clients in enumerate(args.clients):
-                task = progress.add_task(f"{clients:>3} client(s)", total=args.requests)
-                run = await run_once(
-                    client,
-                    pid,
-                    model,
-                    clients,
-                    args.requests,
-                    args.max_tokens,
-                    n * args.requests,
-                    progress,
-                    task,
+                task = progress.add_task(
+                    f"{server:>16} {clients:>3} client(s)", total=args.requests
+                )
+                run = await run_clients(
+                    client, server, pid, clients, args, n * args.requests, progress, task
                 )
                 runs.append(run)
                 if run.errors:
                     console.print(f"[red]{run.errors} request(s) failed: {run.first_error}")
-
+            if args.multi_turn_repeats:
+                task = progress.add_task(
+                    f"{server:>16} multi-turn", total=3 * args.multi_turn_repeats
+                )
+                turns = await multi_turn(client, server, args.multi_turn_repeats, progress, task)
     return {
-        "machine": {**machine_info(args.threads, args.parallel), "model": model},
-        "config": {"requests": args.requests, "max_tokens": args.max_tokens},
-        "server_rss_loaded_mib": mib(rss_loaded),
+        "server": server,
+        "rss_loaded_mib": mib(rss_loaded),
+        "exact_length_check": exact,
         "runs": [asdict(run) for run in runs],
-        "speedup": speedup(runs),
+        "multi_turn": turns,
     }
 
 
-def speedup(runs: list[RunResult]) -> dict[str, Any] | None:
-    """Aggregate tok/s at the largest client count over 1 client, when both ran."""
-    single = next((r for r in runs if r.clients == 1), None)
-    largest = max(runs, key=lambda r: r.clients, default=None)
-    if single is None or largest is None or largest is single or not single.output_tok_s:
-        return None
-    return {
-        "clients": largest.clients,
-        "ratio": round(largest.output_tok_s / single.output_tok_s, 2),
-    }
+def run_server(server: str, args: argparse.Namespace) -> dict[str, Any]:
+    port = free_port()
+    spec = server_spec(server, args, port)
+    log_path = args.out.parent / f"{args.out.stem}.{server}.log"
+    with open(log_path, "w", encoding="utf-8") as log, running(spec, log) as proc:
+        try:
+            report = asyncio.run(bench_server(spec, args, proc, f"http://{HOST}:{port}"))
+        except (RuntimeError, httpx.HTTPError, KeyError, ValueError) as exc:
+            console.print(f"[red]{server} failed: {exc}[/red] (server log: {log_path})")
+            report = {"server": server, "error": f"{type(exc).__name__}: {exc}"}
+    report["command"] = spec.cmd
+    report["log"] = str(log_path)
+    return report
 
 
-def fmt(value: float | int | None) -> str:
+# -- the report ---------------------------------------------------------------------------------
+
+
+def find_run(report: dict[str, Any] | None, clients: int) -> dict[str, Any] | None:
+    runs = (report or {}).get("runs") or []
+    return next((r for r in runs if r["clients"] == clients), None)
+
+
+def comparisons(
+    args: argparse.Namespace, hearth: dict[str, Any] | None, peer: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    rows = []
+    for clients in args.clients:
+        h, p = find_run(hearth, clients), find_run(peer, clients)
+        if h is None or p is None:
+            continue
+        rows.append(
+            {
+                "clients": clients,
+                "hearth_tok_s": h["output_tok_s"],
+                "peer_tok_s": p["output_tok_s"],
+                "tok_s_ratio": ratio(h["output_tok_s"], p["output_tok_s"]),
+                "hearth_ttft_p50_ms": h["ttft_p50_ms"],
+                "peer_ttft_p50_ms": p["ttft_p50_ms"],
+                "ttft_p50_ratio": ratio(h["ttft_p50_ms"], p["ttft_p50_ms"]),
+            }
+        )
+    return rows
+
+
+def acceptance(
+    args: argparse.Namespace, hearth: dict[str, Any] | None, ceiling: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """The issue's acceptance figures for Hearth; `pass` is None where a figure is missing."""
+
+    def row(figure: str, value: float | None, op: str, target: float | None) -> dict[str, Any]:
+        passed = None
+        if value is not None and target is not None:
+            passed = value <= target if op == "≤" else value >= target
+        return {"figure": figure, "value": value, "target": target, "op": op, "pass": passed}
+
+    rows = []
+    top = max(args.clients)
+    h_top = find_run(hearth, top)
+    loaded = (hearth or {}).get("rss_loaded_mib")
+    rows.append(
+        row(
+            f"Hearth peak RSS at {top} clients ÷ RSS after load",
+            ratio(h_top["peak_rss_mib"] if h_top else None, loaded),
+            "≤",
+            RSS_GROWTH_MAX,
+        )
+    )
+    turns = (hearth or {}).get("multi_turn") or {}
+    rows.append(
+        row(
+            "Hearth multi-turn TTFT p50, warm ÷ cold",
+            turns.get("warm_over_cold"),
+            "≤",
+            WARM_COLD_MAX,
+        )
+    )
+    for entry in (ceiling or {}).get("results") or []:
+        size = entry["batch_size"]
+        h = find_run(hearth, size)
+        rows.append(
+            row(
+                f"Hearth {size} client(s) ÷ ceiling batch {size}, tok/s",
+                ratio(h["output_tok_s"] if h else None, entry["tok_s"]),
+                "≥",
+                CEILING_MIN.get(size),  # none for a batch the issue sets no target for
+            )
+        )
+    return rows
+
+
+def fmt(value: Any) -> str:
     if value is None:
         return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    align = ["---" if i == 0 else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(fmt(cell) for cell in cells) + " |" for cells in rows]
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
-    machine = report["machine"]
-    config = report["config"]
+    machine, config = report["machine"], report["config"]
+    servers: dict[str, dict[str, Any]] = report["servers"]
     lines = [
-        f"# Hearth benchmark — {machine['model']}",
+        f"# Hearth vs llama-cpp-python — {machine['model']}",
         "",
         f"- CPU: {machine['cpu_model']} (nproc {machine['nproc']}), "
-        f"threads {machine['threads']}, slots {machine['parallel']}",
-        f"- {config['requests']} streaming chat requests per run, "
-        f"{config['max_tokens']} tokens each (ignore_eos)",
+        f"{machine['mem_total_mib']} MiB, load average at start {machine['loadavg_at_start']}",
+        f"- Both servers: {machine['threads']} threads. Hearth: {config['hearth_parallel']} slots "
+        f"× {config['hearth_ctx_size']} ctx. llama-cpp-python: n_ctx {config['peer_ctx_size']}, "
+        f"flash attention {config['peer_flash_attn']}, one request at a time",
+        f"- {config['requests']} streaming chat requests per run at every client count, "
+        f"{config['max_tokens']} tokens each (EOS banned with logit_bias on both), sampling "
+        f"{config['sampling']}",
         f"- Date {machine['date']}, commit {machine['git_commit'] or 'unknown'}, "
-        f"server RSS after load {fmt(report['server_rss_loaded_mib'])} MiB",
-        "",
-        "| clients | tok/s | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | peak RSS MiB "
-        "| max batch | tok/step | errors |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"versions {machine['versions']}",
     ]
-    for run in report["runs"]:
-        cells = [
-            run["clients"],
-            run["output_tok_s"],
-            run["ttft_p50_ms"],
-            run["ttft_p95_ms"],
-            run["itl_p50_ms"],
-            run["peak_rss_mib"],
-            run["max_batch_size"],
-            run["tokens_per_step"],
-            run["errors"],
-        ]
-        lines.append("| " + " | ".join(fmt(cell) for cell in cells) + " |")
-    if report["speedup"]:
-        ratio = report["speedup"]
-        lines += ["", f"Aggregate tok/s, {ratio['clients']} clients over 1: **{ratio['ratio']}×**"]
+
+    lines += ["", "## Acceptance", ""]
+    lines += table(
+        ["figure", "value", "target", "result"],
+        [
+            [
+                a["figure"],
+                a["value"],
+                f"{a['op']} {a['target']:g}" if a["target"] is not None else "–",
+                {True: "**pass**", False: "**FAIL**", None: "–"}[a["pass"]],
+            ]
+            for a in report["acceptance"]
+        ],
+    )
+
+    lines += ["", "## Throughput and latency", ""]
+    rows = []
+    for name, server in servers.items():
+        if server.get("error"):
+            lines.append(f"- **{name} failed**: {server['error']}")
+            continue
+        for run in server["runs"]:
+            rows.append(
+                [
+                    name,
+                    run["clients"],
+                    run["output_tok_s"],
+                    run["ttft_p50_ms"],
+                    run["ttft_p95_ms"],
+                    run["itl_p50_ms"],
+                    server["rss_loaded_mib"],
+                    run["peak_rss_mib"],
+                    run["max_batch_size"],
+                    run["tokens_per_step"],
+                    run["token_count"],
+                    run["errors"],
+                ]
+            )
+    header = ["server", "clients", "tok/s", "TTFT p50 ms", "TTFT p95 ms", "ITL p50 ms"]
+    header += ["RSS after load MiB", "peak RSS MiB", "max batch", "tok/step", "tokens from"]
+    lines += table([*header, "errors"], rows)
+
+    if report["comparison"]:
+        lines += ["", "## Hearth ÷ llama-cpp-python (same run)", ""]
+        lines += table(
+            [
+                "clients",
+                "tok/s Hearth",
+                "tok/s peer",
+                "ratio",
+                "TTFT p50 ms Hearth",
+                "peer",
+                "ratio",
+            ],
+            [
+                [
+                    c["clients"],
+                    c["hearth_tok_s"],
+                    c["peer_tok_s"],
+                    c["tok_s_ratio"],
+                    c["hearth_ttft_p50_ms"],
+                    c["peer_ttft_p50_ms"],
+                    c["ttft_p50_ratio"],
+                ]
+                for c in report["comparison"]
+            ],
+        )
+
+    turns = {n: s["multi_turn"] for n, s in servers.items() if s.get("multi_turn")}
+    if turns:
+        prompt_tokens = next(
+            (t["prompt_tokens"] for t in turns.values() if t["prompt_tokens"]), None
+        )
+        lines += ["", f"## Multi-turn: TTFT of a {fmt(prompt_tokens)}-token chat + 1 message", ""]
+        lines += table(
+            ["server", "cold TTFT p50 ms", "warm TTFT p50 ms", "warm ÷ cold", "cached", "repeats"],
+            [
+                [
+                    name,
+                    t["cold_ttft_p50_ms"],
+                    t["warm_ttft_p50_ms"],
+                    t["warm_over_cold"],
+                    ", ".join(fmt(c) for c in t["warm_cached_tokens"]),
+                    t["repeats"],
+                ]
+                for name, t in turns.items()
+            ],
+        )
+
+    ceiling = report.get("ceiling") or {}
+    if ceiling.get("error"):
+        lines += ["", f"Ceiling failed: {ceiling['error']}"]
+    elif ceiling.get("results"):
+        lines += ["", "## Ceiling: bare llama.cpp decode loop, no server", ""]
+        lines.append(
+            f"Decode loop only ({ceiling['sampler']}); Hearth's figure is end to end (prefill, "
+            "HTTP, and the clients on the same cores)."
+        )
+        lines.append("")
+        hearth = servers.get(HEARTH)
+        rows = []
+        for entry in ceiling["results"]:
+            h = find_run(hearth, entry["batch_size"])
+            h_tok_s = h["output_tok_s"] if h else None
+            rows.append(
+                [entry["batch_size"], entry["tok_s"], h_tok_s, ratio(h_tok_s, entry["tok_s"])]
+            )
+        lines += table(["batch", "ceiling tok/s", "Hearth tok/s", "Hearth ÷ ceiling"], rows)
     return "\n".join(lines) + "\n"
 
 
@@ -493,23 +977,48 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out: Path = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    port = args.port or free_port()
-    log_path = out.parent / f"{out.stem}.server.log"
-    with (
-        open(log_path, "w", encoding="utf-8") as log,
-        hearth_server(port, args.threads, args.parallel, log) as server,
-    ):
-        try:
-            report = asyncio.run(benchmark(args, server, f"http://{HOST}:{port}"))
-        except (RuntimeError, httpx.HTTPError) as exc:
-            console.print(f"[red]Benchmark failed: {exc}[/red] (server log: {log_path})")
-            return 1
+    machine = machine_info(args)
+    if machine["loadavg_at_start"][0] > 0.5:
+        # OpenMP threads spin-wait on each other: a busy neighbour can slow steps by up to 10×.
+        console.print(
+            f"[yellow]Load average {machine['loadavg_at_start'][0]} at start: another process "
+            "is busy, and every figure will be skewed. Rerun on an idle machine.[/yellow]"
+        )
+
+    ceiling: dict[str, Any] | None = None
+    if args.ceiling_repeats:
+        ceiling = run_ceiling(args)
+    servers: dict[str, dict[str, Any]] = {}
+    for server in args.servers:
+        servers[server] = run_server(server, args)
+
+    report = {
+        "machine": machine,
+        "config": {
+            "servers": args.servers,
+            "clients": args.clients,
+            "requests": args.requests,
+            "max_tokens": args.max_tokens,
+            "hearth_parallel": args.parallel,
+            "hearth_ctx_size": args.hearth_ctx_size,
+            "peer_ctx_size": args.peer_ctx_size,
+            "peer_flash_attn": args.peer_flash_attn,
+            "sampling": {**SAMPLING, "eog_logit_bias": EOG_BIAS, "peer_extra": PEER_SAMPLING},
+            "multi_turn_repeats": args.multi_turn_repeats,
+            "quick": args.quick,
+        },
+        "servers": servers,
+        "comparison": comparisons(args, servers.get(HEARTH), servers.get(PEER)),
+        "acceptance": acceptance(args, servers.get(HEARTH), ceiling),
+        "ceiling": ceiling,
+    }
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    table = markdown(report)
-    out.with_suffix(".md").write_text(table, encoding="utf-8")
-    print(table, end="")
+    text = markdown(report)
+    out.with_suffix(".md").write_text(text, encoding="utf-8")
+    print(text, end="")
     console.print(f"Wrote {out} and {out.with_suffix('.md')}")
-    return 0
+    failed = any(s.get("error") for s in servers.values()) or bool((ceiling or {}).get("error"))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -195,3 +195,25 @@ def test_health_reports_slots_and_batching(server: HearthServer) -> None:
     assert health["device"] == "CPU"
     for key in ("slots_in_use", "queue_length", "max_batch_size"):
         assert isinstance(health[key], int)
+
+
+def test_prometheus_metrics_count_tokens(server: HearthServer, client: openai.OpenAI) -> None:
+    def scrape() -> dict[str, float]:
+        response = httpx.get(f"{server.base_url}/metrics")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        samples = {}
+        for line in response.text.splitlines():
+            if line.startswith("hearth_"):
+                name, value = line.rsplit(" ", 1)
+                samples[name.split("{")[0]] = float(value)
+        return samples
+
+    before = scrape()
+    client.completions.create(
+        model=MODEL, prompt="One, two,", max_tokens=5, extra_body={"ignore_eos": True}
+    )
+    after = scrape()
+    assert after["hearth_generated_tokens_total"] - before["hearth_generated_tokens_total"] == 5
+    assert after["hearth_requests_finished_total"] - before["hearth_requests_finished_total"] == 1
+    assert after["hearth_slots"] == 4

@@ -6,7 +6,7 @@ from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from hearth.errors import InvalidRequestError, ModelNotFoundError
 from hearth.protocol.extensions import (
@@ -23,6 +23,7 @@ from hearth.protocol.openai import (
     ModelList,
 )
 from hearth.server.auth import require_api_key
+from hearth.server.metrics import CONTENT_TYPE, render_metrics
 from hearth.server.serving import serve_chat, serve_completion
 from hearth.server.state import ServerState
 
@@ -66,6 +67,12 @@ async def health(request: Request) -> dict[str, Any]:
             "batch_size_histogram": {str(k): v for k, v in stats.batch_size_histogram.items()},
         },
     }
+
+
+@health_router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    state = _state(request)
+    return Response(render_metrics(state.model_id, state.engine.stats), media_type=CONTENT_TYPE)
 
 
 @openai_router.get("/models", response_model=ModelList)
