@@ -20,6 +20,8 @@ import httpx
 from rich.console import Console
 from rich.text import Text
 
+from hearth.models.registry import model_id
+
 __all__ = ["command", "log_path", "parse_sse", "pid_path"]
 
 # hearth.settings' defaults; importing it would load pydantic on every `hearth run`.
@@ -226,12 +228,6 @@ def _start_server(
     return health
 
 
-def _model_id(name: str) -> str:
-    """The id a server reports for `--model name`: a .gguf file goes by its stem."""
-    path = Path(name).expanduser()
-    return path.stem if path.suffix.lower() == ".gguf" else name
-
-
 def _connect(
     client: httpx.Client, host: str, port: int, model: str | None, console: Console
 ) -> str:
@@ -247,7 +243,7 @@ def _connect(
                 raise ChatError(str(exc)) from exc
         health = _start_server(client, host, port, model, console)
     served = str(health["model"])
-    if model is not None and _model_id(model) != served:
+    if model is not None and model_id(model) != served:
         raise ChatError(
             f"The server at {client.base_url} serves {served!r}, not {model!r}; "
             f"a server serves one model. Run `hearth run {served}`, stop that server, "

