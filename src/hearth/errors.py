@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationError",
+    "ClientDisconnectedError",
     "ContextLengthExceededError",
     "EngineError",
     "HearthError",
@@ -100,6 +101,14 @@ class QueueTimeoutError(ServerOverloadedError):
     """Waited in the queue longer than --queue-timeout without getting a slot."""
 
     status_code = 503
+
+
+class ClientDisconnectedError(HearthError):
+    """The client left before the answer was ready; its engine request is already aborted.
+    Nobody reads this response: it only ends the handler without an error in the log."""
+
+    status_code = 499  # nginx's "client closed request"
+    error_type = "client_closed_request"
 
 
 class EngineError(HearthError):

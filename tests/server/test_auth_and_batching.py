@@ -158,6 +158,7 @@ def test_a_closed_stream_frees_its_slot_at_once(tmp_path: Path) -> None:
         engine = server.health()["engine"]
         assert engine["generated_tokens_total"] < 1000
         assert engine["requests_finished"] == 2
+        assert "Traceback" not in server.log()
     finally:
         server.stop()
 
@@ -181,6 +182,7 @@ def test_a_non_streaming_client_that_leaves_is_aborted(tmp_path: Path) -> None:
             time.sleep(0.05)
         assert server.health()["slots_in_use"] == 0
         assert server.health()["engine"]["generated_tokens_total"] < 1000
+        assert "Traceback" not in server.log()
     finally:
         server.stop()
 

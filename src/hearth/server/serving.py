@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from hearth import __version__
 from hearth.engine.types import FinishReason, GenerationRequest, RequestOutput, SamplingParams
 from hearth.errors import (
+    ClientDisconnectedError,
     ContextLengthExceededError,
     HearthError,
     InvalidRequestError,
@@ -295,8 +296,8 @@ async def _until_disconnect(http_request: Request, work: Awaitable[T]) -> T:
     finally:
         watcher.cancel()
     if not task.done():
-        task.cancel()
-        raise asyncio.CancelledError("client disconnected")
+        task.cancel()  # aborts the engine request
+        raise ClientDisconnectedError("The client closed the connection.")
     return task.result()
 
 
