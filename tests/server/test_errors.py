@@ -204,3 +204,9 @@ def test_bad_requests_do_not_disturb_a_running_stream(server: HearthServer) -> N
     assert statuses == {400, 404}
     assert finish[-1] == "length"
     assert "".join(pieces).strip()
+
+
+def test_detokenize_refuses_unknown_token_ids(server: HearthServer) -> None:
+    response = post(server, "/detokenize", json={"tokens": [1, 10**9]})
+    assert response.status_code == 400
+    assert error_of(response)["param"] == "tokens"

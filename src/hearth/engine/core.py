@@ -125,8 +125,6 @@ class EngineCore(Generic[SinkT]):
 
     def step(self) -> list[tuple[SinkT, RequestOutput]]:
         expired = self._expire_waiting()
-        if expired and not self.has_work:
-            return expired
         plan = self.scheduler.schedule()
         for op in plan.kv_ops:
             if isinstance(op, KvCopy):

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from hearth.errors import InvalidRequestError, ModelNotFoundError
+from hearth.errors import ModelNotFoundError
 from hearth.protocol.extensions import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -24,7 +24,7 @@ from hearth.protocol.openai import (
 )
 from hearth.server.auth import require_api_key
 from hearth.server.metrics import CONTENT_TYPE, render_metrics
-from hearth.server.serving import serve_chat, serve_completion
+from hearth.server.serving import check_token_ids, serve_chat, serve_completion
 from hearth.server.state import ServerState
 
 __all__ = ["extensions_router", "health_router", "openai_router"]
@@ -112,11 +112,6 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
 
 @extensions_router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
-    runner = _state(request).runner
-    bad = next((t for t in body.tokens if not 0 <= t < runner.n_vocab), None)
-    if bad is not None:
-        raise InvalidRequestError(
-            f"Token id {bad} is outside the vocabulary (0 to {runner.n_vocab - 1}).",
-            param="tokens",
-        )
-    return DetokenizeResponse(content=runner.detokenize(body.tokens))
+    state = _state(request)
+    check_token_ids(state, body.tokens, param="tokens")
+    return DetokenizeResponse(content=state.runner.detokenize(body.tokens))

@@ -47,7 +47,7 @@ from hearth.protocol.openai import (
 from hearth.server.errors import sse_error_event
 from hearth.server.state import ServerState
 
-__all__ = ["serve_chat", "serve_completion"]
+__all__ = ["check_token_ids", "serve_chat", "serve_completion"]
 
 SYSTEM_FINGERPRINT = f"hearth-{__version__}"
 MAX_STOP_SEQUENCES = 4
@@ -228,6 +228,15 @@ def _chat_prompt_tokens(state: ServerState, req: ChatCompletionRequest) -> list[
     return state.runner.tokenize(text, add_special=True, parse_special=True)
 
 
+def check_token_ids(state: ServerState, tokens: list[int], *, param: str) -> None:
+    n_vocab = state.runner.n_vocab
+    bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
+    if bad is not None:
+        raise InvalidRequestError(
+            f"Token id {bad} is outside the vocabulary (0 to {n_vocab - 1}).", param=param
+        )
+
+
 def _completion_prompt_tokens(state: ServerState, prompt: object) -> list[int]:
     # A list holding one prompt is the same as that prompt; more need `n`-style batching.
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
@@ -239,12 +248,7 @@ def _completion_prompt_tokens(state: ServerState, prompt: object) -> list[int]:
     else:
         assert isinstance(prompt, list)
         tokens = [int(t) for t in prompt]
-        bad = next((t for t in tokens if not 0 <= t < state.runner.n_vocab), None)
-        if bad is not None:
-            raise InvalidRequestError(
-                f"Token id {bad} is outside the vocabulary (0 to {state.runner.n_vocab - 1}).",
-                param="prompt",
-            )
+        check_token_ids(state, tokens, param="prompt")
     if not tokens:
         raise InvalidRequestError("'prompt' must not be empty.", param="prompt")
     return tokens
