@@ -7,7 +7,7 @@ import os
 from functools import cache
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ServeSettings", "physical_cores"]
@@ -94,3 +94,13 @@ class ServeSettings(BaseSettings):
         if isinstance(value, (list, tuple)):
             return [str(part).strip() for part in value if str(part).strip()]
         return value
+
+    @model_validator(mode="after")
+    def _batch_fits_every_slot(self) -> ServeSettings:
+        # Every generating slot puts one token into each step; llama.cpp asserts on less.
+        if self.max_batch_tokens < self.parallel:
+            raise ValueError(
+                f"max_batch_tokens ({self.max_batch_tokens}) must be at least parallel "
+                f"({self.parallel}): each slot adds a token to every decode step"
+            )
+        return self

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.server.conftest import MODEL, HearthServer, start_server
+from tests.server.conftest import MODEL, HearthServer, free_port, start_server
 
 pytestmark = pytest.mark.server
 
@@ -216,3 +218,26 @@ def test_any_gguf_path_is_served_under_its_stem(tmp_path: Path) -> None:
 def test_a_missing_model_file_fails_at_start_with_a_message(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"no such model file"):
         start_server(tmp_path, "--model", str(tmp_path / "absent.gguf"))
+
+
+@pytest.mark.parametrize(
+    ("args", "exit_code", "message"),
+    [
+        (["--parallel", "64", "--max-batch-tokens", "32"], 2, "must be at least parallel"),
+        (["--port", "70000"], 2, "--port"),
+        (["--ctx-size", "50000000"], 1, "could not create a context"),
+    ],
+)
+def test_bad_settings_fail_at_start_with_one_clear_line(
+    args: list[str], exit_code: int, message: str
+) -> None:
+    port = [] if "--port" in args else ["--port", str(free_port())]
+    result = subprocess.run(
+        [sys.executable, "-m", "hearth", "serve", *port, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == exit_code
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

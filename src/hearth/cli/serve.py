@@ -9,6 +9,7 @@ import typing
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from hearth.settings import ServeSettings
 
@@ -54,28 +55,40 @@ def command(**flags: Any) -> None:
     given = {k: v for k, v in flags.items() if v is not None and v != ()}
     try:
         settings = ServeSettings(**given)
-    except Exception as exc:  # pydantic's message names the bad setting
-        raise click.UsageError(str(exc)) from exc
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            flag = f"--{where.replace('_', '-')}: " if where else ""
+            problems.append(flag + error["msg"].removeprefix("Value error, "))
+        raise click.UsageError("; ".join(problems)) from exc
     serve(settings)
 
 
 def serve(settings: ServeSettings) -> None:
     import uvicorn
 
-    from hearth.models.registry import UnknownModelError, resolve
-    from hearth.server.app import create_app
+    from hearth.models.registry import DEFAULT_MODEL_ID, UnknownModelError
+    from hearth.server.app import create_app, load_state
 
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Load before uvicorn starts, so a bad model or too big a context is one clear line.
+    logger.info(
+        "Loading %s with %d slots × %d ctx",
+        settings.model or DEFAULT_MODEL_ID,
+        settings.parallel,
+        settings.ctx_size,
+    )
     try:
-        resolve(settings.model)
-    except UnknownModelError as exc:
+        state = load_state(settings)
+    except (UnknownModelError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
 
-    app = create_app(settings)
+    app = create_app(settings, state)
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:

@@ -1,5 +1,7 @@
-"""The app factory. `create_app(settings)` builds a FastAPI app whose lifespan loads the model,
-starts the engine thread, and keeps everything on `app.state.hearth`."""
+"""The app factory. `create_app(settings, state)` builds a FastAPI app whose lifespan starts the
+engine thread (loading the model first when no state is given) and keeps everything on
+`app.state.hearth`. `hearth serve` loads the state before uvicorn starts, so that a model that
+cannot load fails with one clear line."""
 
 from __future__ import annotations
 
