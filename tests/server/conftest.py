@@ -62,6 +62,12 @@ class HearthServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def __enter__(self) -> HearthServer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
         for client in self._clients:
             client.close()

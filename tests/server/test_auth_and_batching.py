@@ -24,7 +24,7 @@ CHAT = [{"role": "user", "content": "Hi"}]
 @pytest.fixture()
 def keyed_server(tmp_path: Path) -> Iterator[HearthServer]:
     # One key from the flag, two from the env: every one of them works.
-    server = start_server(
+    with start_server(
         tmp_path,
         "--api-key",
         "flag-key",
@@ -32,11 +32,8 @@ def keyed_server(tmp_path: Path) -> Iterator[HearthServer]:
         "http://localhost:3000",
         env={"HEARTH_API_KEY": "env-key-1,env-key-2"},
         api_key="flag-key",
-    )
-    try:
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_auth_on(keyed_server: HearthServer) -> None:
@@ -58,14 +55,11 @@ def test_auth_on(keyed_server: HearthServer) -> None:
 
 
 def test_several_keys_from_the_env(tmp_path: Path) -> None:
-    server = start_server(tmp_path, env={"HEARTH_API_KEY": "env-key-1,env-key-2"})
-    try:
+    with start_server(tmp_path, env={"HEARTH_API_KEY": "env-key-1,env-key-2"}) as server:
         for key in ("env-key-1", "env-key-2"):
             assert server.client(api_key=key).models.list().data[0].id == MODEL
         with pytest.raises(openai.AuthenticationError):
             server.client(api_key="env-key-3").models.list()
-    finally:
-        server.stop()
 
 
 def test_cors_only_for_listed_origins(keyed_server: HearthServer, server: HearthServer) -> None:
@@ -91,8 +85,7 @@ def test_auth_off_by_default(client: openai.OpenAI) -> None:
 
 
 def test_eight_streams_are_decoded_together(tmp_path: Path) -> None:
-    server = start_server(tmp_path, "--parallel", "8")
-    try:
+    with start_server(tmp_path, "--parallel", "8") as server:
         assert server.health()["max_batch_size"] == 0
 
         async def one(i: int, client: openai.AsyncOpenAI) -> tuple[str, str | None, int]:
@@ -127,13 +120,10 @@ def test_eight_streams_are_decoded_together(tmp_path: Path) -> None:
         health = server.health()
         assert health["max_batch_size"] >= 4
         assert health["slots_in_use"] == 0 and health["queue_length"] == 0
-    finally:
-        server.stop()
 
 
 def test_a_closed_stream_frees_its_slot_at_once(tmp_path: Path) -> None:
-    server = start_server(tmp_path, "--parallel", "1")
-    try:
+    with start_server(tmp_path, "--parallel", "1") as server:
         client = server.client()
         long_story = client.chat.completions.create(
             model=MODEL,
@@ -161,13 +151,10 @@ def test_a_closed_stream_frees_its_slot_at_once(tmp_path: Path) -> None:
         assert engine["generated_tokens_total"] < 1000
         assert engine["requests_finished"] == 2
         assert "Traceback" not in server.log()
-    finally:
-        server.stop()
 
 
 def test_a_non_streaming_client_that_leaves_is_aborted(tmp_path: Path) -> None:
-    server = start_server(tmp_path, "--parallel", "1")
-    try:
+    with start_server(tmp_path, "--parallel", "1") as server:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(
                 f"{server.base_url}/v1/chat/completions",
@@ -185,8 +172,6 @@ def test_a_non_streaming_client_that_leaves_is_aborted(tmp_path: Path) -> None:
         assert server.health()["slots_in_use"] == 0
         assert server.health()["engine"]["generated_tokens_total"] < 1000
         assert "Traceback" not in server.log()
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -202,8 +187,7 @@ def test_any_gguf_path_is_served_under_its_stem(tmp_path: Path) -> None:
 
     model_file = tmp_path / "my-model.gguf"
     model_file.symlink_to(embedded_model_path())
-    server = start_server(tmp_path, "--model", str(model_file), "--ctx-size", "512")
-    try:
+    with start_server(tmp_path, "--model", str(model_file), "--ctx-size", "512") as server:
         client = server.client()
         assert [m.id for m in client.models.list().data] == ["my-model"]
         reply = client.chat.completions.create(model="my-model", messages=CHAT, max_tokens=3)
@@ -211,8 +195,6 @@ def test_any_gguf_path_is_served_under_its_stem(tmp_path: Path) -> None:
         assert server.health()["n_ctx_per_slot"] == 512
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=3)
-    finally:
-        server.stop()
 
 
 def test_a_missing_model_file_fails_at_start_with_a_message(tmp_path: Path) -> None:

@@ -16,8 +16,7 @@ pytestmark = pytest.mark.server
 
 
 def test_two_hundred_requests_at_once_get_answers_or_429(tmp_path: Path) -> None:
-    server = start_server(tmp_path, "--parallel", "4", "--max-queue", "8")
-    try:
+    with start_server(tmp_path, "--parallel", "4", "--max-queue", "8") as server:
 
         async def one(client: httpx.AsyncClient, i: int) -> tuple[int, str]:
             body = {
@@ -54,13 +53,10 @@ def test_two_hundred_requests_at_once_get_answers_or_429(tmp_path: Path) -> None
         health = server.health()
         assert health["slots_in_use"] == 0 and health["queue_length"] == 0
         assert health["engine"]["requests_finished"] == statuses[200]
-    finally:
-        server.stop()
 
 
 def test_a_request_that_waits_too_long_gets_503(tmp_path: Path) -> None:
-    server = start_server(tmp_path, "--parallel", "1", "--queue-timeout", "1")
-    try:
+    with start_server(tmp_path, "--parallel", "1", "--queue-timeout", "1") as server:
         hog = {
             "model": MODEL,
             "messages": [{"role": "user", "content": "A long story, please."}],
@@ -86,5 +82,3 @@ def test_a_request_that_waits_too_long_gets_503(tmp_path: Path) -> None:
             assert response.headers["retry-after"] == "1"
             assert response.json()["error"]["type"] == "server_overloaded"
         assert server.health()["queue_length"] == 0
-    finally:
-        server.stop()

@@ -24,8 +24,7 @@ def usage_of(reply: object) -> tuple[int, int]:
 
 
 def test_second_turn_reuses_the_first_turns_tokens(tmp_path: Path) -> None:
-    server = start_server(tmp_path, "--parallel", "2")
-    try:
+    with start_server(tmp_path, "--parallel", "2") as server:
         client = server.client()
         first = client.chat.completions.create(
             model=MODEL,
@@ -57,8 +56,6 @@ def test_second_turn_reuses_the_first_turns_tokens(tmp_path: Path) -> None:
         assert second_prompt - second_cached < second_prompt // 2
         engine = server.health()["engine"]
         assert engine["prompt_tokens_cached_total"] == second_cached
-    finally:
-        server.stop()
 
 
 def test_cached_and_uncached_answers_are_identical(tmp_path: Path) -> None:
@@ -69,21 +66,17 @@ def test_cached_and_uncached_answers_are_identical(tmp_path: Path) -> None:
         "temperature": 0.8,
         "seed": 1234,
     }
-    server = start_server(tmp_path, "--parallel", "1")
-    try:
+    with start_server(tmp_path, "--parallel", "1") as server:
         client: openai.OpenAI = server.client()
         cold = client.chat.completions.create(**request)  # type: ignore[call-overload]
         warm = client.chat.completions.create(**request)  # type: ignore[call-overload]
         assert usage_of(cold)[1] == 0
         assert usage_of(warm)[1] == usage_of(warm)[0] - 1  # all but the last prompt token
         assert warm.choices[0].message.content == cold.choices[0].message.content
-    finally:
-        server.stop()
 
 
 def test_a_conversation_goes_back_to_its_own_slot(tmp_path: Path) -> None:
-    server = start_server(tmp_path, "--parallel", "3")
-    try:
+    with start_server(tmp_path, "--parallel", "3") as server:
         client = server.client()
         conversations = [
             [{"role": "user", "content": f"Conversation {i}: tell me about {topic}."}]
@@ -105,8 +98,6 @@ def test_a_conversation_goes_back_to_its_own_slot(tmp_path: Path) -> None:
             # Everything but the "assistant" header matched: each conversation went back to the
             # slot holding its own history, not to one sharing only the system prompt.
             assert usage_of(reply)[1] >= first_prompt - 3
-    finally:
-        server.stop()
 
 
 LONG_SYSTEM = (
@@ -135,9 +126,10 @@ def test_a_shared_system_prompt_is_copied_between_slots_exactly(tmp_path: Path) 
     # Two slots: the second question takes the empty slot and copies the first one's KV.
     # One slot: the second question reuses the same slot's KV in place. Same cached prefix, same
     # tokens decoded on top of it: the answers must match token for token.
-    copying = start_server(tmp_path / "copying", "--parallel", "2")
-    in_place = start_server(tmp_path / "in-place", "--parallel", "1")
-    try:
+    with (
+        start_server(tmp_path / "copying", "--parallel", "2") as copying,
+        start_server(tmp_path / "in-place", "--parallel", "1") as in_place,
+    ):
         answers = []
         for server in (copying, in_place):
             ask(server.client(), "When do you open on Saturday?")
@@ -149,9 +141,6 @@ def test_a_shared_system_prompt_is_copied_between_slots_exactly(tmp_path: Path) 
         # The first conversation kept its own slot: its next turn is a continuation.
         again = ask(copying.client(), "When do you open on Saturday?")
         assert again[2] == again[1] - 1
-    finally:
-        copying.stop()
-        in_place.stop()
 
 
 def test_without_flash_attention_cached_and_cold_answers_match_exactly(tmp_path: Path) -> None:
@@ -168,9 +157,10 @@ def test_without_flash_attention_cached_and_cold_answers_match_exactly(tmp_path:
     def messages(question: str) -> list[dict[str, str]]:
         return [{"role": "system", "content": LONG_SYSTEM}, {"role": "user", "content": question}]
 
-    warm = start_server(tmp_path / "warm", "--parallel", "1", "--flash-attn", "off")
-    cold = start_server(tmp_path / "cold", "--parallel", "1", "--flash-attn", "off")
-    try:
+    with (
+        start_server(tmp_path / "warm", "--parallel", "1", "--flash-attn", "off") as warm,
+        start_server(tmp_path / "cold", "--parallel", "1", "--flash-attn", "off") as cold,
+    ):
         warm.client().chat.completions.create(
             messages=messages("Are you open on Sunday?"), **request
         )  # type: ignore[call-overload]
@@ -184,6 +174,3 @@ def test_without_flash_attention_cached_and_cold_answers_match_exactly(tmp_path:
         assert cached_tokens > 64 and prompt - cached_tokens > 1  # several tokens on top
         assert usage_of(fresh)[1] == 0
         assert cached.choices[0].message.content == fresh.choices[0].message.content
-    finally:
-        warm.stop()
-        cold.stop()

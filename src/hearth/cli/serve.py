@@ -95,7 +95,6 @@ def serve(settings: ServeSettings) -> None:
             await super().startup(sockets)
             if self.should_exit:
                 return
-            state = app.state.hearth
             device = state.devices[0] if state.devices else None
             where = f"{device.name} ({device.description})" if device else "CPU"
             logger.info(
