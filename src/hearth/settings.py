@@ -5,15 +5,24 @@ from __future__ import annotations
 
 import os
 from functools import cache
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ServeSettings", "physical_cores"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ServeSettings", "hearth_home", "physical_cores"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8642
+
+
+def hearth_home() -> Path:
+    """Hearth's data directory: $HEARTH_HOME, else $XDG_DATA_HOME/hearth (~/.local/share)."""
+    if home := os.environ.get("HEARTH_HOME"):
+        return Path(home).expanduser()
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data).expanduser() / "hearth"
 
 
 @cache
@@ -80,6 +89,11 @@ class ServeSettings(BaseSettings):
         "auto",
         description="llama.cpp flash attention. 'off' makes outputs independent of how a prompt "
         "was split between cache and batch, at some speed on long contexts.",
+    )
+    quantize: Literal["none", "q8_0", "q4_0"] = Field(
+        "none",
+        description="Serve the model re-quantized to a type with fast batched CPU kernels "
+        "(converted once into the Hearth home).",
     )
     gpu_layers: int = Field(
         -1, ge=-1, description="Layers to offload to a GPU; -1 offloads all that fit the backend."

@@ -223,3 +223,21 @@ def test_bad_settings_fail_at_start_with_one_clear_line(
     assert result.returncode == exit_code
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_quantize_converts_once_into_the_home_and_serves(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {"HEARTH_HOME": str(home)}
+    with start_server(tmp_path, "--quantize", "q8_0", "--ctx-size", "512", env=env) as server:
+        reply = server.client().chat.completions.create(model=MODEL, messages=CHAT, max_tokens=3)
+        assert reply.usage is not None and reply.usage.completion_tokens > 0
+    [converted] = (home / "quantized").iterdir()
+    assert converted.name == "SmolLM2-135M-Instruct.Q4_1.q8_0.gguf"
+    from gguf import GGUFReader
+
+    file_type = GGUFReader(converted).get_field("general.file_type")
+    assert file_type is not None and file_type.contents() == 7  # LLAMA_FTYPE_MOSTLY_Q8_0
+    first_write = converted.stat().st_mtime_ns
+    with start_server(tmp_path, "--quantize", "q8_0", "--ctx-size", "512", env=env):
+        pass
+    assert converted.stat().st_mtime_ns == first_write  # reused, not converted again

@@ -1,7 +1,7 @@
 """The llama.cpp side of the engine, over llama-cpp-python's low-level ctypes API.
 
-This module and `devices` are the only ones that import llama_cpp. Everything here but
-`tokenize` runs on the engine thread, which owns the context; `tokenize` only reads the
+This module, `devices` and `quantize` are the only ones that import llama_cpp. Everything here
+but `tokenize` runs on the engine thread, which owns the context; `tokenize` only reads the
 vocabulary, which llama.cpp allows from any thread (its own server tokenizes in HTTP threads).
 """
 

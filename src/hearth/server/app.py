@@ -20,7 +20,7 @@ from hearth.server.errors import install_error_handlers
 from hearth.server.limits import BodySizeLimit
 from hearth.server.routes import extensions_router, health_router, openai_router
 from hearth.server.state import ServerState
-from hearth.settings import ServeSettings
+from hearth.settings import ServeSettings, hearth_home
 
 __all__ = ["create_app", "load_state"]
 
@@ -35,9 +35,15 @@ def load_state(settings: ServeSettings) -> ServerState:
     from hearth.engine.types import BatchBudget, QueuePolicy
 
     model = registry.resolve(settings.model)
+    model_path = model.path
+    if settings.quantize != "none":
+        from hearth.engine.quantize import quantize
+
+        target = hearth_home() / "quantized" / f"{model_path.stem}.{settings.quantize}.gguf"
+        model_path = quantize(model_path, settings.quantize, target, settings.threads)
     runner = LlamaRunner(
         RunnerConfig(
-            model_path=model.path,
+            model_path=model_path,
             n_slots=settings.parallel,
             n_ctx_per_slot=settings.ctx_size,
             n_threads=settings.threads,

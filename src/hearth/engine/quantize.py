@@ -1,0 +1,45 @@
+"""Re-quantize a GGUF into a type with fast batched CPU kernels (llama_model_quantize).
+
+The embedded SmolLM2 is Q4_1, which neither ggml's repack path nor llamafile's sgemm handles on
+x86, so batching gains little; Q8_0 and Q4_0 do have those kernels. Opt-in, measured in
+bench/quality.py (top-1 agreement with the original) and bench/bench.py (speed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import llama_cpp as llama
+
+from hearth.engine.llama_runner import init_backend
+
+__all__ = ["QUANT_TYPES", "quantize"]
+
+logger = logging.getLogger(__name__)
+
+# name -> enum llama_ftype
+QUANT_TYPES = {"q8_0": llama.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_0": llama.LLAMA_FTYPE_MOSTLY_Q4_0}
+
+
+def quantize(source: Path, kind: str, target: Path, threads: int) -> Path:
+    """Write `source` re-quantized to `kind` at `target`, once; later calls reuse the file."""
+    if target.is_file():
+        return target
+    init_backend()
+    params = llama.llama_model_quantize_default_params()
+    params.ftype = QUANT_TYPES[kind]
+    params.nthread = threads
+    params.allow_requantize = True  # the source is already quantized
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    logger.info("Re-quantizing %s to %s (once; cached at %s)", source.name, kind, target)
+    try:
+        status = llama.llama_model_quantize(str(source).encode(), str(partial).encode(), params)
+        if status != 0:
+            raise RuntimeError(f"llama.cpp could not quantize {source} to {kind} ({status})")
+        partial.replace(target)  # atomic: a crash never leaves a half model under the name
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
