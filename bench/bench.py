@@ -262,23 +262,16 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu_model = line.partition(":")[2].strip()
                 break
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=BENCH_DIR, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
     commit: str | None = None
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=BENCH_DIR,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=BENCH_DIR,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        commit += "-dirty" if dirty else ""
+        commit = git("rev-parse", "--short", "HEAD")
+        commit += "-dirty" if git("status", "--porcelain", "--untracked-files=no") else ""
     versions: dict[str, str] = {}
     for dist in ("hearth", "llama-cpp-python", "fastapi", "uvicorn", "sse-starlette"):
         with contextlib.suppress(metadata.PackageNotFoundError):

@@ -59,9 +59,8 @@ class Engine:
         runner: ModelRunner,
         n_slots: int,
         budget: BatchBudget,
-        queue_policy: QueuePolicy | None = None,
+        policy: QueuePolicy,
     ) -> None:
-        policy = queue_policy or QueuePolicy()
         self._core: EngineCore[_Sink] = EngineCore(
             runner, n_slots, budget, queue_timeout_s=policy.timeout_s
         )

@@ -80,10 +80,11 @@ class BatchBudget:
 
 @dataclass(frozen=True, slots=True)
 class QueuePolicy:
-    """How many requests may wait for a slot, and for how long (seconds)."""
+    """How many requests may wait for a slot, and for how long (seconds). The defaults live in
+    ServeSettings (--max-queue, --queue-timeout)."""
 
-    max_waiting: int = 64
-    timeout_s: float = 300.0
+    max_waiting: int
+    timeout_s: float
 
 
 @dataclass(slots=True)
