@@ -104,7 +104,7 @@ def serve(settings: ServeSettings) -> None:
                 state.model_id,
                 where,
                 settings.parallel,
-                state.n_ctx_per_slot,
+                state.model.n_ctx_per_slot,
                 settings.threads,
             )
 

@@ -19,7 +19,7 @@ from hearth.models.chat_template import ChatTemplate
 from hearth.server.errors import install_error_handlers
 from hearth.server.limits import BodySizeLimit
 from hearth.server.routes import extensions_router, health_router, openai_router
-from hearth.server.state import ServerState
+from hearth.server.state import LoadedModel, ServerState
 from hearth.settings import ServeSettings, hearth_home
 
 __all__ = ["create_app", "load_state"]
@@ -62,15 +62,17 @@ def load_state(settings: ServeSettings) -> ServerState:
         logger.warning("%s has no chat template; using ChatML", model.id)
     return ServerState(
         settings=settings,
-        model_id=model.id,
-        runner=runner,
-        engine=Engine(
-            runner,
-            settings.parallel,
-            budget,
-            QueuePolicy(max_waiting=settings.max_queue, timeout_s=settings.queue_timeout),
+        model=LoadedModel(
+            model_id=model.id,
+            runner=runner,
+            engine=Engine(
+                runner,
+                settings.parallel,
+                budget,
+                QueuePolicy(max_waiting=settings.max_queue, timeout_s=settings.queue_timeout),
+            ),
+            chat_template=template,
         ),
-        chat_template=template,
         devices=list_devices(),
     )
 
@@ -79,13 +81,13 @@ def create_app(settings: ServeSettings, state: ServerState | None = None) -> Fas
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = state if state is not None else await asyncio.to_thread(load_state, settings)
-        loaded.engine.start()
+        loaded.model.engine.start()
         app.state.hearth = loaded
         try:
             yield
         finally:
-            await asyncio.to_thread(loaded.engine.shutdown)
-            loaded.runner.close()
+            await asyncio.to_thread(loaded.model.engine.shutdown)
+            loaded.model.runner.close()
 
     app = FastAPI(
         title="Hearth",

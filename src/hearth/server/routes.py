@@ -8,7 +8,6 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from hearth.errors import ModelNotFoundError
 from hearth.protocol.extensions import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -46,17 +45,18 @@ def _state(request: Request) -> ServerState:
 @health_router.get("/health")
 async def health(request: Request) -> dict[str, Any]:
     state = _state(request)
-    stats = state.engine.stats()
+    model = state.model
+    stats = model.engine.stats()
     return {
         "status": "ok",
-        "model": state.model_id,
+        "model": model.model_id,
         "device": state.devices[0].name if state.devices else "CPU",
         "devices": [asdict(d) for d in state.devices],
         "slots_total": stats.slots_total,
         "slots_in_use": stats.slots_in_use,
         "queue_length": stats.queue_length,
         "max_batch_size": stats.max_batch_size,
-        "n_ctx_per_slot": state.n_ctx_per_slot,
+        "n_ctx_per_slot": model.n_ctx_per_slot,
         "engine": {
             "steps": stats.steps,
             "max_batch_tokens_seen": stats.max_batch_tokens_seen,
@@ -71,22 +71,20 @@ async def health(request: Request) -> dict[str, Any]:
 
 @health_router.get("/metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
-    state = _state(request)
-    return Response(render_metrics(state.model_id, state.engine.stats), media_type=CONTENT_TYPE)
+    model = _state(request).model
+    return Response(render_metrics(model.model_id, model.engine.stats), media_type=CONTENT_TYPE)
 
 
 @openai_router.get("/models", response_model=ModelList)
 async def list_models(request: Request) -> ModelList:
-    state = _state(request)
-    return ModelList(data=[Model(id=state.model_id, created=state.created)])
+    model = _state(request).model
+    return ModelList(data=[Model(id=model.model_id, created=model.created)])
 
 
 @openai_router.get("/models/{model_id:path}", response_model=Model)
 async def get_model(model_id: str, request: Request) -> Model:
-    state = _state(request)
-    if model_id != state.model_id:
-        raise ModelNotFoundError(f"The model `{model_id}` does not exist.", param="model")
-    return Model(id=state.model_id, created=state.created)
+    model = _state(request).model_for(model_id)
+    return Model(id=model.model_id, created=model.created)
 
 
 @openai_router.post("/chat/completions", response_model=None)
@@ -105,13 +103,13 @@ async def completions(
 
 @extensions_router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
-    runner = _state(request).runner
+    runner = _state(request).model.runner
     tokens = runner.tokenize(body.content, add_special=body.add_special, parse_special=True)
     return TokenizeResponse(tokens=tokens)
 
 
 @extensions_router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
-    state = _state(request)
-    check_token_ids(state, body.tokens, param="tokens")
-    return DetokenizeResponse(content=state.runner.detokenize(body.tokens))
+    model = _state(request).model
+    check_token_ids(model, body.tokens, param="tokens")
+    return DetokenizeResponse(content=model.runner.detokenize(body.tokens))

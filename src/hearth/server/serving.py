@@ -22,7 +22,6 @@ from hearth.errors import (
     ContextLengthExceededError,
     HearthError,
     InvalidRequestError,
-    ModelNotFoundError,
     UnsupportedParameterError,
 )
 from hearth.protocol.openai import (
@@ -45,7 +44,7 @@ from hearth.protocol.openai import (
     Usage,
 )
 from hearth.server.errors import sse_error_event
-from hearth.server.state import ServerState
+from hearth.server.state import LoadedModel, ServerState
 
 __all__ = ["check_token_ids", "serve_chat", "serve_completion"]
 
@@ -55,14 +54,6 @@ T = TypeVar("T")
 
 
 # -- parsing at the edge -----------------------------------------------------------------------
-
-
-def _check_model(state: ServerState, model: str) -> None:
-    if model != state.model_id:
-        raise ModelNotFoundError(
-            f"The model `{model}` does not exist. This server serves `{state.model_id}`.",
-            param="model",
-        )
 
 
 def _unsupported(param: str, why: str) -> UnsupportedParameterError:
@@ -89,7 +80,7 @@ def _check_stream_options(stream: bool | None, options: object | None) -> None:
 
 
 def _sampling_params(
-    state: ServerState,
+    model: LoadedModel,
     prompt_len: int,
     max_new: int | None,
     *,
@@ -106,7 +97,7 @@ def _sampling_params(
     what: str,
 ) -> SamplingParams:
     """Resolve limits against the slot's context: refuse, never truncate silently."""
-    n_ctx = state.n_ctx_per_slot
+    n_ctx = model.n_ctx_per_slot
     if prompt_len >= n_ctx:
         raise ContextLengthExceededError(
             f"This model's maximum context length is {n_ctx} tokens. However, your {what} "
@@ -131,17 +122,17 @@ def _sampling_params(
         frequency_penalty=frequency_penalty or 0.0,
         seed=seed,
         stop=stop,
-        logit_bias=_logit_bias(state, logit_bias),
+        logit_bias=_logit_bias(model, logit_bias),
         ignore_eos=bool(ignore_eos),
     )
 
 
 def _logit_bias(
-    state: ServerState, logit_bias: dict[str, float] | None
+    model: LoadedModel, logit_bias: dict[str, float] | None
 ) -> tuple[tuple[int, float], ...]:
     if not logit_bias:
         return ()
-    n_vocab = state.runner.n_vocab
+    n_vocab = model.runner.n_vocab
     biases = []
     for key, bias in logit_bias.items():
         if not key.lstrip("-").isdigit() or not 0 <= int(key) < n_vocab:
@@ -221,15 +212,15 @@ def _template_messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
     return rendered
 
 
-def _chat_prompt_tokens(state: ServerState, req: ChatCompletionRequest) -> list[int]:
-    text = state.chat_template.render(_template_messages(req), add_generation_prompt=True)
-    if state.model_info.add_bos and text.startswith(state.model_info.bos_text):
-        text = text[len(state.model_info.bos_text) :]  # tokenize adds it; never two
-    return state.runner.tokenize(text, add_special=True, parse_special=True)
+def _chat_prompt_tokens(model: LoadedModel, req: ChatCompletionRequest) -> list[int]:
+    text = model.chat_template.render(_template_messages(req), add_generation_prompt=True)
+    if model.model_info.add_bos and text.startswith(model.model_info.bos_text):
+        text = text[len(model.model_info.bos_text) :]  # tokenize adds it; never two
+    return model.runner.tokenize(text, add_special=True, parse_special=True)
 
 
-def check_token_ids(state: ServerState, tokens: list[int], *, param: str) -> None:
-    n_vocab = state.runner.n_vocab
+def check_token_ids(model: LoadedModel, tokens: list[int], *, param: str) -> None:
+    n_vocab = model.runner.n_vocab
     bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
     if bad is not None:
         raise InvalidRequestError(
@@ -237,18 +228,18 @@ def check_token_ids(state: ServerState, tokens: list[int], *, param: str) -> Non
         )
 
 
-def _completion_prompt_tokens(state: ServerState, prompt: object) -> list[int]:
+def _completion_prompt_tokens(model: LoadedModel, prompt: object) -> list[int]:
     # A list holding one prompt is the same as that prompt; more need `n`-style batching.
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
         if len(prompt) != 1:
             raise _unsupported("prompt", "send one prompt per request for now.")
         prompt = prompt[0]
     if isinstance(prompt, str):
-        tokens = state.runner.tokenize(prompt, add_special=True, parse_special=True)
+        tokens = model.runner.tokenize(prompt, add_special=True, parse_special=True)
     else:
         assert isinstance(prompt, list)
         tokens = [int(t) for t in prompt]
-        check_token_ids(state, tokens, param="prompt")
+        check_token_ids(model, tokens, param="prompt")
     if not tokens:
         raise InvalidRequestError("'prompt' must not be empty.", param="prompt")
     return tokens
@@ -275,10 +266,10 @@ def _finish_reason(output: RequestOutput) -> Any:
     return output.finish_reason.value
 
 
-async def _collect(state: ServerState, request: GenerationRequest) -> tuple[str, RequestOutput]:
+async def _collect(model: LoadedModel, request: GenerationRequest) -> tuple[str, RequestOutput]:
     pieces: list[str] = []
     last: RequestOutput | None = None
-    async for output in state.engine.generate(request):
+    async for output in model.engine.generate(request):
         pieces.append(output.text)
         last = output
     assert last is not None
@@ -345,13 +336,13 @@ async def _guarded_stream(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 async def serve_chat(
     state: ServerState, req: ChatCompletionRequest, http_request: Request
 ) -> JSONResponse | StreamingResponse:
-    _check_model(state, req.model)
+    model = state.model_for(req.model)
     _reject_unhonoured_chat_fields(req)
     _check_stream_options(req.stream, req.stream_options)
     stop = _stop_sequences(req.stop)
-    tokens = _chat_prompt_tokens(state, req)
+    tokens = _chat_prompt_tokens(model, req)
     params = _sampling_params(
-        state,
+        model,
         len(tokens),
         req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens,
         temperature=req.temperature,
@@ -372,13 +363,13 @@ async def serve_chat(
 
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        outputs = await _started(http_request, state.engine.generate(request))
+        outputs = await _started(http_request, model.engine.generate(request))
         events = _stream_chat(outputs, completion_id, created, req.model, include_usage)
         return StreamingResponse(
             _guarded_stream(events), media_type="text/event-stream", headers=_SSE_HEADERS
         )
 
-    text, last = await _until_disconnect(http_request, _collect(state, request))
+    text, last = await _until_disconnect(http_request, _collect(model, request))
     body = ChatCompletion(
         id=completion_id,
         choices=[
@@ -453,13 +444,13 @@ def _reject_unhonoured_completion_fields(req: CompletionRequest) -> None:
 async def serve_completion(
     state: ServerState, req: CompletionRequest, http_request: Request
 ) -> JSONResponse | StreamingResponse:
-    _check_model(state, req.model)
+    model = state.model_for(req.model)
     _reject_unhonoured_completion_fields(req)
     _check_stream_options(req.stream, req.stream_options)
     stop = _stop_sequences(req.stop)
-    tokens = _completion_prompt_tokens(state, req.prompt)
+    tokens = _completion_prompt_tokens(model, req.prompt)
     params = _sampling_params(
-        state,
+        model,
         len(tokens),
         req.max_tokens,
         temperature=req.temperature,
@@ -491,7 +482,7 @@ async def serve_completion(
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-        outputs = await _started(http_request, state.engine.generate(request))
+        outputs = await _started(http_request, model.engine.generate(request))
 
         async def events() -> AsyncIterator[bytes]:
             async for output in outputs:
@@ -508,5 +499,5 @@ async def serve_completion(
             _guarded_stream(events()), media_type="text/event-stream", headers=_SSE_HEADERS
         )
 
-    text, last = await _until_disconnect(http_request, _collect(state, request))
+    text, last = await _until_disconnect(http_request, _collect(model, request))
     return JSONResponse(body(text, _finish_reason(last), _usage(last)).model_dump(mode="json"))

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from hearth.errors import ModelNotFoundError
 from hearth.models.chat_template import ChatTemplate
 from hearth.settings import ServeSettings
 
@@ -14,17 +15,17 @@ if TYPE_CHECKING:
     from hearth.engine.engine import Engine
     from hearth.engine.llama_runner import LlamaRunner, ModelInfo
 
-__all__ = ["ServerState"]
+__all__ = ["LoadedModel", "ServerState"]
 
 
 @dataclass(slots=True)
-class ServerState:
-    settings: ServeSettings
+class LoadedModel:
+    """One model in memory: its llama context, the engine thread that owns it, its template."""
+
     model_id: str
     runner: LlamaRunner
     engine: Engine
     chat_template: ChatTemplate
-    devices: list[Device]
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -34,3 +35,23 @@ class ServerState:
     @property
     def n_ctx_per_slot(self) -> int:
         return self.runner.n_ctx_per_slot
+
+
+@dataclass(slots=True)
+class ServerState:
+    settings: ServeSettings
+    model: LoadedModel
+    devices: list[Device]
+
+    @property
+    def model_id(self) -> str:
+        return self.model.model_id
+
+    def model_for(self, name: str) -> LoadedModel:
+        """The loaded model a request names, or a 404."""
+        if name != self.model.model_id:
+            raise ModelNotFoundError(
+                f"The model `{name}` does not exist. This server serves `{self.model.model_id}`.",
+                param="model",
+            )
+        return self.model
