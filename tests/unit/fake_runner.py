@@ -10,14 +10,15 @@ from collections.abc import Sequence as SequenceType
 from dataclasses import dataclass, field
 
 from hearth.engine.scheduler import Chunk
-from hearth.engine.types import SamplingParams
+from hearth.engine.types import SamplingParams, TokenLogprob
 
 EOG = 256
 
 
 @dataclass
 class FakeSampler:
-    script: list[int]
+    params: SamplingParams
+    script: list[int] | None = None  # bound on the first sample: it depends on the row
     position: int = 0
 
 
@@ -31,7 +32,6 @@ class FakeRunner:
     fail_next_decode: int = 0
     freed: int = 0
     _row_to_first_token: dict[int, int] = field(default_factory=dict)
-    _positions: dict[int, int] = field(default_factory=dict)
 
     def decode(self, chunks: SequenceType[Chunk]) -> int:
         if self.fail_next_decode:
@@ -46,14 +46,20 @@ class FakeRunner:
         return 0
 
     def new_sampler(self, params: SamplingParams) -> object:
-        return None  # bound lazily in sample(): the script depends on the row
+        return FakeSampler(params)
 
     def sample(self, sampler: object, batch_row: int) -> int:
-        first = self._row_to_first_token[batch_row]
-        script = self.scripts.setdefault(first, [])
-        position = self._positions.get(first, 0)
-        self._positions[first] = position + 1
-        return script[position] if position < len(script) else ord("x")
+        assert isinstance(sampler, FakeSampler)
+        if sampler.script is None:
+            sampler.script = self.scripts.setdefault(self._row_to_first_token[batch_row], [])
+        position = sampler.position
+        sampler.position += 1
+        return sampler.script[position] if position < len(sampler.script) else ord("x")
+
+    def token_logprob(self, batch_row: int, token: int, top_k: int) -> TokenLogprob:
+        # Every token is as likely as 1/e: enough to check the plumbing.
+        alternatives = ((token, self.token_bytes(token), -1.0),)
+        return TokenLogprob(token, self.token_bytes(token), -1.0, alternatives[:top_k])
 
     def free_sampler(self, sampler: object) -> None:
         self.freed += 1

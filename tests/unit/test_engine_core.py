@@ -168,3 +168,81 @@ def test_a_request_waiting_past_the_queue_timeout_fails_with_503() -> None:
     assert expired[0].error.headers == {"Retry-After": "1"}
     assert core.stats.queue_length == 0
     assert "a" in run(core)  # the running request is untouched
+
+
+def test_n_choices_decode_the_prompt_once_and_fork_its_cache() -> None:
+    runner = FakeRunner(scripts={ord("Q"): [*text_tokens("ab"), EOG]})
+    core: EngineCore[str] = EngineCore(runner, 4, BatchBudget(64, 64))
+    prompt = "Question"
+    core.add(GenerationRequest("r", tuple(text_tokens(prompt)), SamplingParams(32), n=3), "r")
+    out = run(core)["r"]
+    by_choice: dict[int, list[RequestOutput]] = {}
+    for output in out:
+        by_choice.setdefault(output.index, []).append(output)
+    assert sorted(by_choice) == [0, 1, 2]
+    for outputs in by_choice.values():
+        assert joined(outputs) == "ab"
+        assert outputs[-1].finish_reason is FinishReason.STOP
+    assert core.stats.prompt_tokens_decoded_total == len(prompt)
+    assert core.stats.prompt_tokens_total == len(prompt)
+    prefill_tokens = sum(
+        len(chunk.tokens) for step in runner.decoded for chunk in step if len(chunk.tokens) > 1
+    )
+    assert prefill_tokens == len(prompt)
+    assert len(runner.copies) == 2
+    sources = {src for src, _ in runner.copies}
+    assert len(sources) == 1  # both copies come from the first choice's slot
+    assert sources.isdisjoint(dst for _, dst in runner.copies)
+    assert core.scheduler.slots_in_use == 0
+    assert runner.freed == 3
+
+
+def test_n_choices_wait_for_enough_free_slots() -> None:
+    runner = FakeRunner(scripts={ord("A"): [*text_tokens("xyz"), EOG], ord("B"): [EOG]})
+    core: EngineCore[str] = EngineCore(runner, 2, BatchBudget(64, 64))
+    core.add(request("busy", "A"), "busy")
+    core.step()
+    core.add(GenerationRequest("pair", tuple(text_tokens("B")), SamplingParams(8), n=2), "pair")
+    core.step()
+    assert core.scheduler.waiting  # one slot is free, the pair needs two
+    outputs = run(core)
+    assert {o.index for o in outputs["pair"] if o.finish_reason} == {0, 1}
+
+
+def test_seeded_choices_get_distinct_seeds() -> None:
+    runner = FakeRunner(scripts={ord("S"): [EOG]})
+    core: EngineCore[str] = EngineCore(runner, 3, BatchBudget(64, 64))
+    seen: list[int | None] = []
+    original = runner.new_sampler
+
+    def recording(params: SamplingParams) -> object:
+        seen.append(params.seed)
+        return original(params)
+
+    runner.new_sampler = recording  # type: ignore[method-assign]
+    core.add(GenerationRequest("s", (ord("S"),), SamplingParams(4, seed=7), n=3), "s")
+    run(core)
+    assert seen == [7, 8, 9]
+
+
+def test_aborting_a_forked_request_frees_every_slot() -> None:
+    runner = FakeRunner(scripts={ord("L"): text_tokens("long text " * 5)})
+    core: EngineCore[str] = EngineCore(runner, 3, BatchBudget(64, 64))
+    core.add(GenerationRequest("f", tuple(text_tokens("Long")), SamplingParams(40), n=3), "f")
+    core.step()
+    core.step()
+    assert core.scheduler.slots_in_use == 3
+    aborted = core.abort("f")
+    assert {o.index for _, o in aborted} == {0, 1, 2}
+    assert core.scheduler.slots_in_use == 0
+    assert not core.has_work
+
+
+def test_logprobs_travel_with_the_text_they_belong_to() -> None:
+    runner = FakeRunner(scripts={ord("P"): [*text_tokens("hi"), EOG]})
+    core: EngineCore[str] = EngineCore(runner, 1, BatchBudget(64, 64))
+    core.add(request("p", "P", logprobs=2), "p")
+    out = run(core)["p"]
+    entries = [entry for output in out for entry in output.logprobs]
+    assert [entry.piece for entry in entries] == [b"h", b"i"]  # never the end token
+    assert all(entry.logprob <= 0 for entry in entries)

@@ -143,11 +143,11 @@ def test_abort_removes_waiting_and_running_sequences() -> None:
     scheduler.add(seq("a", [1, 2]))
     scheduler.add(seq("b", [3, 4]))
     scheduler.schedule()
-    assert scheduler.abort("b") is not None
+    assert [s.request_id for s in scheduler.abort("b")] == ["b"]
     assert not scheduler.waiting
-    assert scheduler.abort("a") is not None
+    assert [s.request_id for s in scheduler.abort("a")] == ["a"]
     assert scheduler.slots_in_use == 0
-    assert scheduler.abort("missing") is None
+    assert scheduler.abort("missing") == []
 
 
 def test_budget_must_cover_one_token_per_slot() -> None:

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from collections.abc import Sequence as SequenceType
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Generic, Protocol, TypeVar
 
 from hearth.engine.scheduler import Chunk, KvCopy, Scheduler, Sequence
@@ -22,6 +22,7 @@ from hearth.engine.types import (
     GenerationRequest,
     RequestOutput,
     SamplingParams,
+    TokenLogprob,
 )
 from hearth.errors import EngineError, HearthError, QueueTimeoutError
 
@@ -48,6 +49,10 @@ class ModelRunner(Protocol):
         """Sample (and accept) a token from the logits at `batch_row` of the last batch."""
         ...
 
+    def token_logprob(self, batch_row: int, token: int, top_k: int) -> TokenLogprob:
+        """`token`'s log-probability at `batch_row` of the last batch, and the top_k best."""
+        ...
+
     def free_sampler(self, sampler: object) -> None: ...
 
     def is_end_of_generation(self, token: int) -> bool: ...
@@ -64,15 +69,36 @@ class ModelRunner(Protocol):
 
 
 @dataclass(eq=False, slots=True)
-class _Generation(Generic[SinkT]):
-    request: GenerationRequest
-    sink: SinkT
+class _Choice:
     sequence: Sequence
+    params: SamplingParams  # the request's, with this choice's seed
     sampler: object | None = None
     utf8: Utf8Stream | None = None
     stops: StopMatcher | None = None
     completion_tokens: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet sent with text
+    done: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class _Generation(Generic[SinkT]):
+    """One request: its n choices and where their outputs go."""
+
+    request: GenerationRequest
+    sink: SinkT
+    choices: list[_Choice]
     enqueued_at: float = 0.0
+
+    @property
+    def first(self) -> Sequence:
+        return self.choices[0].sequence
+
+
+def _choice_params(params: SamplingParams, index: int) -> SamplingParams:
+    # Seeded choices differ from each other yet repeat from run to run.
+    if index == 0 or params.seed is None:
+        return params
+    return replace(params, seed=params.seed + index)
 
 
 class EngineCore(Generic[SinkT]):
@@ -93,6 +119,7 @@ class EngineCore(Generic[SinkT]):
         self._clock = clock
         self.stats = EngineStats(slots_total=n_slots)
         self._live: dict[str, _Generation[SinkT]] = {}
+        self._choice_of: dict[Sequence, tuple[_Generation[SinkT], _Choice]] = {}
 
     @property
     def has_work(self) -> bool:
@@ -101,18 +128,36 @@ class EngineCore(Generic[SinkT]):
     def add(self, request: GenerationRequest, sink: SinkT) -> None:
         if request.request_id in self._live:
             raise ValueError(f"duplicate request id {request.request_id}")
-        seq = Sequence(request_id=request.request_id, prompt=request.prompt_tokens)
-        self._live[request.request_id] = _Generation(request, sink, seq, enqueued_at=self._clock())
-        self.scheduler.add(seq)
+        if request.n < 1:
+            raise ValueError("a request needs at least one choice")
+        sequences = [
+            Sequence(request_id=request.request_id, prompt=request.prompt_tokens, index=i)
+            for i in range(request.n)
+        ]
+        sequences[0].forks = tuple(sequences[1:])
+        gen = _Generation(
+            request,
+            sink,
+            [_Choice(seq, _choice_params(request.params, seq.index)) for seq in sequences],
+            enqueued_at=self._clock(),
+        )
+        self.scheduler.add(sequences[0])
+        self._live[request.request_id] = gen
+        for choice in gen.choices:
+            self._choice_of[choice.sequence] = (gen, choice)
         self._refresh_gauges()
 
     def abort(self, request_id: str) -> list[tuple[SinkT, RequestOutput]]:
         gen = self._live.get(request_id)
-        if gen is None or self.scheduler.abort(request_id) is None:
+        if gen is None or not self.scheduler.abort(request_id):
             return []
         self._retire(gen)
         self._refresh_gauges()
-        return [(gen.sink, self._output(gen, "", FinishReason.ABORT))]
+        return [
+            (gen.sink, self._output(gen, choice, "", FinishReason.ABORT))
+            for choice in gen.choices
+            if not choice.done
+        ]
 
     def abort_all(self, reason: str) -> list[tuple[SinkT, RequestOutput]]:
         outputs = []
@@ -137,6 +182,9 @@ class EngineCore(Generic[SinkT]):
         status = self.runner.decode(plan.chunks)
         if status != 0:
             return expired + self._fail_step(plan.chunks, status)
+        self.stats.prompt_tokens_decoded_total += sum(
+            len(chunk.tokens) for chunk in plan.chunks if chunk.sequence.next_token is None
+        )
         self.scheduler.commit(plan)
         self._record_batch(plan.chunks, plan.n_tokens)
 
@@ -144,75 +192,101 @@ class EngineCore(Generic[SinkT]):
         row = -1
         for chunk in plan.chunks:
             row += len(chunk.tokens)
-            if chunk.wants_logits:
-                output = self._sample(self._live[chunk.sequence.request_id], row)
-                if output is not None:
-                    outputs.append(output)
+            if not chunk.wants_logits:
+                continue
+            gen, choice = self._choice_of[chunk.sequence]
+            if choice.utf8 is None:  # the prompt is decoded: every choice samples from it
+                self._start(gen)
+                for other in gen.choices[1:]:
+                    self.scheduler.fork(other.sequence, chunk.sequence)
+                    outputs.extend(self._sample(gen, other, row))
+            outputs.extend(self._sample(gen, choice, row))
         self._refresh_gauges()
         return outputs
 
     # -- per-token work ----------------------------------------------------------------------
 
-    def _sample(self, gen: _Generation[SinkT], row: int) -> tuple[SinkT, RequestOutput] | None:
-        params = gen.request.params
-        if gen.utf8 is None:  # first token: the prompt is fully decoded
-            gen.sampler = self.runner.new_sampler(params)
-            gen.utf8 = Utf8Stream()
-            gen.stops = StopMatcher(params.stop)
-            self.stats.prompt_tokens_total += len(gen.request.prompt_tokens)
-            self.stats.prompt_tokens_cached_total += gen.sequence.cached_tokens
-        assert gen.stops is not None
-        token = self.runner.sample(gen.sampler, row)
-        gen.completion_tokens += 1
+    def _start(self, gen: _Generation[SinkT]) -> None:
+        for choice in gen.choices:
+            choice.sampler = self.runner.new_sampler(choice.params)
+            choice.utf8 = Utf8Stream()
+            choice.stops = StopMatcher(choice.params.stop)
+        self.stats.prompt_tokens_total += len(gen.request.prompt_tokens)
+        self.stats.prompt_tokens_cached_total += gen.first.cached_tokens
+
+    def _sample(
+        self, gen: _Generation[SinkT], choice: _Choice, row: int
+    ) -> list[tuple[SinkT, RequestOutput]]:
+        params = choice.params
+        assert choice.stops is not None and choice.utf8 is not None
+        token = self.runner.sample(choice.sampler, row)
+        choice.completion_tokens += 1
         self.stats.generated_tokens_total += 1
 
         if self.runner.is_end_of_generation(token):
-            return self._finish(gen, gen.stops.flush() + gen.utf8.flush(), FinishReason.STOP)
-        text = gen.stops.push(gen.utf8.push(self.runner.token_bytes(token)))
-        if gen.stops.stopped:
-            return self._finish(gen, text, FinishReason.STOP)
-        slot = gen.sequence.slot
+            text = choice.stops.flush() + choice.utf8.flush()
+            return self._finish(gen, choice, text, FinishReason.STOP)
+        if params.logprobs is not None:
+            choice.logprobs.append(self.runner.token_logprob(row, token, params.logprobs))
+        text = choice.stops.push(choice.utf8.push(self.runner.token_bytes(token)))
+        if choice.stops.stopped:
+            return self._finish(gen, choice, text, FinishReason.STOP)
+        slot = choice.sequence.slot
         assert slot is not None
+        # The sampled token still needs a cell of its own to be decoded.
         context_full = len(slot.cached) >= self.runner.n_ctx_per_slot
-        if gen.completion_tokens >= params.max_tokens or context_full:
-            tail = gen.stops.push(gen.utf8.flush()) + gen.stops.flush()
-            return self._finish(gen, text + tail, FinishReason.LENGTH)
-        gen.sequence.next_token = token
+        if choice.completion_tokens >= params.max_tokens or context_full:
+            tail = choice.stops.push(choice.utf8.flush()) + choice.stops.flush()
+            return self._finish(gen, choice, text + tail, FinishReason.LENGTH)
+        choice.sequence.next_token = token
         if not text:
-            return None
-        return gen.sink, self._output(gen, text, None)
+            return []
+        return [(gen.sink, self._output(gen, choice, text, None))]
 
     def _finish(
-        self, gen: _Generation[SinkT], text: str, reason: FinishReason
-    ) -> tuple[SinkT, RequestOutput]:
-        self.scheduler.release(gen.sequence)
-        self._retire(gen)
-        return gen.sink, self._output(gen, text, reason)
+        self, gen: _Generation[SinkT], choice: _Choice, text: str, reason: FinishReason
+    ) -> list[tuple[SinkT, RequestOutput]]:
+        self.scheduler.release(choice.sequence)
+        self._free_sampler(choice)
+        choice.done = True
+        if all(c.done for c in gen.choices):
+            self._retire(gen)
+        return [(gen.sink, self._output(gen, choice, text, reason))]
+
+    def _free_sampler(self, choice: _Choice) -> None:
+        if choice.sampler is not None:
+            self.runner.free_sampler(choice.sampler)
+            choice.sampler = None
 
     def _retire(self, gen: _Generation[SinkT]) -> None:
-        if gen.utf8 is not None:  # a sampler exists once the first token was sampled
-            self.runner.free_sampler(gen.sampler)
-            gen.sampler = None
+        for choice in gen.choices:
+            self._free_sampler(choice)
+            self._choice_of.pop(choice.sequence, None)
         del self._live[gen.request.request_id]
         self.stats.requests_finished += 1
 
     def _failed(self, gen: _Generation[SinkT], error: HearthError) -> RequestOutput:
-        return self._output(gen, "", FinishReason.ERROR, error)
+        return self._output(gen, gen.choices[0], "", FinishReason.ERROR, error)
 
     def _output(
         self,
         gen: _Generation[SinkT],
+        choice: _Choice,
         text: str,
         reason: FinishReason | None,
         error: HearthError | None = None,
     ) -> RequestOutput:
+        logprobs = tuple(choice.logprobs)
+        choice.logprobs.clear()
         return RequestOutput(
             text=text,
             prompt_tokens=len(gen.request.prompt_tokens),
-            completion_tokens=gen.completion_tokens,
-            cached_tokens=gen.sequence.cached_tokens,
+            completion_tokens=choice.completion_tokens,
+            cached_tokens=gen.first.cached_tokens,
             finish_reason=reason,
             error=error,
+            index=choice.sequence.index,
+            logprobs=logprobs,
         )
 
     # -- failures and bookkeeping ------------------------------------------------------------
@@ -227,8 +301,9 @@ class EngineCore(Generic[SinkT]):
         for chunk in chunks:
             self.runner.kv_trim(chunk.seq_id, chunk.start_pos)
             self.scheduler.forget(chunk.seq_id, chunk.start_pos)
-            gen = self._live[chunk.sequence.request_id]
-            self.scheduler.release(gen.sequence)
+        for request_id in dict.fromkeys(chunk.sequence.request_id for chunk in chunks):
+            gen = self._live[request_id]
+            self.scheduler.abort(request_id)
             self._retire(gen)
             error = EngineError(f"llama_decode failed with status {status}")
             outputs.append((gen.sink, self._failed(gen, error)))

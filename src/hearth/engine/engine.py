@@ -91,7 +91,8 @@ class Engine:
         return copy.copy(self._core.stats)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[RequestOutput]:
-        """Stream a request's outputs. Leaving the iterator early aborts the request."""
+        """Stream a request's outputs, its choices interleaved; it ends when every choice has.
+        Leaving the iterator early aborts the request."""
         if not self._running:
             raise EngineError("the engine is not running")
         if self._in_flight >= self._capacity:
@@ -103,14 +104,17 @@ class Engine:
         sink: _Sink = asyncio.Queue()
         self._in_flight += 1
         self._inbox.put(_Add(request, sink))
+        unfinished = request.n
         finished = False
         try:
             while True:
                 output = await sink.get()
-                if output.finish_reason is not None:
+                if output.finish_reason is FinishReason.ERROR:
                     finished = True
-                    if output.finish_reason is FinishReason.ERROR:
-                        raise output.error or EngineError("the engine failed this request")
+                    raise output.error or EngineError("the engine failed this request")
+                if output.finish_reason is not None:
+                    unfinished -= 1
+                    finished = unfinished == 0
                 yield output
                 if finished:
                     return

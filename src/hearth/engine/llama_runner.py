@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 from collections.abc import Sequence as SequenceType
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import llama_cpp as llama
+import numpy as np
 
 from hearth.engine.scheduler import Chunk
-from hearth.engine.types import SamplingParams
+from hearth.engine.types import Grammar, SamplingParams, TokenLogprob
 
 __all__ = ["LlamaRunner", "ModelInfo", "RunnerConfig"]
 
@@ -40,6 +42,9 @@ def _log_callback(level: int, text: bytes, _user_data: Any) -> None:
     if python_level is not None and message:
         _llama_logger.log(python_level, "%s", message)
 
+
+# How many recent tokens the repeat, presence and frequency penalties look at (llama.cpp's 64).
+PENALTY_LAST_N = 64
 
 # enum llama_flash_attn_type
 _FLASH_ATTN_TYPES = {"auto": -1, "off": 0, "on": 1}
@@ -78,6 +83,7 @@ class ModelInfo:
     n_params: int
     size_bytes: int
     description: str
+    fim_tokens: tuple[int, int, int] | None  # prefix, suffix, middle: the model can infill
 
 
 class LlamaRunner:
@@ -154,8 +160,11 @@ class LlamaRunner:
         return int(llama.llama_decode(self._ctx, batch))
 
     def new_sampler(self, params: SamplingParams) -> object:
+        # The order of llama.cpp's common sampler: constraints, penalties, truncation, temperature.
         chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
         add = llama.llama_sampler_chain_add
+        if params.grammar is not None:
+            add(chain, self._grammar_sampler(params.grammar))
         biases = list(params.logit_bias)
         if params.ignore_eos:
             biases.extend((t, float("-inf")) for t in self._eog_tokens)
@@ -164,30 +173,92 @@ class LlamaRunner:
                 *(llama.llama_logit_bias(token, bias) for token, bias in biases)
             )
             add(chain, llama.llama_sampler_init_logit_bias(self._n_vocab, len(biases), array))
-        if params.presence_penalty or params.frequency_penalty:
+        if params.presence_penalty or params.frequency_penalty or params.repeat_penalty != 1.0:
             add(
                 chain,
                 llama.llama_sampler_init_penalties(
-                    64, 1.0, params.frequency_penalty, params.presence_penalty
+                    PENALTY_LAST_N,
+                    params.repeat_penalty,
+                    params.frequency_penalty,
+                    params.presence_penalty,
                 ),
             )
         if params.greedy:
             add(chain, llama.llama_sampler_init_greedy())
             return chain
+        seed = llama.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+        if params.mirostat:
+            add(chain, llama.llama_sampler_init_temp(params.temperature))
+            if params.mirostat == 1:
+                add(
+                    chain,
+                    llama.llama_sampler_init_mirostat(
+                        self._n_vocab, seed, params.mirostat_tau, params.mirostat_eta, 100
+                    ),
+                )
+            else:
+                add(
+                    chain,
+                    llama.llama_sampler_init_mirostat_v2(
+                        seed, params.mirostat_tau, params.mirostat_eta
+                    ),
+                )
+            return chain
         if params.top_k > 0:
             add(chain, llama.llama_sampler_init_top_k(params.top_k))
+        if params.typical_p < 1.0:
+            add(chain, llama.llama_sampler_init_typical(params.typical_p, 1))
         if params.top_p < 1.0:
             add(chain, llama.llama_sampler_init_top_p(params.top_p, 1))
         if params.min_p > 0.0:
             add(chain, llama.llama_sampler_init_min_p(params.min_p, 1))
         add(chain, llama.llama_sampler_init_temp(params.temperature))
-        seed = llama.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
         add(chain, llama.llama_sampler_init_dist(seed))
         return chain
 
     def sample(self, sampler: object, batch_row: int) -> int:
         # llama_sampler_sample also accepts the token into the chain (penalties, grammar).
         return int(llama.llama_sampler_sample(sampler, self._ctx, batch_row))
+
+    def token_logprob(self, batch_row: int, token: int, top_k: int) -> TokenLogprob:
+        # The model's own distribution: the raw logits, which sampling only reads.
+        pointer = llama.llama_get_logits_ith(self._ctx, batch_row)
+        logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+        peak = float(logits.max())
+        log_total = peak + math.log(float(np.exp(logits - peak).sum()))
+        top: tuple[tuple[int, bytes, float], ...] = ()
+        if top_k > 0:
+            best = np.argpartition(-logits, top_k)[:top_k]
+            best = best[np.argsort(-logits[best], kind="stable")]
+            top = tuple(
+                (int(t), self.token_bytes(int(t)), float(logits[t]) - log_total) for t in best
+            )
+        return TokenLogprob(
+            token=token,
+            piece=self.token_bytes(token),
+            logprob=float(logits[token]) - log_total,
+            top=top,
+        )
+
+    def check_grammar(self, grammar: Grammar) -> bool:
+        """Whether llama.cpp accepts `grammar`. Reads the vocabulary only: any thread may call."""
+        sampler = self._grammar_sampler(grammar)
+        if not sampler:
+            return False
+        llama.llama_sampler_free(sampler)
+        return True
+
+    def _grammar_sampler(self, grammar: Grammar) -> Any:
+        text, root = grammar.gbnf.encode(), grammar.root.encode()
+        if not grammar.triggers:
+            return llama.llama_sampler_init_grammar(self._vocab, text, root)
+        patterns = (ctypes.c_char_p * len(grammar.triggers))(
+            *(p.encode() for p in grammar.triggers)
+        )
+        no_tokens = (llama.llama_token * 1)()
+        return llama.llama_sampler_init_grammar_lazy_patterns(
+            self._vocab, text, root, patterns, len(grammar.triggers), no_tokens, 0
+        )
 
     def free_sampler(self, sampler: object) -> None:
         llama.llama_sampler_free(sampler)
@@ -237,6 +308,10 @@ class LlamaRunner:
     def n_vocab(self) -> int:
         return self._n_vocab
 
+    @property
+    def n_slots(self) -> int:
+        return self.config.n_slots
+
     def close(self) -> None:
         if self._ctx:
             llama.llama_batch_free(self._batch)
@@ -262,6 +337,11 @@ class LlamaRunner:
         llama.llama_model_desc(self._model, desc, len(desc))
         bos = int(llama.llama_vocab_bos(self._vocab))
         eos = int(llama.llama_vocab_eos(self._vocab))
+        fim = (
+            int(llama.llama_vocab_fim_pre(self._vocab)),
+            int(llama.llama_vocab_fim_suf(self._vocab)),
+            int(llama.llama_vocab_fim_mid(self._vocab)),
+        )
         return ModelInfo(
             chat_template=template.decode("utf-8") if template else None,
             bos_text=self._piece(bos, special=True).decode("utf-8", "replace") if bos >= 0 else "",
@@ -271,4 +351,5 @@ class LlamaRunner:
             n_params=int(llama.llama_model_n_params(self._model)),
             size_bytes=int(llama.llama_model_size(self._model)),
             description=desc.value.decode("utf-8", "replace"),
+            fim_tokens=fim if min(fim) >= 0 else None,
         )

@@ -13,6 +13,8 @@ Design (llama.cpp server's slots):
 - Every step carries the pending token of each generating sequence, then prompt chunks of newly
   admitted ones, under the named budgets in `BatchBudget`.
 - Requests beyond the slots wait in arrival order.
+- A request for n choices waits for n free slots. Its prompt is decoded once, in the first; the
+  others (`forks`) get a copy of that KV cache when the prompt is done (`fork()`).
 """
 
 from __future__ import annotations
@@ -57,10 +59,17 @@ class Sequence:
     slot: Slot | None = None
     next_token: int | None = None  # sampled, not yet in the KV cache
     cached_tokens: int = 0  # prompt tokens reused from the slot's cache
+    index: int = 0  # which choice of its request
+    forks: tuple[Sequence, ...] = ()  # the other choices, which start from this one's prompt
+    awaiting_fork: bool = False  # holds a slot, waiting for the first choice's prompt KV
 
     @property
     def prefilling(self) -> bool:
-        return self.slot is not None and len(self.slot.cached) < len(self.prompt)
+        return (
+            self.slot is not None
+            and not self.awaiting_fork
+            and len(self.slot.cached) < len(self.prompt)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,25 +129,36 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
         self._clock = itertools.count(1)
+        self._fork_copies: list[KvCopy | KvTrim] = []  # applied before the next step's decode
 
     # -- queue -------------------------------------------------------------------------------
 
     def add(self, sequence: Sequence) -> None:
         if not sequence.prompt:
             raise ValueError("a sequence needs at least one prompt token")
+        if 1 + len(sequence.forks) > len(self.slots):
+            raise ValueError("more choices than slots")
         self.waiting.append(sequence)
 
-    def abort(self, request_id: str) -> Sequence | None:
-        """Drop a waiting or running sequence; its slot keeps what was decoded, as cache."""
+    def abort(self, request_id: str) -> list[Sequence]:
+        """Drop a request's waiting or running sequences; their slots keep what was decoded, as
+        cache."""
         for seq in self.waiting:
             if seq.request_id == request_id:
                 self.waiting.remove(seq)
-                return seq
-        for seq in self.running:
-            if seq.request_id == request_id:
-                self.release(seq)
-                return seq
-        return None
+                return [seq]
+        dropped = [seq for seq in self.running if seq.request_id == request_id]
+        for seq in dropped:
+            self.release(seq)
+        return dropped
+
+    def fork(self, sequence: Sequence, source: Sequence) -> None:
+        """`sequence` starts from `source`'s decoded prompt: copy its KV before the next step."""
+        slot, source_slot = _slot_of(sequence), _slot_of(source)
+        self._fork_copies.append(KvCopy(source_slot.seq_id, slot.seq_id))
+        slot.cached = list(source_slot.cached)
+        sequence.awaiting_fork = False
+        sequence.cached_tokens = source.cached_tokens
 
     def release(self, sequence: Sequence) -> None:
         slot = sequence.slot
@@ -159,7 +179,8 @@ class Scheduler:
     # -- planning ----------------------------------------------------------------------------
 
     def schedule(self) -> StepPlan:
-        kv_ops = self._admit()
+        kv_ops, self._fork_copies = self._fork_copies, []
+        kv_ops += self._admit()
         chunks: list[Chunk] = []
         budget = self.budget.max_batch_tokens
         for seq in self.running:
@@ -197,7 +218,7 @@ class Scheduler:
         ops: list[KvCopy | KvTrim] = []
         while self.waiting:
             free = [s for s in self.slots if s.sequence is None]
-            if not free:
+            if len(free) < 1 + len(self.waiting[0].forks):
                 break
             seq = self.waiting.popleft()
             slot, reuse, donor = self._pick_slot(free, seq.prompt)
@@ -214,6 +235,16 @@ class Scheduler:
             seq.slot = slot
             seq.cached_tokens = reuse
             self.running.append(seq)
+            for fork in seq.forks:
+                # The cheapest other free slot: its cache is replaced by the copy.
+                fork_slot = min(
+                    (s for s in self.slots if s.sequence is None),
+                    key=lambda s: (bool(s.cached), s.last_used),
+                )
+                fork_slot.sequence = fork
+                fork.slot = fork_slot
+                fork.awaiting_fork = True
+                self.running.append(fork)
         return ops
 
     def _pick_slot(

@@ -12,9 +12,11 @@ __all__ = [
     "EngineStats",
     "FinishReason",
     "GenerationRequest",
+    "Grammar",
     "QueuePolicy",
     "RequestOutput",
     "SamplingParams",
+    "TokenLogprob",
 ]
 
 
@@ -26,6 +28,17 @@ class FinishReason(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Grammar:
+    """A GBNF grammar the output must follow. With `triggers` it is lazy: free text until one of
+    these regex patterns matches the output, constrained from the match on (tool calls in
+    `tool_choice="auto"`)."""
+
+    gbnf: str
+    root: str = "root"
+    triggers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class SamplingParams:
     """What one request asks of the sampler. temperature 0 means greedy."""
 
@@ -34,11 +47,18 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 40
     min_p: float = 0.05
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    mirostat: int = 0  # 0 off, 1 or 2: Mirostat v1/v2 replaces top-k/top-p/min-p
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    grammar: Grammar | None = None
+    logprobs: int | None = None  # None: off; k: the sampled token's and the top k alternatives'
     ignore_eos: bool = False  # generate through end-of-generation tokens (benchmarks)
 
     @property
@@ -48,14 +68,30 @@ class SamplingParams:
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
+    """`n` choices of one prompt. They share the prompt's KV cache: it is decoded once, then
+    copied into a slot per choice (`llama_memory_seq_cp`)."""
+
     request_id: str
     prompt_tokens: tuple[int, ...]
     params: SamplingParams
+    n: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A sampled token's log-probability under the model (before penalties, biases and the
+    grammar), with the most likely alternatives, best first."""
+
+    token: int
+    piece: bytes
+    logprob: float
+    top: tuple[tuple[int, bytes, float], ...] = ()
 
 
 @dataclass(slots=True)
 class RequestOutput:
-    """What one engine step produced for one request: new text, and the end if it came."""
+    """What one engine step produced for one choice of a request: new text, and the end if it
+    came. `completion_tokens` counts this choice's tokens; `prompt_tokens` is the shared prompt."""
 
     text: str
     prompt_tokens: int
@@ -63,6 +99,8 @@ class RequestOutput:
     cached_tokens: int
     finish_reason: FinishReason | None = None
     error: HearthError | None = None  # set with FinishReason.ERROR
+    index: int = 0  # which of the request's n choices
+    logprobs: tuple[TokenLogprob, ...] = ()  # for the tokens behind `text`, when asked for
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +135,7 @@ class EngineStats:
     steps: int = 0
     prompt_tokens_total: int = 0
     prompt_tokens_cached_total: int = 0
+    prompt_tokens_decoded_total: int = 0  # prompt tokens that went through llama_decode
     generated_tokens_total: int = 0
     requests_finished: int = 0
     batch_size_histogram: dict[int, int] = field(default_factory=dict)

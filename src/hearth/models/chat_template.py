@@ -53,13 +53,27 @@ class ChatTemplate:
         env.globals["strftime_now"] = _strftime_now
         self._template = env.from_string(self.source)
 
-    def render(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True) -> str:
+    @property
+    def renders_tool_calls(self) -> bool:
+        """Whether the template lays out tools and tool calls itself in the `<tool_call>` format
+        (Hermes, Qwen) that Hearth constrains and parses; otherwise Hearth describes the tools
+        in the system prompt (`hearth.server.tools`)."""
+        return "tools" in self.source and "<tool_call>" in self.source
+
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
         try:
             text = self._template.render(
                 messages=messages,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
+                tools=tools,
             )
         except TemplateError as exc:
             # Templates raise to reject a conversation shape (say, roles not alternating).

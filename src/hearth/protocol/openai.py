@@ -176,6 +176,11 @@ class ChatCompletionRequest(_Request):
     # extension, not in the spec: llama.cpp samplers, and llama-server's ignore_eos
     top_k: int | None = Field(None, ge=0)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
+    typical_p: float | None = Field(None, gt=0.0, le=1.0)
+    repeat_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    mirostat: Literal[0, 1, 2] | None = None
+    mirostat_tau: float | None = Field(None, gt=0.0, le=20.0)
+    mirostat_eta: float | None = Field(None, gt=0.0, le=1.0)
     ignore_eos: bool | None = None
 
 
@@ -203,6 +208,11 @@ class CompletionRequest(_Request):
     # extension, not in the spec: llama.cpp samplers, and llama-server's ignore_eos
     top_k: int | None = Field(None, ge=0)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
+    typical_p: float | None = Field(None, gt=0.0, le=1.0)
+    repeat_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    mirostat: Literal[0, 1, 2] | None = None
+    mirostat_tau: float | None = Field(None, gt=0.0, le=20.0)
+    mirostat_eta: float | None = Field(None, gt=0.0, le=1.0)
     ignore_eos: bool | None = None
 
 
@@ -223,16 +233,57 @@ class Usage(BaseModel):
     prompt_tokens_details: PromptTokensDetails | None = None
 
 
+class FunctionCall(BaseModel):
+    arguments: str  # JSON, as the model wrote it
+    name: str
+
+
+class ToolCall(BaseModel):
+    """https://platform.openai.com/docs/api-reference/chat/object#chat/object-choices"""
+
+    id: str
+    function: FunctionCall
+    type: Literal["function"] = "function"
+
+
 class ResponseMessage(BaseModel):
     content: str | None
     refusal: str | None = None
     role: Literal["assistant"] = "assistant"
+    tool_calls: list[ToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_no_tool_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        body: dict[str, Any] = handler(self)
+        if body.get("tool_calls") is None:
+            body.pop("tool_calls", None)
+        return body
+
+
+class TopLogprob(BaseModel):
+    token: str
+    bytes: list[int] | None
+    logprob: float
+
+
+class TokenLogprob(BaseModel):
+    """https://platform.openai.com/docs/api-reference/chat/object#chat/object-choices"""
+
+    token: str
+    bytes: list[int] | None
+    logprob: float
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
 
 
 class ChatChoice(BaseModel):
     finish_reason: Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
     index: int
-    logprobs: dict[str, Any] | None = None
+    logprobs: ChoiceLogprobs | None = None
     message: ResponseMessage
 
 
@@ -248,10 +299,33 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class FunctionCallDelta(BaseModel):
+    arguments: str | None = None
+    name: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class ToolCallDelta(BaseModel):
+    """https://platform.openai.com/docs/api-reference/chat-streaming/streaming"""
+
+    index: int
+    id: str | None = None
+    function: FunctionCallDelta | None = None
+    type: Literal["function"] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
 class ChunkDelta(BaseModel):
     content: str | None = None
     refusal: str | None = None
     role: Literal["assistant"] | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
     @model_serializer(mode="wrap")
     def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -263,7 +337,7 @@ class ChunkChoice(BaseModel):
     delta: ChunkDelta
     finish_reason: Literal["stop", "length", "tool_calls", "content_filter"] | None = None
     index: int = 0
-    logprobs: dict[str, Any] | None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -278,10 +352,19 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None
 
 
+class CompletionLogprobs(BaseModel):
+    """The legacy shape: https://platform.openai.com/docs/api-reference/completions/object"""
+
+    text_offset: list[int]
+    token_logprobs: list[float | None]
+    tokens: list[str]
+    top_logprobs: list[dict[str, float] | None]
+
+
 class CompletionChoice(BaseModel):
     finish_reason: Literal["stop", "length", "content_filter"] | None
     index: int
-    logprobs: dict[str, Any] | None = None
+    logprobs: CompletionLogprobs | None = None
     text: str
 
 
