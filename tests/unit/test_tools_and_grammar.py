@@ -47,7 +47,7 @@ def test_plain_text_with_angle_brackets_is_content() -> None:
 
 
 def test_a_call_cut_short_keeps_what_came() -> None:
-    content, calls, _ = parse([render_call("f", '{"x": 1}')[:-20]])
+    content, calls, _ = parse([render_call("f", '{"x": 1}')[:-16]])
     assert content == ""
     assert calls[0][0] == "f"
     assert calls[0][1].startswith('{"x"')
