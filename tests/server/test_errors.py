@@ -58,13 +58,28 @@ def test_malformed_json_is_a_400(server: HearthServer) -> None:
         ({"model": MODEL, "messages": CHAT, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"model": MODEL, "messages": CHAT, "top_p": 1.5}, "top_p"),
         ({"model": MODEL, "messages": CHAT, "frobnicate": True}, "frobnicate"),
-        ({"model": MODEL, "messages": CHAT, "n": 3}, "n"),
-        ({"model": MODEL, "messages": CHAT, "logprobs": True}, "logprobs"),
-        ({"model": MODEL, "messages": CHAT, "tools": [{"type": "function"}]}, "tools"),
+        ({"model": MODEL, "messages": CHAT, "n": 9}, "n"),  # more choices than slots
+        ({"model": MODEL, "messages": CHAT, "top_logprobs": 2}, "top_logprobs"),
+        ({"model": MODEL, "messages": CHAT, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"model": MODEL, "messages": CHAT, "tools": [{"type": "function"}]}, "tools[0]"),
         ({"model": MODEL, "messages": CHAT, "tool_choice": "required"}, "tool_choice"),
+        ({"model": MODEL, "messages": CHAT, "functions": [{"name": "f"}]}, "functions"),
+        ({"model": MODEL, "messages": CHAT, "reasoning_effort": "high"}, "reasoning_effort"),
+        ({"model": MODEL, "messages": CHAT, "store": True}, "store"),
         (
-            {"model": MODEL, "messages": CHAT, "response_format": {"type": "json_object"}},
-            "response_format",
+            {"model": MODEL, "messages": CHAT, "response_format": {"type": "xml"}},
+            "response_format.type",
+        ),
+        (
+            {
+                "model": MODEL,
+                "messages": CHAT,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "n", "schema": {"type": "integer", "minimum": 1}},
+                },
+            },
+            "response_format.json_schema.schema.minimum",
         ),
         ({"model": MODEL, "messages": CHAT, "logit_bias": {"abc": 1}}, "logit_bias"),
         ({"model": MODEL, "messages": CHAT, "logit_bias": {"5": 500}}, "logit_bias"),

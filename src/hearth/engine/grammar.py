@@ -29,6 +29,8 @@ _ANNOTATIONS = frozenset(
         "deprecated", "readOnly", "writeOnly", "strict",
     }
 )  # fmt: skip
+_LOOSE_CHAR_RULE = 'char ::= [^"\\\\] |'
+_STRICT_CHAR_RULE = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
 _FORMATS = frozenset({"date", "time", "date-time", "uuid"})
 _TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
 _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
@@ -105,6 +107,8 @@ class GrammarBuilder:
 
     def build(self, root: str, triggers: tuple[str, ...] = ()) -> Grammar:
         rules = self._converter.format_grammar()
+        # The converter lets control characters into strings, and JSON forbids them unescaped.
+        rules = rules.replace(_LOOSE_CHAR_RULE, _STRICT_CHAR_RULE)
         return Grammar(gbnf=f"root ::= {root}\n{rules}\n", triggers=triggers)
 
 

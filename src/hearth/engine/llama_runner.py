@@ -177,6 +177,7 @@ class LlamaRunner:
             add(
                 chain,
                 llama.llama_sampler_init_penalties(
+                    self._n_vocab,
                     PENALTY_LAST_N,
                     params.repeat_penalty,
                     params.frequency_penalty,

@@ -62,6 +62,7 @@ async def health(request: Request) -> dict[str, Any]:
             "max_batch_tokens_seen": stats.max_batch_tokens_seen,
             "prompt_tokens_total": stats.prompt_tokens_total,
             "prompt_tokens_cached_total": stats.prompt_tokens_cached_total,
+            "prompt_tokens_decoded_total": stats.prompt_tokens_decoded_total,
             "generated_tokens_total": stats.generated_tokens_total,
             "requests_finished": stats.requests_finished,
             "batch_size_histogram": {str(k): v for k, v in stats.batch_size_histogram.items()},
