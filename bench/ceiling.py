@@ -3,10 +3,13 @@
     .venv/bin/python bench/ceiling.py --batch-sizes 1,16 --tokens 128 --threads 2
 
 For each batch size B it builds the context Hearth would (one sequence per slot, split KV,
-n_seq_max = B, the same threads), prefills a short chat prompt per sequence, then times only
-the decode loop: one llama_decode per step with B rows, and one C sampler chain per sequence
+n_seq_max = B, the same threads). It prefills the benchmark's own chat prompts, rendered with the
+model's template as Hearth renders them and packed into batches of up to n_batch tokens, then
+runs the decode loop: one llama_decode per step with B rows, and one C sampler chain per sequence
 (logit_bias on the end-of-generation tokens, top_k 40, min_p 0.05, temp, dist(seed)): the chain
 Hearth builds for the benchmark's requests. No HTTP, no asyncio, no detokenizing.
+Two figures per batch size: `tok_s` times the decode loop only; `e2e_tok_s` times the prefill
+too, which is what a server's aggregate output tok/s pays for.
 `--json` prints one JSON object on stdout for bench.py.
 """
 
@@ -24,8 +27,10 @@ from typing import Any
 
 import llama_cpp as llama
 
+from hearth.models.chat_template import ChatTemplate
 from hearth.models.registry import embedded_model_path
 from hearth.settings import physical_cores
+from prompts import story_text
 
 TOP_K = 40
 MIN_P = 0.05
@@ -34,7 +39,6 @@ TEMPERATURE = 0.7
 EOG_BIAS = -100.0
 N_BATCH = 512
 WARMUP_STEPS = 8
-TOPICS = ("a lighthouse keeper", "a lost robot", "a talking cat", "a haunted library")
 
 
 @dataclass
@@ -43,7 +47,9 @@ class CeilingResult:
     tokens_per_seq: int
     prompt_tokens: int
     decode_s: float
+    prefill_s: float
     tok_s: float
+    e2e_tok_s: float
     tok_s_runs: list[float]
 
 
@@ -126,46 +132,44 @@ class Ceiling:
             raise RuntimeError("llama.cpp could not create a context")
         batch = llama.llama_batch_init(max(N_BATCH, batch_size), 0, 1)
         try:
-            prompts = [
-                self.tokenize(
-                    f"<|im_start|>user\nWrite a long story about {TOPICS[i % len(TOPICS)]}. "
-                    f"Version {i}.<|im_end|>\n<|im_start|>assistant\n"
-                )
-                for i in range(batch_size)
-            ]
+            prompts = [self.tokenize(self.render(story_text(i))) for i in range(batch_size)]
             # The first pass warms caches and page faults and is not reported.
             self._generate(ctx, batch, prompts, WARMUP_STEPS)
             runs = [self._generate(ctx, batch, prompts, tokens) for _ in range(repeats)]
         finally:
             llama.llama_batch_free(batch)
             llama.llama_free(ctx)
-        decode_s = statistics.median(runs)
+        prefill_s = statistics.median(prefill for prefill, _ in runs)
+        decode_s = statistics.median(decode for _, decode in runs)
         total = batch_size * tokens
         return CeilingResult(
             batch_size=batch_size,
             tokens_per_seq=tokens,
             prompt_tokens=sum(len(p) for p in prompts),
             decode_s=round(decode_s, 4),
+            prefill_s=round(prefill_s, 4),
             tok_s=round(total / decode_s, 2),
-            tok_s_runs=[round(total / s, 2) for s in runs],
+            e2e_tok_s=round(total / (prefill_s + decode_s), 2),
+            tok_s_runs=[round(total / decode, 2) for _, decode in runs],
         )
 
-    def _generate(self, ctx: Any, batch: Any, prompts: list[list[int]], tokens: int) -> float:
-        """Prefill every prompt (untimed), then decode `tokens` per sequence; returns seconds."""
+    def render(self, content: str) -> str:
+        template = llama.llama_model_chat_template(self.model, None)
+        chat = ChatTemplate(template.decode() if template else None)
+        text = chat.render([{"role": "user", "content": content}])
+        return text
+
+    def _generate(
+        self, ctx: Any, batch: Any, prompts: list[list[int]], tokens: int
+    ) -> tuple[float, float]:
+        """Prefill every prompt, then decode `tokens` per sequence: (prefill s, decode s)."""
         llama.llama_memory_clear(llama.llama_get_memory(ctx), True)
         samplers = [self.sampler(seed) for seed in range(len(prompts))]
         try:
-            # One decode per prompt: any batch size fits n_batch, and this part is not timed.
-            last: list[int] = []
-            for seq, (prompt, sampler) in enumerate(zip(prompts, samplers, strict=True)):
-                for pos, token in enumerate(prompt):
-                    self._set(batch, pos, token, pos, seq, logits=pos == len(prompt) - 1)
-                batch.n_tokens = len(prompt)
-                self._decode(ctx, batch)
-                last.append(int(llama.llama_sampler_sample(sampler, ctx, len(prompt) - 1)))
-            positions = [len(p) for p in prompts]
-
             start = time.perf_counter()
+            last = self._prefill(ctx, batch, prompts, samplers)
+            prefilled = time.perf_counter()
+            positions = [len(p) for p in prompts]
             for _ in range(tokens):
                 for seq, token in enumerate(last):
                     self._set(batch, seq, token, positions[seq], seq, logits=True)
@@ -174,10 +178,29 @@ class Ceiling:
                 self._decode(ctx, batch)
                 # llama_sampler_sample also accepts the token, as in Hearth's runner.
                 last = [int(llama.llama_sampler_sample(s, ctx, r)) for r, s in enumerate(samplers)]
-            return time.perf_counter() - start
+            return prefilled - start, time.perf_counter() - prefilled
         finally:
             for sampler in samplers:
                 llama.llama_sampler_free(sampler)
+
+    def _prefill(
+        self, ctx: Any, batch: Any, prompts: list[list[int]], samplers: list[Any]
+    ) -> list[int]:
+        """All prompts, packed into batches of up to N_BATCH tokens as Hearth's scheduler packs
+        them when nothing is generating yet; each sequence's first token."""
+        pending = [(seq, pos) for seq, prompt in enumerate(prompts) for pos in range(len(prompt))]
+        first: dict[int, int] = {}
+        for start in range(0, len(pending), N_BATCH):
+            rows = pending[start : start + N_BATCH]
+            for i, (seq, pos) in enumerate(rows):
+                ends = pos == len(prompts[seq]) - 1
+                self._set(batch, i, prompts[seq][pos], pos, seq, logits=ends)
+            batch.n_tokens = len(rows)
+            self._decode(ctx, batch)
+            for i, (seq, pos) in enumerate(rows):
+                if pos == len(prompts[seq]) - 1:
+                    first[seq] = int(llama.llama_sampler_sample(samplers[seq], ctx, i))
+        return [first[seq] for seq in range(len(prompts))]
 
     @staticmethod
     def _set(batch: Any, i: int, token: int, pos: int, seq: int, *, logits: bool) -> None:
@@ -206,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
             result = ceiling.run(size, args.tokens, args.repeats)
             results.append(result)
             if not args.json:
-                print(f"batch {size:>3}: {result.tok_s:8.1f} tok/s  (runs {result.tok_s_runs})")
+                print(
+                    f"batch {size:>3}: {result.tok_s:8.1f} tok/s decode, "
+                    f"{result.e2e_tok_s:8.1f} with prefill  (decode runs {result.tok_s_runs})"
+                )
     finally:
         ceiling.close()
     if args.json:
