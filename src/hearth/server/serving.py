@@ -58,7 +58,20 @@ from hearth.server.tools import (
     tool_system_prompt,
 )
 
-__all__ = ["check_token_ids", "serve_chat", "serve_completion"]
+__all__ = [
+    "CollectedChoice",
+    "PreparedChat",
+    "UsageTotals",
+    "check_token_ids",
+    "collect",
+    "merged_outputs",
+    "prepare_chat",
+    "serve_chat",
+    "serve_completion",
+    "split_tool_calls",
+    "started",
+    "until_disconnect",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -482,7 +495,7 @@ def _new_id(prefix: str) -> str:
 
 
 @dataclass(slots=True)
-class _Choice:
+class CollectedChoice:
     """One choice's output, gathered for a reply that is not streamed."""
 
     pieces: list[str] = field(default_factory=list)
@@ -496,7 +509,7 @@ class _Choice:
 
 
 @dataclass(slots=True)
-class _Totals:
+class UsageTotals:
     """Usage over a request's choices (and its prompts, for a list of prompts)."""
 
     prompt_tokens: int = 0
@@ -526,7 +539,7 @@ def _finish_reason(reason: FinishReason | None) -> Literal["stop", "length"]:
     return "stop" if reason is FinishReason.STOP else "length"
 
 
-async def _merged(
+async def merged_outputs(
     model: LoadedModel, requests: Sequence[GenerationRequest]
 ) -> AsyncIterator[tuple[int, RequestOutput]]:
     """Outputs of several engine requests as one stream, as (prompt index, output) with each
@@ -564,13 +577,13 @@ async def _merged(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _collect(
+async def collect(
     model: LoadedModel, requests: Sequence[GenerationRequest]
-) -> tuple[dict[int, _Choice], _Totals]:
-    choices: dict[int, _Choice] = {}
-    totals = _Totals()
-    async for prompt_index, output in _merged(model, requests):
-        choice = choices.setdefault(output.index, _Choice())
+) -> tuple[dict[int, CollectedChoice], UsageTotals]:
+    choices: dict[int, CollectedChoice] = {}
+    totals = UsageTotals()
+    async for prompt_index, output in merged_outputs(model, requests):
+        choice = choices.setdefault(output.index, CollectedChoice())
         choice.pieces.append(output.text)
         choice.logprobs.extend(output.logprobs)
         choice.completion_tokens = output.completion_tokens
@@ -580,7 +593,7 @@ async def _collect(
     return choices, totals
 
 
-async def _until_disconnect(http_request: Request, work: Awaitable[T]) -> T:
+async def until_disconnect(http_request: Request, work: Awaitable[T]) -> T:
     """Run `work`, cancelling it (and so aborting its engine request) if the client leaves."""
     task = asyncio.ensure_future(work)
 
@@ -600,10 +613,10 @@ async def _until_disconnect(http_request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
-async def _started(http_request: Request, outputs: AsyncIterator[T]) -> AsyncIterator[T]:
+async def started(http_request: Request, outputs: AsyncIterator[T]) -> AsyncIterator[T]:
     """Wait for a stream's first output before sending headers, so that a refusal (429, a queue
     timeout's 503, an engine error) is a real HTTP status, not an event in a 200 stream."""
-    first = await _until_disconnect(http_request, anext(outputs))
+    first = await until_disconnect(http_request, anext(outputs))
 
     async def chained() -> AsyncIterator[T]:
         yield first
@@ -668,9 +681,18 @@ def _log_request(kind: str, request_id: str, user: str | None, n: int) -> None:
 # -- chat --------------------------------------------------------------------------------------
 
 
-async def serve_chat(
-    state: ServerState, req: ChatCompletionRequest, http_request: Request
-) -> JSONResponse | StreamingResponse:
+@dataclass(frozen=True, slots=True)
+class PreparedChat:
+    """A chat request parsed at the edge: the model to run it on and the engine request."""
+
+    model: LoadedModel
+    request: GenerationRequest
+    parse_tools: bool  # the output may hold tool calls to parse
+    logprobs: bool
+
+
+def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> PreparedChat:
+    """Validate, template and tokenize a chat request. Shared by /v1 and the Ollama API."""
     model = state.model_for(req.model)
     _refuse_unservable_chat_fields(req)
     _check_stream_options(req.stream, req.stream_options)
@@ -696,21 +718,29 @@ async def serve_chat(
     completion_id = _new_id("chatcmpl")
     _log_request("chat completion", completion_id, req.user or req.safety_identifier, n)
     request = GenerationRequest(completion_id, tuple(tokens), params, n=n)
+    return PreparedChat(model, request, parse_tools=tools.offered, logprobs=bool(req.logprobs))
+
+
+async def serve_chat(
+    state: ServerState, req: ChatCompletionRequest, http_request: Request
+) -> JSONResponse | StreamingResponse:
+    chat = prepare_chat(state, req)
+    completion_id = chat.request.request_id
     created = int(time.time())
 
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        outputs = await _started(http_request, _merged(model, [request]))
+        outputs = await started(http_request, merged_outputs(chat.model, [chat.request]))
         events = _stream_chat(
-            outputs, completion_id, created, req.model, include_usage, parse_tools=tools.offered
+            outputs, completion_id, created, req.model, include_usage, parse_tools=chat.parse_tools
         )
         return _streaming_response(events)
 
-    choices, totals = await _until_disconnect(http_request, _collect(model, [request]))
+    choices, totals = await until_disconnect(http_request, collect(chat.model, [chat.request]))
     body = wire.ChatCompletion(
         id=completion_id,
         choices=[
-            _chat_choice(index, choice, parse_tools=tools.offered, logprobs=bool(req.logprobs))
+            _chat_choice(index, choice, parse_tools=chat.parse_tools, logprobs=chat.logprobs)
             for index, choice in sorted(choices.items())
         ],
         created=created,
@@ -721,17 +751,22 @@ async def serve_chat(
     return JSONResponse(body.model_dump(mode="json"))
 
 
+def split_tool_calls(text: str) -> tuple[str | None, list[ParsedCall]]:
+    """A whole output's text content (None when it is only calls) and its tool calls."""
+    parser = ToolCallParser()
+    kept = [value for kind, value in parser.feed(text) if kind == "content"]
+    kept += [value for kind, value in parser.finish() if kind == "content"]
+    calls = parser.calls
+    return ("".join(kept) if kept or not calls else None), calls
+
+
 def _chat_choice(
-    index: int, choice: _Choice, *, parse_tools: bool, logprobs: bool
+    index: int, choice: CollectedChoice, *, parse_tools: bool, logprobs: bool
 ) -> wire.ChatChoice:
     content: str | None = choice.text
     calls: list[ParsedCall] = []
     if parse_tools:
-        parser = ToolCallParser()
-        kept = [text for kind, text in parser.feed(choice.text) if kind == "content"]
-        kept += [text for kind, text in parser.finish() if kind == "content"]
-        calls = parser.calls
-        content = "".join(kept) if kept or not calls else None
+        content, calls = split_tool_calls(choice.text)
     finish: Any = _finish_reason(choice.finish_reason)
     if calls and finish == "stop":
         finish = "tool_calls"
@@ -806,7 +841,7 @@ async def _stream_chat(
         return sent
 
     parsers: dict[int, ToolCallParser] = {}
-    totals = _Totals()
+    totals = UsageTotals()
     async for prompt_index, output in outputs:
         index = output.index
         totals.add(output, prompt_index)
@@ -949,16 +984,16 @@ async def serve_completion(
 
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        outputs = await _started(http_request, _merged(model, requests))
+        outputs = await started(http_request, merged_outputs(model, requests))
 
         async def events() -> AsyncIterator[bytes]:
-            totals = _Totals()
-            started: set[int] = set()
+            totals = UsageTotals()
+            begun: set[int] = set()
             async for prompt_index, output in outputs:
                 totals.add(output, prompt_index)
                 text = output.text
-                if output.index not in started:
-                    started.add(output.index)
+                if output.index not in begun:
+                    begun.add(output.index)
                     text = echoes[prompt_index] + text
                 finish = _finish_reason(output.finish_reason) if output.finish_reason else None
                 if text or finish is not None or output.logprobs:
@@ -977,7 +1012,7 @@ async def serve_completion(
 
         return _streaming_response(events())
 
-    choices, totals = await _until_disconnect(http_request, _collect(model, requests))
+    choices, totals = await until_disconnect(http_request, collect(model, requests))
     kept = _best_choices(choices, best_of, n)
     reply = []
     for new_index, (old_index, choice) in enumerate(kept):
@@ -995,7 +1030,9 @@ async def serve_completion(
     return JSONResponse(body(reply, totals.usage()).model_dump(mode="json"))
 
 
-def _best_choices(choices: dict[int, _Choice], best_of: int, n: int) -> list[tuple[int, _Choice]]:
+def _best_choices(
+    choices: dict[int, CollectedChoice], best_of: int, n: int
+) -> list[tuple[int, CollectedChoice]]:
     """Per prompt, the n of best_of choices with the highest log-probability per token."""
     ordered = sorted(choices.items())
     if best_of == n:
@@ -1008,7 +1045,7 @@ def _best_choices(choices: dict[int, _Choice], best_of: int, n: int) -> list[tup
     return kept
 
 
-def _mean_logprob(choice: _Choice) -> float:
+def _mean_logprob(choice: CollectedChoice) -> float:
     if not choice.logprobs:
         return 0.0
     return sum(entry.logprob for entry in choice.logprobs) / len(choice.logprobs)
