@@ -18,7 +18,12 @@ from hearth.models import registry
 from hearth.models.chat_template import ChatTemplate
 from hearth.server.errors import install_error_handlers
 from hearth.server.limits import BodySizeLimit
-from hearth.server.routes import extensions_router, health_router, openai_router
+from hearth.server.routes import (
+    extensions_router,
+    health_router,
+    ollama_router,
+    openai_router,
+)
 from hearth.server.state import LoadedModel, ServerState
 from hearth.settings import ServeSettings, hearth_home
 
@@ -99,6 +104,7 @@ def create_app(settings: ServeSettings, state: ServerState | None = None) -> Fas
     app.include_router(health_router)
     app.include_router(openai_router)
     app.include_router(extensions_router)
+    app.include_router(ollama_router)
     if settings.cors_origin:
         app.add_middleware(
             CORSMiddleware,

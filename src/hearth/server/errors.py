@@ -26,8 +26,14 @@ _UNION_TAGS = frozenset(
 _TYPE_SEGMENTS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
 
 
-def error_response(error: HearthError) -> JSONResponse:
-    return JSONResponse(error.to_body(), status_code=error.status_code, headers=error.headers)
+def error_response(error: HearthError, *, ollama: bool = False) -> JSONResponse:
+    # Ollama's native API (/api/...) answers errors as {"error": "message"}; its clients read that.
+    body = {"error": error.message} if ollama else error.to_body()
+    return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+
+
+def _is_ollama(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
 
 
 def sse_error_event(error: HearthError) -> bytes:
@@ -91,15 +97,15 @@ def validation_error(errors: Sequence[Any]) -> InvalidRequestError:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    async def on_hearth_error(_: Request, exc: Exception) -> JSONResponse:
+    async def on_hearth_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HearthError)
-        return error_response(exc)
+        return error_response(exc, ollama=_is_ollama(request))
 
-    async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return error_response(validation_error(exc.errors()))
+        return error_response(validation_error(exc.errors()), ollama=_is_ollama(request))
 
-    async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         error: HearthError
         if exc.status_code == 404:
@@ -108,14 +114,15 @@ def install_error_handlers(app: FastAPI) -> None:
             error = HearthError(str(exc.detail))
             error.status_code = exc.status_code
             error.error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        response = error_response(error)
+        response = error_response(error, ollama=_is_ollama(request))
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
         return response
 
-    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error", exc_info=exc)
-        return error_response(HearthError("The server had an error while processing your request."))
+        error = HearthError("The server had an error while processing your request.")
+        return error_response(error, ollama=_is_ollama(request))
 
     app.add_exception_handler(HearthError, on_hearth_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

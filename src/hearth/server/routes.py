@@ -8,6 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from hearth import __version__
+from hearth.protocol import ollama
 from hearth.protocol.extensions import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -23,10 +25,16 @@ from hearth.protocol.openai import (
 )
 from hearth.server.auth import require_api_key
 from hearth.server.metrics import CONTENT_TYPE, render_metrics
+from hearth.server.ollama import (
+    list_tags,
+    serve_ollama_chat,
+    serve_ollama_generate,
+    show_model,
+)
 from hearth.server.serving import check_token_ids, serve_chat, serve_completion
 from hearth.server.state import ServerState
 
-__all__ = ["extensions_router", "health_router", "openai_router"]
+__all__ = ["extensions_router", "health_router", "ollama_router", "openai_router"]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (400, 401, 404, 413, 429, 500, 503)
@@ -35,6 +43,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 health_router = APIRouter()
 openai_router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_ERRORS)
 extensions_router = APIRouter(dependencies=[Depends(require_api_key)], responses=_ERRORS)
+# Ollama's native API: https://github.com/ollama/ollama/blob/main/docs/api.md
+ollama_router = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)])
 
 
 def _state(request: Request) -> ServerState:
@@ -114,3 +124,32 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeRes
     model = _state(request).model
     check_token_ids(model, body.tokens, param="tokens")
     return DetokenizeResponse(content=model.runner.detokenize(body.tokens))
+
+
+@ollama_router.post("/chat", response_model=None)
+async def ollama_chat(
+    body: ollama.ChatRequest, request: Request
+) -> JSONResponse | StreamingResponse:
+    return await serve_ollama_chat(_state(request), body, request)
+
+
+@ollama_router.post("/generate", response_model=None)
+async def ollama_generate(
+    body: ollama.GenerateRequest, request: Request
+) -> JSONResponse | StreamingResponse:
+    return await serve_ollama_generate(_state(request), body, request)
+
+
+@ollama_router.get("/tags")
+async def ollama_tags(request: Request) -> ollama.TagsResponse:
+    return list_tags(_state(request))
+
+
+@ollama_router.post("/show")
+async def ollama_show(body: ollama.ShowRequest, request: Request) -> ollama.ShowResponse:
+    return show_model(_state(request).model_for(body.model))
+
+
+@ollama_router.get("/version")
+async def ollama_version() -> ollama.VersionResponse:
+    return ollama.VersionResponse(version=__version__)

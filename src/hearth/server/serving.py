@@ -61,11 +61,13 @@ from hearth.server.tools import (
 __all__ = [
     "CollectedChoice",
     "PreparedChat",
+    "PreparedCompletion",
     "UsageTotals",
     "check_token_ids",
     "collect",
     "merged_outputs",
     "prepare_chat",
+    "prepare_completion",
     "serve_chat",
     "serve_completion",
     "split_tool_calls",
@@ -936,9 +938,20 @@ def _completion_logprobs(entries: Sequence[TokenLogprob], offset: int) -> wire.C
     )
 
 
-async def serve_completion(
-    state: ServerState, req: CompletionRequest, http_request: Request
-) -> JSONResponse | StreamingResponse:
+@dataclass(frozen=True, slots=True)
+class PreparedCompletion:
+    """A completions request parsed at the edge: one engine request per prompt."""
+
+    completion_id: str
+    model: LoadedModel
+    requests: list[GenerationRequest]
+    prompts: list[list[int]]
+    n: int
+    best_of: int
+
+
+def prepare_completion(state: ServerState, req: CompletionRequest) -> PreparedCompletion:
+    """Validate and tokenize a completions request. Shared by /v1 and the Ollama API."""
     model = state.model_for(req.model)
     _refuse_unservable_completion_fields(req)
     _check_stream_options(req.stream, req.stream_options)
@@ -969,6 +982,16 @@ async def serve_completion(
         )
         for i, tokens in enumerate(prompts)
     ]
+    return PreparedCompletion(completion_id, model, requests, prompts, n, best_of)
+
+
+async def serve_completion(
+    state: ServerState, req: CompletionRequest, http_request: Request
+) -> JSONResponse | StreamingResponse:
+    prepared = prepare_completion(state, req)
+    model, requests, prompts = prepared.model, prepared.requests, prepared.prompts
+    n, best_of = prepared.n, prepared.best_of
+    completion_id = prepared.completion_id
     echoes = [model.runner.detokenize(tokens) if req.echo else "" for tokens in prompts]
     created = int(time.time())
 

@@ -1,0 +1,221 @@
+"""Ollama's native API wire types: chat, generate, tags, show, version.
+
+Fields follow https://github.com/ollama/ollama/blob/main/docs/api.md, so an app written for
+Ollama (or the official `ollama` Python client) talks to Hearth unchanged. Unknown fields and
+options are refused with a 400 naming them, as on the OpenAI side: Ollama ignores them, which
+is how a misspelt option goes unnoticed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ChatRequest",
+    "ChatResponse",
+    "GenerateRequest",
+    "GenerateResponse",
+    "Message",
+    "ModelDetails",
+    "Options",
+    "ShowRequest",
+    "ShowResponse",
+    "TagModel",
+    "TagsResponse",
+    "VersionResponse",
+]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Options(_Request):
+    """https://github.com/ollama/ollama/blob/main/docs/modelfile.md#valid-parameters-and-values
+
+    Load-time options (num_ctx, num_thread, num_gpu…) belong to `hearth serve`'s flags; the
+    serving layer refuses those it cannot honour per request, by name."""
+
+    # load time options
+    numa: bool | None = None
+    num_ctx: int | None = Field(None, ge=1)
+    num_batch: int | None = None
+    num_gpu: int | None = None
+    main_gpu: int | None = None
+    low_vram: bool | None = None
+    f16_kv: bool | None = None
+    logits_all: bool | None = None
+    vocab_only: bool | None = None
+    use_mmap: bool | None = None
+    use_mlock: bool | None = None
+    embedding_only: bool | None = None
+    num_thread: int | None = None
+    # runtime options
+    num_keep: int | None = None
+    seed: int | None = None
+    num_predict: int | None = None
+    top_k: int | None = Field(None, ge=0)
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    tfs_z: float | None = None
+    typical_p: float | None = Field(None, gt=0.0, le=1.0)
+    repeat_last_n: int | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    repeat_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    mirostat: Literal[0, 1, 2] | None = None
+    mirostat_tau: float | None = Field(None, gt=0.0, le=20.0)
+    mirostat_eta: float | None = Field(None, gt=0.0, le=1.0)
+    penalize_newline: bool | None = None
+    stop: list[str] | None = None
+
+
+class ToolCallFunction(BaseModel):
+    name: str
+    arguments: dict[str, Any]
+
+
+class ToolCall(BaseModel):
+    function: ToolCallFunction
+
+
+class Message(_Request):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    thinking: str | None = None
+    images: list[str] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_name: str | None = None
+
+
+class ChatRequest(_Request):
+    """POST /api/chat"""
+
+    model: str
+    messages: list[Message] = Field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
+    think: bool | str | None = None
+    format: Literal["", "json"] | dict[str, Any] | None = None
+    options: Options | None = None
+    stream: bool = True
+    keep_alive: float | str | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    # extension, not in Ollama's API: OpenAI's tool_choice ("auto" when absent, as in Ollama)
+    tool_choice: str | dict[str, Any] | None = None
+
+
+class GenerateRequest(_Request):
+    """POST /api/generate"""
+
+    model: str
+    prompt: str | None = None
+    suffix: str | None = None
+    images: list[str] | None = None
+    think: bool | str | None = None
+    format: Literal["", "json"] | dict[str, Any] | None = None
+    options: Options | None = None
+    system: str | None = None
+    template: str | None = None
+    stream: bool = True
+    raw: bool | None = None
+    keep_alive: float | str | None = None
+    context: list[int] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+
+
+class Logprob(BaseModel):
+    token: str
+    logprob: float
+    top_logprobs: list[TopLogprob] | None = None
+
+
+class _Timings(BaseModel):
+    """Durations in nanoseconds, as Ollama reports them; only on the final (done) object."""
+
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+    prompt_eval_duration: int | None = None
+    eval_count: int | None = None
+    eval_duration: int | None = None
+
+
+class ResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    tool_calls: list[ToolCall] | None = None
+
+
+class ChatResponse(_Timings):
+    model: str
+    created_at: str
+    message: ResponseMessage
+    done: bool
+    done_reason: str | None = None
+    logprobs: list[Logprob] | None = None
+
+
+class GenerateResponse(_Timings):
+    model: str
+    created_at: str
+    response: str
+    done: bool
+    done_reason: str | None = None
+    logprobs: list[Logprob] | None = None
+
+
+class ModelDetails(BaseModel):
+    parent_model: str = ""
+    format: str = "gguf"
+    family: str
+    families: list[str]
+    parameter_size: str
+    quantization_level: str
+
+
+class TagModel(BaseModel):
+    name: str
+    model: str
+    modified_at: str
+    size: int
+    digest: str
+    details: ModelDetails
+
+
+class TagsResponse(BaseModel):
+    """GET /api/tags"""
+
+    models: list[TagModel]
+
+
+class ShowRequest(_Request):
+    """POST /api/show"""
+
+    model: str
+    verbose: bool | None = None
+
+
+class ShowResponse(BaseModel):
+    modelfile: str
+    parameters: str
+    template: str
+    details: ModelDetails
+    model_info: dict[str, Any]
+    capabilities: list[str]
+    modified_at: str
+
+
+class VersionResponse(BaseModel):
+    """GET /api/version"""
+
+    version: str

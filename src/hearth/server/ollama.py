@@ -1,0 +1,542 @@
+"""Ollama's native API on the same engine.
+
+An Ollama request is translated into the OpenAI wire type, then parsed by the same
+`prepare_chat` / `prepare_completion` as /v1: one place decides templates, tools, grammars and
+limits. Replies go back in Ollama's shape: NDJSON when streaming (Ollama's default), durations
+in nanoseconds, `{"error": "..."}` bodies (see `server/errors.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ValidationError
+
+from hearth.engine.types import FinishReason, RequestOutput, TokenLogprob
+from hearth.errors import HearthError, InvalidRequestError, UnsupportedParameterError
+from hearth.protocol import ollama as wire
+from hearth.protocol.openai import ChatCompletionRequest, CompletionRequest
+from hearth.server.errors import validation_error
+from hearth.server.serving import (
+    CollectedChoice,
+    collect,
+    merged_outputs,
+    prepare_chat,
+    prepare_completion,
+    split_tool_calls,
+    started,
+    until_disconnect,
+)
+from hearth.server.state import LoadedModel, ServerState
+from hearth.server.tools import ToolCallParser
+
+__all__ = [
+    "list_tags",
+    "model_details",
+    "serve_ollama_chat",
+    "serve_ollama_generate",
+    "show_model",
+]
+
+logger = logging.getLogger(__name__)
+
+# Options with the same meaning as the OpenAI field (or extension) of that name.
+_SAME_NAME_OPTIONS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "typical_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "repeat_penalty",
+    "mirostat",
+    "mirostat_tau",
+    "mirostat_eta",
+    "stop",
+)
+# llama.cpp's penalties look at the last 64 tokens in Hearth (PENALTY_LAST_N).
+_PENALTY_WINDOW = 64
+_LOAD_TIME_OPTIONS = {
+    "numa": "--threads",
+    "num_batch": "--max-batch-tokens",
+    "num_gpu": "--gpu-layers",
+    "main_gpu": "--gpu-layers",
+    "low_vram": "--gpu-layers",
+    "f16_kv": "--quantize",
+    "logits_all": "logprobs",
+    "vocab_only": "/tokenize",
+    "use_mmap": "the model loader",
+    "use_mlock": "the model loader",
+    "embedding_only": "/v1/embeddings",
+    "num_thread": "--threads",
+}
+_NDJSON = "application/x-ndjson"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _sampling_fields(options: wire.Options | None) -> dict[str, Any]:
+    """Ollama options as OpenAI request fields; an option Hearth cannot honour is refused."""
+    if options is None:
+        return {}
+    given = options.model_dump(exclude_none=True)
+    for name in given:
+        if name in _LOAD_TIME_OPTIONS:
+            raise UnsupportedParameterError(
+                f"'options.{name}' is set when the server starts ({_LOAD_TIME_OPTIONS[name]}), "
+                "not per request.",
+                param=f"options.{name}",
+            )
+    for name in ("tfs_z", "num_keep", "penalize_newline"):
+        if name in given:
+            raise UnsupportedParameterError(
+                f"'options.{name}' is not supported by llama.cpp's samplers.",
+                param=f"options.{name}",
+            )
+    if given.get("repeat_last_n", _PENALTY_WINDOW) != _PENALTY_WINDOW:
+        raise UnsupportedParameterError(
+            f"'options.repeat_last_n' must be {_PENALTY_WINDOW}: Hearth's penalties look at the "
+            f"last {_PENALTY_WINDOW} tokens.",
+            param="options.repeat_last_n",
+        )
+    fields = {name: given[name] for name in _SAME_NAME_OPTIONS if name in given}
+    predict = given.get("num_predict")
+    if predict is not None:
+        if predict > 0:
+            fields["max_tokens"] = predict
+        elif predict not in (-1, -2):  # Ollama's "no limit" and "fill the context"
+            raise InvalidRequestError(
+                "'options.num_predict' must be positive, -1 or -2.", param="options.num_predict"
+            )
+    return fields
+
+
+def _check_num_ctx(model: LoadedModel, options: wire.Options | None) -> None:
+    if options is not None and options.num_ctx and options.num_ctx > model.n_ctx_per_slot:
+        raise UnsupportedParameterError(
+            f"'options.num_ctx' is {options.num_ctx}, but this server's slots hold "
+            f"{model.n_ctx_per_slot} tokens; start it with a larger --ctx-size.",
+            param="options.num_ctx",
+        )
+
+
+def _refuse_common(req: wire.ChatRequest | wire.GenerateRequest) -> None:
+    if req.think:
+        raise UnsupportedParameterError(
+            "This model does not think before answering.", param="think"
+        )
+
+
+def _format(value: str | dict[str, Any] | None) -> dict[str, Any] | None:
+    if not value:
+        return None
+    if value == "json":
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {"name": "format", "schema": value}}
+
+
+def _validated(kind: type[BaseModel], body: dict[str, Any]) -> Any:
+    try:
+        return kind.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc.errors()) from exc
+
+
+def _openai_messages(messages: Sequence[wire.Message]) -> list[dict[str, Any]]:
+    converted: list[dict[str, Any]] = []
+    for i, message in enumerate(messages):
+        if message.images:
+            raise UnsupportedParameterError(
+                "Images are not supported by this model.", param=f"messages[{i}].images"
+            )
+        if message.role == "tool":
+            converted.append(
+                {
+                    "role": "tool",
+                    "content": message.content,
+                    "tool_call_id": message.tool_name or "tool",
+                }
+            )
+        elif message.role == "assistant" and message.tool_calls:
+            converted.append(
+                {
+                    "role": "assistant",
+                    "content": message.content or None,
+                    "tool_calls": [
+                        {
+                            "id": f"call_{i}_{j}",
+                            "type": "function",
+                            "function": {
+                                "name": call.function.name,
+                                "arguments": json.dumps(call.function.arguments),
+                            },
+                        }
+                        for j, call in enumerate(message.tool_calls)
+                    ],
+                }
+            )
+        else:
+            converted.append({"role": message.role, "content": message.content})
+    return converted
+
+
+def _logprobs(entries: Sequence[TokenLogprob]) -> list[wire.Logprob]:
+    def text(piece: bytes) -> str:
+        return piece.decode("utf-8", "replace")
+
+    return [
+        wire.Logprob(
+            token=text(entry.piece),
+            logprob=entry.logprob,
+            top_logprobs=[wire.TopLogprob(token=text(p), logprob=lp) for _, p, lp in entry.top]
+            or None,
+        )
+        for entry in entries
+    ]
+
+
+def _tool_calls(text: str) -> tuple[str, list[wire.ToolCall] | None]:
+    content, calls = split_tool_calls(text)
+    parsed = [
+        wire.ToolCall(
+            function=wire.ToolCallFunction(name=call.name, arguments=_arguments(call.arguments))
+        )
+        for call in calls
+    ]
+    return content or "", parsed or None
+
+
+def _arguments(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class _Clock:
+    """Ollama's durations: the whole request, the prompt (until the first token), the rest."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter_ns()
+        self.first: int | None = None
+
+    def tick(self) -> None:
+        if self.first is None:
+            self.first = time.perf_counter_ns()
+
+    def timings(self, prompt_tokens: int, cached: int, completion_tokens: int) -> dict[str, int]:
+        end = time.perf_counter_ns()
+        first = self.first or end
+        return {
+            "total_duration": end - self.start,
+            "load_duration": 0,
+            "prompt_eval_count": prompt_tokens - cached,
+            "prompt_eval_duration": first - self.start,
+            "eval_count": completion_tokens,
+            "eval_duration": end - first,
+        }
+
+
+def _done_reason(reason: FinishReason | None) -> str:
+    return "length" if reason is FinishReason.LENGTH else "stop"
+
+
+def _loaded(model: str, *, chat: bool) -> JSONResponse:
+    # An empty request loads the model and answers at once, as Ollama's does.
+    body: dict[str, Any] = {"model": model, "created_at": _now(), "done": True}
+    body["done_reason"] = "load"
+    if chat:
+        body["message"] = {"role": "assistant", "content": ""}
+    else:
+        body["response"] = ""
+    return JSONResponse(body)
+
+
+def _ndjson(line: BaseModel) -> bytes:
+    return line.model_dump_json(exclude_none=True).encode() + b"\n"
+
+
+def _ndjson_response(lines: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(_guarded(lines), media_type=_NDJSON)
+
+
+async def _guarded(lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A failure after the headers went out ends the stream with Ollama's error line."""
+    try:
+        async for line in lines:
+            yield line
+    except HearthError as error:
+        yield json.dumps({"error": error.message}).encode() + b"\n"
+    except Exception:
+        logger.exception("stream failed after its headers were sent")
+        yield b'{"error": "The server had an error while streaming."}\n'
+
+
+# -- /api/chat ---------------------------------------------------------------------------------
+
+
+async def serve_ollama_chat(
+    state: ServerState, req: wire.ChatRequest, http_request: Request
+) -> JSONResponse | StreamingResponse:
+    _refuse_common(req)
+    model = state.model_for(req.model)
+    _check_num_ctx(model, req.options)
+    if not req.messages:
+        return _loaded(req.model, chat=True)
+    body: dict[str, Any] = {
+        "model": req.model,
+        "messages": _openai_messages(req.messages),
+        **_sampling_fields(req.options),
+    }
+    if req.tools:
+        body["tools"] = req.tools
+    if req.tool_choice is not None:
+        body["tool_choice"] = req.tool_choice
+    if (response_format := _format(req.format)) is not None:
+        body["response_format"] = response_format
+    if req.logprobs:
+        body["logprobs"] = True
+        body["top_logprobs"] = req.top_logprobs
+    chat = prepare_chat(state, _validated(ChatCompletionRequest, body))
+    clock = _Clock()
+
+    if req.stream:
+        outputs = await started(http_request, merged_outputs(chat.model, [chat.request]))
+        return _ndjson_response(
+            _stream_chat(outputs, req.model, clock, parse_tools=chat.parse_tools)
+        )
+
+    choices, totals = await until_disconnect(http_request, collect(chat.model, [chat.request]))
+    choice = choices[0]
+    content, calls = _tool_calls(choice.text) if chat.parse_tools else (choice.text, None)
+    clock.tick()
+    reply = wire.ChatResponse(
+        model=req.model,
+        created_at=_now(),
+        message=wire.ResponseMessage(content=content, tool_calls=calls),
+        done=True,
+        done_reason=_done_reason(choice.finish_reason),
+        logprobs=_logprobs(choice.logprobs) if req.logprobs else None,
+        **clock.timings(totals.prompt_tokens, totals.cached_tokens, choice.completion_tokens),
+    )
+    return JSONResponse(reply.model_dump(mode="json", exclude_none=True))
+
+
+async def _stream_chat(
+    outputs: AsyncIterator[tuple[int, RequestOutput]],
+    model: str,
+    clock: _Clock,
+    *,
+    parse_tools: bool,
+) -> AsyncIterator[bytes]:
+    parser = ToolCallParser()
+
+    def line(content: str, **extra: Any) -> bytes:
+        return _ndjson(
+            wire.ChatResponse(
+                model=model,
+                created_at=_now(),
+                message=wire.ResponseMessage(content=content, tool_calls=extra.pop("calls", None)),
+                **extra,
+            )
+        )
+
+    async for _, output in outputs:
+        clock.tick()
+        text = output.text
+        if parse_tools:
+            events = list(parser.feed(text))
+            if output.finish_reason is not None:
+                events += parser.finish()
+            text = "".join(value for kind, value in events if kind == "content")
+        logprobs = _logprobs(output.logprobs) if output.logprobs else None
+        if text or logprobs:
+            yield line(text, done=False, logprobs=logprobs)
+        if output.finish_reason is not None:
+            if parser.calls:  # Ollama sends finished calls in one message
+                calls = [
+                    wire.ToolCall(
+                        function=wire.ToolCallFunction(
+                            name=call.name, arguments=_arguments(call.arguments)
+                        )
+                    )
+                    for call in parser.calls
+                ]
+                yield line("", done=False, calls=calls)
+            timings = clock.timings(
+                output.prompt_tokens, output.cached_tokens, output.completion_tokens
+            )
+            yield line("", done=True, done_reason=_done_reason(output.finish_reason), **timings)
+
+
+# -- /api/generate -----------------------------------------------------------------------------
+
+
+async def serve_ollama_generate(
+    state: ServerState, req: wire.GenerateRequest, http_request: Request
+) -> JSONResponse | StreamingResponse:
+    _refuse_common(req)
+    model = state.model_for(req.model)
+    _check_num_ctx(model, req.options)
+    if req.images:
+        raise UnsupportedParameterError("Images are not supported by this model.", param="images")
+    if req.template is not None:
+        raise UnsupportedParameterError(
+            "A per-request template is not supported; Hearth uses the model's own chat template "
+            "(or send raw=true with a prompt you formatted).",
+            param="template",
+        )
+    if req.context is not None:
+        raise UnsupportedParameterError(
+            "'context' is deprecated by Ollama; send the conversation to /api/chat, whose "
+            "prompt cache reuses it.",
+            param="context",
+        )
+    if not req.prompt and req.suffix is None:
+        return _loaded(req.model, chat=False)
+    fields = _sampling_fields(req.options)
+    fields.setdefault("max_tokens", None)  # Ollama has no 16-token default
+    if req.logprobs:
+        fields["logprobs"] = req.top_logprobs or 0
+    if req.raw or req.suffix is not None:
+        if req.format:
+            raise UnsupportedParameterError(
+                "'format' needs the chat template; drop raw and suffix to use it.", param="format"
+            )
+        body = {"model": req.model, "prompt": req.prompt or "", "suffix": req.suffix, **fields}
+        prepared = prepare_completion(state, _validated(CompletionRequest, body))
+        engine_model, request = prepared.model, prepared.requests[0]
+    else:
+        messages = [{"role": "system", "content": req.system}] if req.system else []
+        messages.append({"role": "user", "content": req.prompt or ""})
+        chat_body: dict[str, Any] = {"model": req.model, "messages": messages, **fields}
+        chat_body.pop("logprobs", None)
+        if req.logprobs:
+            chat_body["logprobs"] = True
+            chat_body["top_logprobs"] = req.top_logprobs
+        if (response_format := _format(req.format)) is not None:
+            chat_body["response_format"] = response_format
+        chat = prepare_chat(state, _validated(ChatCompletionRequest, chat_body))
+        engine_model, request = chat.model, chat.request
+    clock = _Clock()
+
+    if req.stream:
+        outputs = await started(http_request, merged_outputs(engine_model, [request]))
+        return _ndjson_response(
+            _stream_generate(outputs, req.model, clock, logprobs=bool(req.logprobs))
+        )
+    choices, totals = await until_disconnect(http_request, collect(engine_model, [request]))
+    choice: CollectedChoice = choices[0]
+    clock.tick()
+    reply = wire.GenerateResponse(
+        model=req.model,
+        created_at=_now(),
+        response=choice.text,
+        done=True,
+        done_reason=_done_reason(choice.finish_reason),
+        logprobs=_logprobs(choice.logprobs) if req.logprobs else None,
+        **clock.timings(totals.prompt_tokens, totals.cached_tokens, choice.completion_tokens),
+    )
+    return JSONResponse(reply.model_dump(mode="json", exclude_none=True))
+
+
+async def _stream_generate(
+    outputs: AsyncIterator[tuple[int, RequestOutput]], model: str, clock: _Clock, *, logprobs: bool
+) -> AsyncIterator[bytes]:
+    async for _, output in outputs:
+        clock.tick()
+        entries = _logprobs(output.logprobs) if logprobs and output.logprobs else None
+        if output.text or entries:
+            yield _ndjson(
+                wire.GenerateResponse(
+                    model=model,
+                    created_at=_now(),
+                    response=output.text,
+                    done=False,
+                    logprobs=entries,
+                )
+            )
+        if output.finish_reason is not None:
+            yield _ndjson(
+                wire.GenerateResponse(
+                    model=model,
+                    created_at=_now(),
+                    response="",
+                    done=True,
+                    done_reason=_done_reason(output.finish_reason),
+                    **clock.timings(
+                        output.prompt_tokens, output.cached_tokens, output.completion_tokens
+                    ),
+                )
+            )
+
+
+# -- models ------------------------------------------------------------------------------------
+
+
+def _parameter_size(n_params: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n_params >= scale:
+            return f"{n_params / scale:.{0 if n_params >= 100 * scale else 1}f}{unit}"
+    return str(n_params)
+
+
+def model_details(model: LoadedModel) -> wire.ModelDetails:
+    info = model.model_info
+    words = info.description.split()  # llama.cpp's "<arch> <size> <file type>"
+    family = words[0] if words else "unknown"
+    return wire.ModelDetails(
+        family=family,
+        families=[family],
+        parameter_size=_parameter_size(info.n_params),
+        quantization_level=words[-1] if len(words) > 2 else "unknown",
+    )
+
+
+def show_model(model: LoadedModel) -> wire.ShowResponse:
+    info = model.model_info
+    details = model_details(model)
+    capabilities = ["completion", "tools"]
+    if info.fim_tokens is not None:
+        capabilities.append("insert")
+    return wire.ShowResponse(
+        modelfile=f"# Served by Hearth\nFROM {model.model_id}\n",
+        parameters="",
+        template=model.chat_template.source,
+        details=details,
+        model_info={
+            "general.architecture": details.family,
+            "general.parameter_count": info.n_params,
+            f"{details.family}.context_length": info.n_ctx_train,
+        },
+        capabilities=capabilities,
+        modified_at=datetime.fromtimestamp(model.created, UTC).isoformat(),
+    )
+
+
+def list_tags(state: ServerState) -> wire.TagsResponse:
+    model = state.model
+    return wire.TagsResponse(
+        models=[
+            wire.TagModel(
+                name=model.model_id,
+                model=model.model_id,
+                modified_at=datetime.fromtimestamp(model.created, UTC).isoformat(),
+                size=model.model_info.size_bytes,
+                digest="",
+                details=model_details(model),
+            )
+        ]
+    )
