@@ -145,7 +145,9 @@ class ModelStore:
         path = self.model_path(name)
         size = staged.stat().st_size
         os.replace(staged, path)
-        model = StoredModel(name, path, source, sha256, size, datetime.now(UTC))
+        model = StoredModel(
+            name, path, source, sha256, size, datetime.now(UTC).replace(microsecond=0)
+        )
         manifest = {
             "version": _MANIFEST_VERSION,
             "name": name,
