@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -56,6 +57,24 @@ class _RichReporter(PullReporter):
         self._progress = self._task = None
 
 
+class _ConsoleLogHandler(logging.Handler):
+    """huggingface_hub's warnings (a dropped connection it resumes) as dim lines above the bar,
+    instead of its own stderr handler writing through it."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__(logging.WARNING)
+        self._console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._console.print(Text(record.getMessage(), style="dim"), soft_wrap=True)
+
+
+def _route_hub_logs(console: Console) -> None:
+    hub_logger = logging.getLogger("huggingface_hub")
+    hub_logger.handlers = [_ConsoleLogHandler(console)]
+    hub_logger.propagate = False
+
+
 @click.command(name="pull")
 @click.argument("source")
 @click.option("--name", default=None, help="Store it under this name instead of the default.")
@@ -68,6 +87,7 @@ def command(source: str, name: str | None) -> None:
     the hub's is discarded. Set HF_TOKEN for gated or private repos.
     """
     errors = Console(stderr=True, highlight=False)
+    _route_hub_logs(errors)
     try:
         result = pull(source, name=name, reporter=_RichReporter(errors))
     except PullError as exc:
