@@ -51,6 +51,9 @@ _QUANT_AT_END = re.compile(
 _SPLIT_GGUF = re.compile(r"-\d{5}-of-\d{5}$")
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _HASH_BLOCK = 1 << 20
+# What huggingface_hub raises besides httpx2's HTTPError (see _http_error): OSError for a size
+# mismatch or a disk error (HfHubHTTPError is one too), ValueError for a malformed repo id.
+_HUB_ERRORS = (OSError, ValueError)
 
 
 class PullError(Exception):
@@ -322,11 +325,6 @@ def _hub_files(endpoint: str, repo_id: str) -> tuple[str, str | None, list[HubFi
         for s in info.siblings or []
     ]
     return info.id, info.sha, files
-
-
-# huggingface_hub's errors: HfHubHTTPError for an HTTP status, httpx2's HTTPError for a
-# transport failure, OSError for a size mismatch or a disk error.
-_HUB_ERRORS = (OSError, ValueError)
 
 
 def _http_error() -> type[Exception]:
