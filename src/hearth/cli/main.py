@@ -12,6 +12,12 @@ __all__ = ["cli", "main"]
 _COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("hearth.cli.serve", "Serve a model through the OpenAI API."),
     "run": ("hearth.cli.run", "Chat with a model in the terminal."),
+    "pull": ("hearth.cli.pull", "Pull a GGUF from the Hugging Face hub or a local file."),
+    "list": ("hearth.cli.list_models", "List the models Hearth can serve."),
+    "show": ("hearth.cli.show", "Show a model's metadata and chat template."),
+    "rm": ("hearth.cli.rm", "Remove a pulled model."),
+    "ps": ("hearth.cli.ps", "Show the models the running server has loaded."),
+    "devices": ("hearth.cli.devices", "List the devices llama.cpp can use."),
 }
 
 

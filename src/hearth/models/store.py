@@ -1,0 +1,167 @@
+"""The model store: GGUF files that were pulled, imported or assembled, each with a manifest.
+
+Layout under `$HEARTH_HOME/models` (docs/models.md):
+
+    <key>.gguf      the model
+    <key>.json      its manifest: name, source, sha256, size, pulled_at
+    .partial/       downloads in progress (resumable) and temporary copies
+
+`<key>` is the lower-cased name, percent-encoded into one file name (`hf.co/Org/Repo:Q4_K_M` ->
+`hf.co%2forg%2frepo%3aq4_k_m`), so names are case-insensitive as on the hub and never collide.
+Every write is a temporary file renamed into place: the model first, then its manifest. A model
+is listed only when both exist, so a broken pull or a crash leaves no half entry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+__all__ = [
+    "InvalidModelNameError",
+    "ModelStore",
+    "StoredModel",
+    "check_model_name",
+]
+
+logger = logging.getLogger(__name__)
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}")
+_MANIFEST_VERSION = 1
+
+
+class InvalidModelNameError(ValueError):
+    pass
+
+
+def check_model_name(name: str) -> str:
+    """A name the store accepts: letters, digits and . _ - / :, not a .gguf path."""
+    if not _NAME.fullmatch(name) or "//" in name or name.endswith("/"):
+        raise InvalidModelNameError(
+            f"invalid model name {name!r}: use letters, digits and . _ - / : "
+            "(like smollm2:135m or hf.co/org/repo:Q4_K_M)"
+        )
+    if name.lower().endswith(".gguf"):
+        raise InvalidModelNameError(f"invalid model name {name!r}: a name may not end in .gguf")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class StoredModel:
+    name: str
+    path: Path
+    source: str
+    sha256: str
+    size_bytes: int
+    pulled_at: datetime
+
+
+def _key(name: str) -> str:
+    return quote(name.lower(), safe="-_.").lower()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with temp.open("wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+class ModelStore:
+    def __init__(self, home: Path) -> None:
+        self.root = home / "models"
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where downloads and copies are written before they are renamed into the store.
+
+        Inside the store, so the rename never crosses file systems."""
+        path = self.root / ".partial"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def temp_path(self, suffix: str = ".tmp") -> Path:
+        return self.staging_dir / f"{uuid.uuid4().hex}{suffix}"
+
+    def model_path(self, name: str) -> Path:
+        return self.root / f"{_key(name)}.gguf"
+
+    def _manifest_path(self, name: str) -> Path:
+        return self.root / f"{_key(name)}.json"
+
+    def _read_manifest(self, manifest: Path) -> StoredModel | None:
+        try:
+            data: dict[str, Any] = json.loads(manifest.read_text(encoding="utf-8"))
+            name = str(data["name"])
+            model = StoredModel(
+                name=name,
+                path=self.model_path(name),
+                source=str(data["source"]),
+                sha256=str(data["sha256"]),
+                size_bytes=int(data["size"]),
+                pulled_at=datetime.fromisoformat(str(data["pulled_at"])),
+            )
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("Ignoring the unreadable model manifest %s: %s", manifest, exc)
+            return None
+        if model.path.with_suffix(".json") != manifest:
+            logger.warning("Ignoring the model manifest %s: it names %r", manifest, model.name)
+            return None
+        try:
+            if model.path.stat().st_size != model.size_bytes:
+                logger.warning("Ignoring %s: its size differs from its manifest", model.path)
+                return None
+        except FileNotFoundError:
+            return None
+        return model
+
+    def get(self, name: str) -> StoredModel | None:
+        return self._read_manifest(self._manifest_path(name))
+
+    def entries(self) -> list[StoredModel]:
+        if not self.root.is_dir():
+            return []
+        models = (self._read_manifest(path) for path in self.root.glob("*.json"))
+        return sorted((m for m in models if m is not None), key=lambda m: m.name.lower())
+
+    def install(self, name: str, staged: Path, *, source: str, sha256: str) -> StoredModel:
+        """Move a finished, checked file from the staging folder into the store under `name`."""
+        check_model_name(name)
+        path = self.model_path(name)
+        size = staged.stat().st_size
+        os.replace(staged, path)
+        model = StoredModel(
+            name, path, source, sha256, size, datetime.now(UTC).replace(microsecond=0)
+        )
+        manifest = {
+            "version": _MANIFEST_VERSION,
+            "name": name,
+            "source": source,
+            "sha256": sha256,
+            "size": size,
+            "pulled_at": model.pulled_at.isoformat(timespec="seconds"),
+        }
+        _write_atomically(self._manifest_path(name), json.dumps(manifest, indent=2).encode())
+        return model
+
+    def remove(self, name: str) -> StoredModel | None:
+        """Delete a model: the manifest first, so no entry ever points at a missing file."""
+        model = self.get(name)
+        self._manifest_path(name).unlink(missing_ok=True)
+        self.model_path(name).unlink(missing_ok=True)
+        return model
