@@ -13,6 +13,7 @@ __all__ = [
     "DEFAULT_MODEL_ID",
     "ModelRef",
     "UnknownModelError",
+    "available_ids",
     "embedded_model_path",
     "model_id",
     "resolve",
@@ -50,6 +51,12 @@ def model_id(name: str | None) -> str:
         return DEFAULT_MODEL_ID
     path = Path(name).expanduser()
     return path.stem if path.suffix.lower() == ".gguf" else name
+
+
+def available_ids() -> list[str]:
+    """The model ids this machine serves by name. (The server adds its --model, which may be a
+    path served under its stem, and the presets' aliases.)"""
+    return [DEFAULT_MODEL_ID]
 
 
 def resolve(name: str | None) -> ModelRef:

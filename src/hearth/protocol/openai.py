@@ -19,6 +19,8 @@ from pydantic import (
     model_serializer,
 )
 
+from hearth.models.keep_alive import KeepAlive
+
 __all__ = [
     "ChatCompletion",
     "ChatCompletionChunk",
@@ -177,6 +179,9 @@ class ChatCompletionRequest(_Request):
     top_k: int | None = Field(None, ge=0)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     ignore_eos: bool | None = None
+    # extension, not in the spec: Ollama's keep_alive (seconds, or "10m"; 0 unloads the model
+    # after this request, -1 keeps it loaded)
+    keep_alive: KeepAlive | None = None
 
 
 class CompletionRequest(_Request):
@@ -204,6 +209,9 @@ class CompletionRequest(_Request):
     top_k: int | None = Field(None, ge=0)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     ignore_eos: bool | None = None
+    # extension, not in the spec: Ollama's keep_alive (seconds, or "10m"; 0 unloads the model
+    # after this request, -1 keeps it loaded)
+    keep_alive: KeepAlive | None = None
 
 
 # -- responses ---------------------------------------------------------------------------------
