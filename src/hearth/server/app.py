@@ -106,10 +106,18 @@ def load_state(settings: ServeSettings, presets: dict[str, Preset] | None = None
     Blocking: call it off the event loop. Raises PresetError, UnknownModelError, RuntimeError."""
     from hearth.engine.devices import list_devices
 
+    path = presets_path(settings)
     if presets is None:
-        presets = load_presets(presets_path(settings), required=settings.config is not None)
+        presets = load_presets(path, required=settings.config is not None)
+    if presets:
+        logger.info("Presets from %s: %s", path, ", ".join(presets))
     devices = list_devices()
-    catalog = ServerCatalog(settings, presets, functools.partial(load_model, settings, devices))
+    catalog = ServerCatalog(
+        settings,
+        presets,
+        functools.partial(load_model, settings, devices),
+        presets_source=str(path),
+    )
     manager: ModelManager[LoadedModel] = ModelManager(
         catalog,
         ManagerLimits(

@@ -44,8 +44,11 @@ class ServerCatalog:
         settings: ServeSettings,
         presets: dict[str, Preset],
         load: Callable[[ModelSpec], LoadedModel],
+        *,
+        presets_source: str = "hearth.toml",
     ) -> None:
         self._settings = settings
+        self._presets_source = presets_source
         self._presets = presets
         self._load = load
         self.default_name = registry.model_id(settings.model)
@@ -55,7 +58,7 @@ class ServerCatalog:
         """Fail `hearth serve` at start, with one line, for a preset that could never load."""
         models = {self.default_name, *registry.available_ids()}
         for alias, preset in self._presets.items():
-            where = f"hearth.toml: models.{alias}"
+            where = f"{self._presets_source}: models.{alias}"
             if alias in models:
                 raise PresetError(f"{where}: the alias is already the name of a model")
             if preset.base in self._presets:
