@@ -30,6 +30,8 @@ PIRATE_SYSTEM = "You are a pirate. Answer every question with a pirate's words."
 
 
 def _presets(path: Path, base: str) -> Path:
+    broken = path.parent / "broken.gguf"
+    broken.write_bytes(b"not a model at all")
     path.write_text(
         f"""
 [models."pirate"]
@@ -46,6 +48,9 @@ base = "{base}"
 [models."counter".params]
 temperature = 0
 stop = [","]
+
+[models."broken"]
+base = "{broken}"
 """
     )
     return path
@@ -194,6 +199,18 @@ def test_metrics_carry_a_model_label_per_loaded_model(multi: Multi) -> None:
     for name in (multi.startup, multi.other):
         assert f'hearth_slots{{model="{name}"}}' in text
     assert re.search(r"^hearth_models_loaded \d", text, re.MULTILINE)
+
+
+def test_a_model_that_fails_to_load_is_a_500_and_the_rest_still_serve(multi: Multi) -> None:
+    response = multi.post(
+        "/v1/chat/completions", {"model": "broken", "messages": HELLO, "max_tokens": 1}
+    )
+    assert response.status_code == 500
+    error = response.json()["error"]
+    assert error["code"] == "model_load_failed" and "broken" in error["message"]
+    assert "broken" not in multi.ps() and multi.get("/health").json()["loading"] == []
+    reply = multi.server.client().completions.create(model=multi.startup, prompt="Hi", max_tokens=1)
+    assert reply.choices[0].text is not None
 
 
 # -- presets -----------------------------------------------------------------------------------
