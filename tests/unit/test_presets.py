@@ -224,3 +224,27 @@ def test_metadata_reader_skips_arrays_and_reads_scalars(tmp_path: Path) -> None:
     (tmp_path / "not.gguf").write_bytes(b"nope")
     with pytest.raises(ValueError, match="not a GGUF"):
         read_metadata(tmp_path / "not.gguf", lambda key: True)
+
+
+# -- the serve flags ---------------------------------------------------------------------------
+
+
+def test_serve_flags_take_sizes_and_durations(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from hearth.cli import serve as serve_cli
+
+    seen: list[ServeSettings] = []
+    monkeypatch.setattr(serve_cli, "serve", seen.append)
+    runner = CliRunner()
+    args = ["--max-memory", "4GiB", "--keep-alive", "10m", "--max-loaded-models", "2"]
+    assert runner.invoke(serve_cli.command, args).exit_code == 0
+    assert (seen[0].max_memory, seen[0].keep_alive, seen[0].max_loaded_models) == (
+        4 * 2**30,
+        "10m",
+        2,
+    )
+    bad = runner.invoke(serve_cli.command, ["--keep-alive", "soon"])
+    assert bad.exit_code == 2 and "--keep-alive: invalid keep_alive 'soon'" in bad.output
+    bad = runner.invoke(serve_cli.command, ["--max-memory", "lots"])
+    assert bad.exit_code == 2 and "--max-memory" in bad.output
