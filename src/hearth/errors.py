@@ -12,8 +12,11 @@ __all__ = [
     "ContextLengthExceededError",
     "EngineError",
     "HearthError",
+    "InsufficientMemoryError",
     "InvalidRequestError",
+    "ModelLoadError",
     "ModelNotFoundError",
+    "ModelsBusyError",
     "NotFoundError",
     "PayloadTooLargeError",
     "QueueTimeoutError",
@@ -101,6 +104,29 @@ class QueueTimeoutError(ServerOverloadedError):
     """Waited in the queue longer than --queue-timeout without getting a slot."""
 
     status_code = 503
+
+
+class ModelsBusyError(QueueTimeoutError):
+    """A model had to be loaded, but every loaded model stayed busy past --queue-timeout, so
+    none could be unloaded to make room for it (--max-loaded-models, --max-memory)."""
+
+    default_code = "models_busy"
+
+
+class InsufficientMemoryError(HearthError):
+    """A model that needs more memory than --max-memory allows, even with nothing else loaded."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "insufficient_memory"
+
+
+class ModelLoadError(HearthError):
+    """A model in the catalog that llama.cpp could not load (a damaged or missing file)."""
+
+    status_code = 500
+    error_type = "server_error"
+    default_code = "model_load_failed"
 
 
 class ClientDisconnectedError(HearthError):

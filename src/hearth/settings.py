@@ -8,8 +8,10 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ByteSize, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from hearth.models.keep_alive import parse_keep_alive
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ServeSettings", "hearth_home", "physical_cores"]
 
@@ -98,7 +100,32 @@ class ServeSettings(BaseSettings):
     gpu_layers: int = Field(
         -1, ge=-1, description="Layers to offload to a GPU; -1 offloads all that fit the backend."
     )
+    keep_alive: str = Field(
+        "5m",
+        description="How long a model stays loaded after its last request: seconds or a duration "
+        "('10m', '1h'); 0 unloads at once, -1 never. The startup model stays loaded unless this "
+        "is set explicitly.",
+    )
+    max_loaded_models: int = Field(
+        3, ge=1, description="Models loaded at once; the least recently used idle one makes room."
+    )
+    max_memory: ByteSize | None = Field(
+        None,
+        description="Memory the loaded models may take, by their estimates (bytes, or '4GiB', "
+        "'512MB'); the least recently used idle one makes room. Default: no limit.",
+    )
+    config: Path | None = Field(
+        None, description="Presets file (default: hearth.toml in the Hearth home, if present)."
+    )
     log_level: str = Field("info", description="Log level: debug, info, warning or error.")
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _valid_keep_alive(cls, value: object) -> object:
+        if isinstance(value, int | float | str):
+            parse_keep_alive(value)
+            return str(value).strip()
+        return value
 
     @field_validator("api_key", "cors_origin", mode="before")
     @classmethod

@@ -9,7 +9,7 @@ import typing
 from typing import Any
 
 import click
-from pydantic import ValidationError
+from pydantic import ByteSize, ValidationError
 
 from hearth.settings import ServeSettings
 
@@ -25,6 +25,8 @@ def _flag_type(annotation: Any) -> tuple[Any, bool]:
         return _flag_type(typing.get_args(annotation)[0])
     if origin is list:
         return str, True
+    if annotation is ByteSize:  # "4GiB": pydantic parses the units
+        return str, False
     if origin is typing.Literal:
         return click.Choice([str(choice) for choice in typing.get_args(annotation)]), False
     if origin in (typing.Union, types.UnionType):
@@ -68,6 +70,7 @@ def command(**flags: Any) -> None:
 def serve(settings: ServeSettings) -> None:
     import uvicorn
 
+    from hearth.models.presets import PresetError
     from hearth.models.registry import DEFAULT_MODEL_ID, UnknownModelError
     from hearth.server.app import create_app, load_state
 
@@ -76,7 +79,8 @@ def serve(settings: ServeSettings) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # Load before uvicorn starts, so a bad model or too big a context is one clear line.
+    # Load before uvicorn starts, so a bad model, too big a context or a bad presets file is
+    # one clear line.
     logger.info(
         "Loading %s with %d slots × %d ctx",
         settings.model or DEFAULT_MODEL_ID,
@@ -85,7 +89,7 @@ def serve(settings: ServeSettings) -> None:
     )
     try:
         state = load_state(settings)
-    except (UnknownModelError, RuntimeError) as exc:
+    except (UnknownModelError, RuntimeError, PresetError) as exc:
         raise click.ClickException(str(exc)) from exc
 
     app = create_app(settings, state)
@@ -95,6 +99,8 @@ def serve(settings: ServeSettings) -> None:
             await super().startup(sockets)
             if self.should_exit:
                 return
+            startup = state.model
+            assert startup is not None  # loaded before the server started
             device = state.devices[0] if state.devices else None
             where = f"{device.name} ({device.description})" if device else "CPU"
             logger.info(
@@ -104,7 +110,7 @@ def serve(settings: ServeSettings) -> None:
                 state.model_id,
                 where,
                 settings.parallel,
-                state.model.n_ctx_per_slot,
+                startup.n_ctx_per_slot,
                 settings.threads,
             )
 

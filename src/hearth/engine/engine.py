@@ -86,6 +86,11 @@ class Engine:
         self._thread.join(timeout)
         self._thread = None
 
+    @property
+    def in_flight(self) -> int:
+        """Requests between generate() and their end: running, or queued for a slot."""
+        return self._in_flight
+
     def stats(self) -> EngineStats:
         # Read from another thread: a copy of plain ints, consistent enough for a gauge.
         return copy.copy(self._core.stats)

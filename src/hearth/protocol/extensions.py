@@ -14,6 +14,7 @@ class TokenizeRequest(BaseModel):
 
     content: str
     add_special: bool = False
+    model: str | None = None  # whose vocabulary; default: the startup model (--model)
 
 
 class TokenizeResponse(BaseModel):
@@ -24,6 +25,7 @@ class DetokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tokens: list[int]
+    model: str | None = None  # whose vocabulary; default: the startup model (--model)
 
 
 class DetokenizeResponse(BaseModel):

@@ -19,6 +19,8 @@ from pydantic import (
     model_serializer,
 )
 
+from hearth.models.keep_alive import KeepAlive
+
 __all__ = [
     "ChatCompletion",
     "ChatCompletionChunk",
@@ -182,6 +184,9 @@ class ChatCompletionRequest(_Request):
     mirostat_tau: float | None = Field(None, gt=0.0, le=20.0)
     mirostat_eta: float | None = Field(None, gt=0.0, le=1.0)
     ignore_eos: bool | None = None
+    # extension, not in the spec: Ollama's keep_alive (seconds, or "10m"; 0 unloads the model
+    # after this request, -1 keeps it loaded)
+    keep_alive: KeepAlive | None = None
 
 
 class CompletionRequest(_Request):
@@ -214,6 +219,9 @@ class CompletionRequest(_Request):
     mirostat_tau: float | None = Field(None, gt=0.0, le=20.0)
     mirostat_eta: float | None = Field(None, gt=0.0, le=1.0)
     ignore_eos: bool | None = None
+    # extension, not in the spec: Ollama's keep_alive (seconds, or "10m"; 0 unloads the model
+    # after this request, -1 keeps it loaded)
+    keep_alive: KeepAlive | None = None
 
 
 # -- responses ---------------------------------------------------------------------------------

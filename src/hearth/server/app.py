@@ -1,14 +1,18 @@
 """The app factory. `create_app(settings, state)` builds a FastAPI app whose lifespan starts the
-engine thread (loading the model first when no state is given) and keeps everything on
+model manager (loading the startup model first when no state is given) and keeps everything on
 `app.state.hearth`. `hearth serve` loads the state before uvicorn starts, so that a model that
-cannot load fails with one clear line."""
+cannot load, or a bad presets file, fails with one clear line. `load_model` is the loader the
+manager calls (in a thread) for every model loaded on demand."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -16,8 +20,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from hearth import __version__
 from hearth.models import registry
 from hearth.models.chat_template import ChatTemplate
+from hearth.models.footprint import model_shape
+from hearth.models.manager import ManagerLimits, ModelManager
+from hearth.models.presets import PRESETS_FILE_NAME, Preset, load_presets
+from hearth.server.catalog import ModelSpec, ServerCatalog
 from hearth.server.errors import install_error_handlers
 from hearth.server.limits import BodySizeLimit
+from hearth.server.model_routes import models_router
 from hearth.server.routes import (
     extensions_router,
     health_router,
@@ -27,19 +36,25 @@ from hearth.server.routes import (
 from hearth.server.state import LoadedModel, ServerState
 from hearth.settings import ServeSettings, hearth_home
 
-__all__ = ["create_app", "load_state"]
+if TYPE_CHECKING:
+    from hearth.engine.devices import Device
+
+__all__ = ["create_app", "load_model", "load_state", "presets_path"]
 
 logger = logging.getLogger(__name__)
 
 
-def load_state(settings: ServeSettings) -> ServerState:
-    """Load the model and build the engine. Blocking: call it off the event loop."""
-    from hearth.engine.devices import list_devices
+def presets_path(settings: ServeSettings) -> Path:
+    return settings.config or hearth_home() / PRESETS_FILE_NAME
+
+
+def load_model(settings: ServeSettings, devices: list[Device], spec: ModelSpec) -> LoadedModel:
+    """Load one model and build its engine (not started). Blocking: call it off the event loop."""
     from hearth.engine.engine import Engine
     from hearth.engine.llama_runner import LlamaRunner, RunnerConfig
     from hearth.engine.types import BatchBudget, QueuePolicy
 
-    model = registry.resolve(settings.model)
+    model = registry.resolve(spec.source)
     model_path = model.path
     if settings.quantize != "none":
         from hearth.engine.quantize import quantize
@@ -49,8 +64,8 @@ def load_state(settings: ServeSettings) -> ServerState:
     runner = LlamaRunner(
         RunnerConfig(
             model_path=model_path,
-            n_slots=settings.parallel,
-            n_ctx_per_slot=settings.ctx_size,
+            n_slots=spec.parallel,
+            n_ctx_per_slot=spec.ctx_size,
             n_threads=settings.threads,
             n_batch=settings.max_batch_tokens,
             gpu_layers=settings.gpu_layers,
@@ -64,35 +79,80 @@ def load_state(settings: ServeSettings) -> ServerState:
     info = runner.info
     template = ChatTemplate(info.chat_template, bos_token=info.bos_text, eos_token=info.eos_text)
     if template.is_fallback:
-        logger.warning("%s has no chat template; using ChatML", model.id)
-    return ServerState(
-        settings=settings,
-        model=LoadedModel(
-            model_id=model.id,
-            runner=runner,
-            engine=Engine(
-                runner,
-                settings.parallel,
-                budget,
-                QueuePolicy(max_waiting=settings.max_queue, timeout_s=settings.queue_timeout),
-            ),
-            chat_template=template,
+        logger.warning("%s has no chat template; using ChatML", spec.name)
+    shape = model_shape(model_path)
+    size = model_path.stat().st_size + shape.kv_bytes_per_token * spec.ctx_size * spec.parallel
+    return LoadedModel(
+        model_id=spec.name,
+        runner=runner,
+        engine=Engine(
+            runner,
+            spec.parallel,
+            budget,
+            QueuePolicy(max_waiting=settings.max_queue, timeout_s=settings.queue_timeout),
         ),
-        devices=list_devices(),
+        chat_template=template,
+        preset=spec.preset,
+        size_bytes=size,
+        size_vram=_offloaded_bytes(settings, devices, size, shape.layers),
     )
+
+
+def _offloaded_bytes(settings: ServeSettings, devices: list[Device], size: int, layers: int) -> int:
+    if not any(d.type in ("gpu", "igpu") for d in devices) or settings.gpu_layers == 0:
+        return 0
+    if settings.gpu_layers < 0 or layers <= 0:
+        return size
+    return size * min(settings.gpu_layers, layers) // layers
+
+
+def load_state(settings: ServeSettings, presets: dict[str, Preset] | None = None) -> ServerState:
+    """Read the presets, load the startup model (--model) and build the model manager.
+    Blocking: call it off the event loop. Raises PresetError, UnknownModelError, RuntimeError."""
+    from hearth.engine.devices import list_devices
+
+    path = presets_path(settings)
+    if presets is None:
+        presets = load_presets(path, required=settings.config is not None)
+    if presets:
+        logger.info("Presets from %s: %s", path, ", ".join(presets))
+    devices = list_devices()
+    catalog = ServerCatalog(
+        settings,
+        presets,
+        functools.partial(load_model, settings, devices),
+        presets_source=str(path),
+    )
+    manager: ModelManager[LoadedModel] = ModelManager(
+        catalog,
+        ManagerLimits(
+            max_loaded=settings.max_loaded_models,
+            max_memory=settings.max_memory,
+            wait_timeout_s=settings.queue_timeout,
+        ),
+    )
+    startup = catalog.default_name
+    if settings.max_memory is not None:
+        needed = catalog.estimate_bytes(startup)
+        if needed > settings.max_memory:
+            raise RuntimeError(
+                f"{startup} needs about {needed >> 20} MiB, more than --max-memory "
+                f"({settings.max_memory >> 20} MiB)"
+            )
+    manager.adopt(startup, catalog.load(startup), catalog.default_keep_alive(startup))
+    return ServerState(settings=settings, catalog=catalog, models=manager, devices=devices)
 
 
 def create_app(settings: ServeSettings, state: ServerState | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = state if state is not None else await asyncio.to_thread(load_state, settings)
-        loaded.model.engine.start()
+        loaded.models.start()
         app.state.hearth = loaded
         try:
             yield
         finally:
-            await asyncio.to_thread(loaded.model.engine.shutdown)
-            loaded.model.runner.close()
+            await loaded.models.close()
 
     app = FastAPI(
         title="Hearth",
@@ -105,6 +165,7 @@ def create_app(settings: ServeSettings, state: ServerState | None = None) -> Fas
     app.include_router(openai_router)
     app.include_router(extensions_router)
     app.include_router(ollama_router)
+    app.include_router(models_router)
     if settings.cors_origin:
         app.add_middleware(
             CORSMiddleware,

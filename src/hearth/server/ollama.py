@@ -21,6 +21,8 @@ from pydantic import BaseModel, ValidationError
 
 from hearth.engine.types import FinishReason, RequestOutput, TokenLogprob
 from hearth.errors import HearthError, InvalidRequestError, UnsupportedParameterError
+from hearth.models import registry
+from hearth.models.gguf_info import read_gguf_info
 from hearth.protocol import ollama as wire
 from hearth.protocol.openai import ChatCompletionRequest, CompletionRequest
 from hearth.server.errors import validation_error
@@ -526,17 +528,24 @@ def show_model(model: LoadedModel) -> wire.ShowResponse:
     )
 
 
-def list_tags(state: ServerState) -> wire.TagsResponse:
-    model = state.model
-    return wire.TagsResponse(
-        models=[
+def list_tags() -> wire.TagsResponse:
+    """Every model a request may name, read from GGUF headers (blocking: call in a thread)."""
+    tags = []
+    for entry in registry.list_models():
+        info = read_gguf_info(entry.header_path)
+        tags.append(
             wire.TagModel(
-                name=model.model_id,
-                model=model.model_id,
-                modified_at=datetime.fromtimestamp(model.created, UTC).isoformat(),
-                size=model.model_info.size_bytes,
-                digest="",
-                details=model_details(model),
+                name=entry.name,
+                model=entry.name,
+                modified_at=entry.modified.isoformat(),
+                size=entry.size_bytes,
+                digest=entry.sha256 or "",
+                details=wire.ModelDetails(
+                    family=info.architecture,
+                    families=[info.architecture],
+                    parameter_size=_parameter_size(info.parameters),
+                    quantization_level=info.quantization,
+                ),
             )
-        ]
-    )
+        )
+    return wire.TagsResponse(models=tags)

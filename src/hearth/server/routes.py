@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict
 from typing import Any
 
@@ -9,6 +10,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from hearth import __version__
+from hearth.engine.types import EngineStats
+from hearth.models.presets import apply_preset
 from hearth.protocol import ollama
 from hearth.protocol.extensions import (
     DetokenizeRequest,
@@ -24,7 +27,9 @@ from hearth.protocol.openai import (
     ModelList,
 )
 from hearth.server.auth import require_api_key
+from hearth.server.leases import with_model
 from hearth.server.metrics import CONTENT_TYPE, render_metrics
+from hearth.server.model_routes import iso_time
 from hearth.server.ollama import (
     list_tags,
     serve_ollama_chat,
@@ -52,102 +57,169 @@ def _state(request: Request) -> ServerState:
     return state
 
 
+def _engine_fields(stats: EngineStats) -> dict[str, Any]:
+    return {
+        "steps": stats.steps,
+        "max_batch_tokens_seen": stats.max_batch_tokens_seen,
+        "prompt_tokens_total": stats.prompt_tokens_total,
+        "prompt_tokens_cached_total": stats.prompt_tokens_cached_total,
+        "prompt_tokens_decoded_total": stats.prompt_tokens_decoded_total,
+        "generated_tokens_total": stats.generated_tokens_total,
+        "requests_finished": stats.requests_finished,
+        "batch_size_histogram": {str(k): v for k, v in stats.batch_size_histogram.items()},
+    }
+
+
 @health_router.get("/health")
 async def health(request: Request) -> dict[str, Any]:
+    """The top-level fields describe the startup model (--model); `models` has one entry per
+    model loaded or loading, and `loading` names those still loading."""
     state = _state(request)
     model = state.model
-    stats = model.engine.stats()
+    if model is not None:
+        stats, n_ctx = model.engine.stats(), model.n_ctx_per_slot
+    else:  # unloaded (keep_alive, eviction): what it will have once a request loads it again
+        spec = state.catalog.spec(state.model_id)
+        stats, n_ctx = EngineStats(slots_total=spec.parallel), spec.ctx_size
+    loading = state.models.loading()
+    per_model: list[dict[str, Any]] = [{"name": name, "state": "loading"} for name in loading]
+    for status in state.models.snapshot():
+        model_stats = status.model.engine.stats()
+        per_model.append(
+            {
+                "name": status.name,
+                "state": "loaded",
+                "slots_total": model_stats.slots_total,
+                "slots_in_use": model_stats.slots_in_use,
+                "queue_length": model_stats.queue_length,
+                "n_ctx_per_slot": status.model.n_ctx_per_slot,
+                "size": status.size_bytes,
+                "expires_at": iso_time(status.expires_at),
+            }
+        )
     return {
         "status": "ok",
-        "model": model.model_id,
+        "model": state.model_id,
+        "model_loaded": model is not None,
         "device": state.devices[0].name if state.devices else "CPU",
         "devices": [asdict(d) for d in state.devices],
         "slots_total": stats.slots_total,
         "slots_in_use": stats.slots_in_use,
         "queue_length": stats.queue_length,
         "max_batch_size": stats.max_batch_size,
-        "n_ctx_per_slot": model.n_ctx_per_slot,
-        "engine": {
-            "steps": stats.steps,
-            "max_batch_tokens_seen": stats.max_batch_tokens_seen,
-            "prompt_tokens_total": stats.prompt_tokens_total,
-            "prompt_tokens_cached_total": stats.prompt_tokens_cached_total,
-            "prompt_tokens_decoded_total": stats.prompt_tokens_decoded_total,
-            "generated_tokens_total": stats.generated_tokens_total,
-            "requests_finished": stats.requests_finished,
-            "batch_size_histogram": {str(k): v for k, v in stats.batch_size_histogram.items()},
-        },
+        "n_ctx_per_slot": n_ctx,
+        "engine": _engine_fields(stats),
+        "loading": loading,
+        "models": per_model,
     }
 
 
 @health_router.get("/metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
-    model = _state(request).model
-    return Response(render_metrics(model.model_id, model.engine.stats), media_type=CONTENT_TYPE)
+    models = _state(request).models
+    stats = [(status.name, status.model.engine.stats()) for status in models.snapshot()]
+    return Response(render_metrics(stats, loading=len(models.loading())), media_type=CONTENT_TYPE)
+
+
+def _model_card(state: ServerState, name: str) -> Model:
+    loaded = state.models.get(name)
+    return Model(id=name, created=loaded.created if loaded is not None else state.started)
 
 
 @openai_router.get("/models", response_model=ModelList)
 async def list_models(request: Request) -> ModelList:
-    model = _state(request).model
-    return ModelList(data=[Model(id=model.model_id, created=model.created)])
+    """Every model a request may name, loaded or not (a request loads it on demand)."""
+    state = _state(request)
+    return ModelList(data=[_model_card(state, name) for name in state.catalog.names()])
 
 
 @openai_router.get("/models/{model_id:path}", response_model=Model)
 async def get_model(model_id: str, request: Request) -> Model:
-    model = _state(request).model_for(model_id)
-    return Model(id=model.model_id, created=model.created)
+    state = _state(request)
+    state.catalog.check(model_id)
+    return _model_card(state, model_id)
 
 
 @openai_router.post("/chat/completions", response_model=None)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request
 ) -> JSONResponse | StreamingResponse:
-    return await serve_chat(_state(request), body, request)
+    state = _state(request)
+    return await with_model(
+        state,
+        body.model,
+        body.keep_alive,
+        lambda model: serve_chat(state, apply_preset(body, model.preset), request),
+    )
 
 
 @openai_router.post("/completions", response_model=None)
 async def completions(
     body: CompletionRequest, request: Request
 ) -> JSONResponse | StreamingResponse:
-    return await serve_completion(_state(request), body, request)
+    state = _state(request)
+    return await with_model(
+        state,
+        body.model,
+        body.keep_alive,
+        lambda model: serve_completion(state, apply_preset(body, model.preset), request),
+    )
 
 
 @extensions_router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
-    runner = _state(request).model.runner
-    tokens = runner.tokenize(body.content, add_special=body.add_special, parse_special=True)
+    state = _state(request)
+    with await state.acquire(body.model or state.model_id) as lease:
+        runner = lease.model.runner
+        tokens = runner.tokenize(body.content, add_special=body.add_special, parse_special=True)
     return TokenizeResponse(tokens=tokens)
 
 
 @extensions_router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
-    model = _state(request).model
-    check_token_ids(model, body.tokens, param="tokens")
-    return DetokenizeResponse(content=model.runner.detokenize(body.tokens))
+    state = _state(request)
+    with await state.acquire(body.model or state.model_id) as lease:
+        check_token_ids(lease.model, body.tokens, param="tokens")
+        content = lease.model.runner.detokenize(body.tokens)
+    return DetokenizeResponse(content=content)
 
 
 @ollama_router.post("/chat", response_model=None)
 async def ollama_chat(
     body: ollama.ChatRequest, request: Request
 ) -> JSONResponse | StreamingResponse:
-    return await serve_ollama_chat(_state(request), body, request)
+    state = _state(request)
+    return await with_model(
+        state,
+        body.model,
+        body.keep_alive,
+        lambda model: serve_ollama_chat(state, body, request),
+    )
 
 
 @ollama_router.post("/generate", response_model=None)
 async def ollama_generate(
     body: ollama.GenerateRequest, request: Request
 ) -> JSONResponse | StreamingResponse:
-    return await serve_ollama_generate(_state(request), body, request)
+    state = _state(request)
+    return await with_model(
+        state,
+        body.model,
+        body.keep_alive,
+        lambda model: serve_ollama_generate(state, body, request),
+    )
 
 
 @ollama_router.get("/tags")
-async def ollama_tags(request: Request) -> ollama.TagsResponse:
-    return list_tags(_state(request))
+async def ollama_tags() -> ollama.TagsResponse:
+    return await asyncio.to_thread(list_tags)
 
 
 @ollama_router.post("/show")
 async def ollama_show(body: ollama.ShowRequest, request: Request) -> ollama.ShowResponse:
-    return show_model(_state(request).model_for(body.model))
+    state = _state(request)
+    with await state.acquire(body.model) as lease:
+        return show_model(lease.model)
 
 
 @ollama_router.get("/version")

@@ -1,4 +1,4 @@
-"""Everything a request needs, built once by the lifespan and kept on `app.state.hearth`."""
+"""Everything a request needs, built once at start and kept on `app.state.hearth`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from hearth.errors import ModelNotFoundError
+from hearth.errors import EngineError
 from hearth.models.chat_template import ChatTemplate
+from hearth.models.manager import Lease, ModelManager
+from hearth.models.presets import Preset
+from hearth.server.catalog import ServerCatalog
 from hearth.settings import ServeSettings
 
 if TYPE_CHECKING:
@@ -20,12 +23,16 @@ __all__ = ["LoadedModel", "ServerState"]
 
 @dataclass(slots=True)
 class LoadedModel:
-    """One model in memory: its llama context, the engine thread that owns it, its template."""
+    """One model in memory: its llama context, the engine thread that owns it, its template,
+    and the preset it was loaded for (an alias), if any."""
 
     model_id: str
     runner: LlamaRunner
     engine: Engine
     chat_template: ChatTemplate
+    preset: Preset | None = None
+    size_bytes: int = 0  # weights and KV cache, estimated from the GGUF (models/footprint.py)
+    size_vram: int = 0  # the part of it offloaded to a GPU
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -36,22 +43,47 @@ class LoadedModel:
     def n_ctx_per_slot(self) -> int:
         return self.runner.n_ctx_per_slot
 
+    # -- ServedModel, for the model manager ----------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return self.engine.in_flight
+
+    def start(self) -> None:
+        self.engine.start()
+
+    def close(self) -> None:
+        self.engine.shutdown()
+        self.runner.close()
+
 
 @dataclass(slots=True)
 class ServerState:
     settings: ServeSettings
-    model: LoadedModel
+    catalog: ServerCatalog
+    models: ModelManager[LoadedModel]
     devices: list[Device]
+    started: int = field(default_factory=lambda: int(time.time()))
 
     @property
     def model_id(self) -> str:
-        return self.model.model_id
+        """The startup model (--model): /health's top-level fields describe it."""
+        return self.catalog.default_name
+
+    @property
+    def model(self) -> LoadedModel | None:
+        """The startup model, when loaded."""
+        return self.models.get(self.model_id)
+
+    async def acquire(self, name: str, keep_alive: float | None = None) -> Lease[LoadedModel]:
+        """Hold the model `name` for a request, loading it if needed; release the lease once
+        the response is fully sent (`server/leases.py` does it for the routes)."""
+        return await self.models.acquire(name, keep_alive)
 
     def model_for(self, name: str) -> LoadedModel:
-        """The loaded model a request names, or a 404."""
-        if name != self.model.model_id:
-            raise ModelNotFoundError(
-                f"The model `{name}` does not exist. This server serves `{self.model.model_id}`.",
-                param="model",
-            )
-        return self.model
+        """The loaded model a request names (held by the request's lease), or a 404."""
+        model = self.models.get(name)
+        if model is None:
+            self.catalog.check(name)
+            raise EngineError(f"The model `{name}` is not loaded: a request must hold a lease.")
+        return model

@@ -1,0 +1,135 @@
+"""The names this server answers to, and how each one loads.
+
+A name is the startup model (`--model`, which may be a .gguf path served under its stem), a
+model the registry knows, or a preset's alias from hearth.toml. `ServerCatalog` is the
+`ModelCatalog` the model manager asks: it says whether a name exists, its default keep_alive
+and its memory estimate, and loads it through the loader app.py gives it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hearth.errors import ModelNotFoundError
+from hearth.models import registry
+from hearth.models.footprint import estimate_bytes
+from hearth.models.keep_alive import parse_keep_alive
+from hearth.models.presets import Preset, PresetError
+from hearth.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from hearth.server.state import LoadedModel
+
+__all__ = ["ModelSpec", "ServerCatalog"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """What to load for a served name."""
+
+    name: str  # the id requests use
+    source: str | None  # what registry.resolve takes: a registry name or a .gguf path
+    preset: Preset | None
+    ctx_size: int
+    parallel: int
+
+
+class ServerCatalog:
+    def __init__(
+        self,
+        settings: ServeSettings,
+        presets: dict[str, Preset],
+        load: Callable[[ModelSpec], LoadedModel],
+        *,
+        presets_source: str = "hearth.toml",
+    ) -> None:
+        self._settings = settings
+        self._presets_source = presets_source
+        self._presets = presets
+        self._load = load
+        self.default_name = registry.model_id(settings.model)
+        self._validate_presets()
+
+    def _validate_presets(self) -> None:
+        """Fail `hearth serve` at start, with one line, for a preset that could never load."""
+        models = {self.default_name, *registry.available_ids()}
+        for alias, preset in self._presets.items():
+            where = f"{self._presets_source}: models.{alias}"
+            if alias in models:
+                raise PresetError(f"{where}: the alias is already the name of a model")
+            if preset.base in self._presets:
+                raise PresetError(f"{where}.base: {preset.base!r} is an alias, not a model")
+            if preset.base != self.default_name:
+                try:
+                    registry.resolve(preset.base)
+                except registry.UnknownModelError as exc:
+                    raise PresetError(f"{where}.base: {exc}") from exc
+            parallel = preset.parallel or self._settings.parallel
+            if parallel > self._settings.max_batch_tokens:
+                raise PresetError(
+                    f"{where}.parallel: {parallel} is more than --max-batch-tokens "
+                    f"({self._settings.max_batch_tokens}); each slot adds a token to every step"
+                )
+
+    def names(self) -> list[str]:
+        """Every name a request may use: the startup model first, then the registry's, then
+        the aliases."""
+        names = [self.default_name]
+        names.extend(n for n in registry.available_ids() if n != self.default_name)
+        names.extend(alias for alias in self._presets if alias not in names)
+        return names
+
+    def check(self, name: str) -> None:
+        if name in self._presets or name == self.default_name:
+            return
+        if name not in registry.available_ids():
+            raise ModelNotFoundError(
+                f"The model `{name}` does not exist. This server serves: "
+                f"{', '.join(self.names())}.",
+                param="model",
+            )
+
+    def preset(self, name: str) -> Preset | None:
+        return self._presets.get(name)
+
+    def spec(self, name: str) -> ModelSpec:
+        self.check(name)
+        preset = self._presets.get(name)
+        settings = self._settings
+        if preset is not None:
+            base = preset.base
+            source = settings.model if base == self.default_name else base
+        else:
+            source = settings.model if name == self.default_name else name
+        return ModelSpec(
+            name=name,
+            source=source,
+            preset=preset,
+            ctx_size=preset.ctx_size if preset and preset.ctx_size else settings.ctx_size,
+            parallel=preset.parallel if preset and preset.parallel else settings.parallel,
+        )
+
+    # -- ModelCatalog[LoadedModel] -------------------------------------------------------------
+
+    def default_keep_alive(self, name: str) -> float:
+        """The preset's keep_alive, else --keep-alive; the startup model stays loaded unless
+        --keep-alive was given explicitly."""
+        self.check(name)
+        preset = self._presets.get(name)
+        if preset is not None and preset.keep_alive is not None:
+            return parse_keep_alive(preset.keep_alive)
+        if name == self.default_name and "keep_alive" not in self._settings.model_fields_set:
+            return math.inf
+        return parse_keep_alive(self._settings.keep_alive)
+
+    def estimate_bytes(self, name: str) -> int:
+        spec = self.spec(name)
+        path: Path = registry.resolve(spec.source).path
+        return estimate_bytes(path, spec.ctx_size * spec.parallel)
+
+    def load(self, name: str) -> LoadedModel:
+        return self._load(self.spec(name))

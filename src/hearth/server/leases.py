@@ -1,0 +1,57 @@
+"""A request holds its model (a `Lease`) from before serving until its response is fully sent,
+so the model manager never unloads a model under a request, not even mid-stream. Routes call
+`with_model`; serving then finds the model with `state.model_for(name)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from fastapi.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from hearth.models.keep_alive import KeepAliveInput, parse_keep_alive
+from hearth.models.manager import Lease
+from hearth.server.state import LoadedModel, ServerState
+
+__all__ = ["with_model"]
+
+R = TypeVar("R", bound=Response)
+
+
+class _LeasedStream(StreamingResponse):
+    """A built stream that releases its model's lease however the stream ends: finished,
+    cancelled by a disconnect (even before its first chunk), or failed."""
+
+    def __init__(self, stream: StreamingResponse, lease: Lease[LoadedModel]) -> None:
+        # Take over the stream exactly as serving built it (headers, body iterator, status).
+        self.__dict__.update(stream.__dict__)
+        self._lease = lease
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._lease.release()
+
+
+async def with_model(
+    state: ServerState,
+    name: str,
+    keep_alive: KeepAliveInput | None,
+    serve: Callable[[LoadedModel], Awaitable[R]],
+) -> R | StreamingResponse:
+    """Serve with the model `name` held (loaded on demand) until the response is sent.
+    `keep_alive` (the request's, validated) applies once the request ends."""
+    seconds = None if keep_alive is None else parse_keep_alive(keep_alive)
+    lease = await state.acquire(name, seconds)
+    try:
+        response = await serve(lease.model)
+    except BaseException:
+        lease.release()
+        raise
+    if isinstance(response, StreamingResponse):
+        return _LeasedStream(response, lease)
+    lease.release()  # the whole answer is in the body already
+    return response

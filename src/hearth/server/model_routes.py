@@ -1,0 +1,75 @@
+"""Model management routes: `GET /api/ps` (the loaded models, for `hearth ps`) and explicit
+`POST /admin/models/load` / `POST /admin/models/unload`. All need the API key when keys are set."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from hearth.models.keep_alive import parse_keep_alive
+from hearth.models.manager import ModelStatus
+from hearth.protocol.admin import (
+    LoadModelRequest,
+    RunningModel,
+    RunningModels,
+    UnloadModelRequest,
+    UnloadModelResponse,
+)
+from hearth.protocol.openai import ErrorBody
+from hearth.server.auth import require_api_key
+from hearth.server.state import LoadedModel, ServerState
+
+__all__ = ["iso_time", "models_router"]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody} for status in (400, 401, 404, 500, 503)
+}
+
+models_router = APIRouter(dependencies=[Depends(require_api_key)], responses=_ERRORS)
+
+
+def iso_time(timestamp: float | None) -> str | None:
+    """ISO 8601 in UTC, or None."""
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat()
+
+
+def _state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.hearth
+    return state
+
+
+def _running(status: ModelStatus[LoadedModel]) -> RunningModel:
+    stats = status.model.engine.stats()
+    return RunningModel(
+        name=status.name,
+        model=status.name,
+        size=status.size_bytes,
+        size_vram=status.model.size_vram,
+        expires_at=iso_time(status.expires_at),
+        slots_in_use=stats.slots_in_use,
+        slots_total=stats.slots_total,
+        context_length=status.model.n_ctx_per_slot,
+    )
+
+
+@models_router.get("/api/ps")
+async def running_models(request: Request) -> RunningModels:
+    return RunningModels(models=[_running(s) for s in _state(request).models.snapshot()])
+
+
+@models_router.post("/admin/models/load")
+async def load_model(body: LoadModelRequest, request: Request) -> RunningModel:
+    """Load a model now (waiting for room like a request would); it then stays for its
+    keep_alive like after a request. Answers with its /api/ps entry."""
+    models = _state(request).models
+    keep_alive = None if body.keep_alive is None else parse_keep_alive(body.keep_alive)
+    return _running(await models.load(body.model, keep_alive))
+
+
+@models_router.post("/admin/models/unload")
+async def unload_model(body: UnloadModelRequest, request: Request) -> UnloadModelResponse:
+    """Unload a model now when idle; a busy one unloads once its requests end."""
+    result = await _state(request).models.unload(body.model)
+    return UnloadModelResponse(model=body.model, status=result)
