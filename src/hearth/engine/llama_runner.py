@@ -237,6 +237,11 @@ class LlamaRunner:
     def n_vocab(self) -> int:
         return self._n_vocab
 
+    @property
+    def model_handle(self) -> Any:
+        """The loaded llama_model, for other contexts over the same weights (embeddings)."""
+        return self._model
+
     def close(self) -> None:
         if self._ctx:
             llama.llama_batch_free(self._batch)

@@ -87,6 +87,7 @@ def create_app(settings: ServeSettings, state: ServerState | None = None) -> Fas
             yield
         finally:
             await asyncio.to_thread(loaded.model.engine.shutdown)
+            await asyncio.to_thread(loaded.model.close_embedder)
             loaded.model.runner.close()
 
     app = FastAPI(

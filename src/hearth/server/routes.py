@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from hearth.protocol.embeddings import EmbeddingRequest
 from hearth.protocol.extensions import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -22,6 +23,7 @@ from hearth.protocol.openai import (
     ModelList,
 )
 from hearth.server.auth import require_api_key
+from hearth.server.embeddings import serve_embeddings
 from hearth.server.metrics import CONTENT_TYPE, render_metrics
 from hearth.server.serving import check_token_ids, serve_chat, serve_completion
 from hearth.server.state import ServerState
@@ -57,6 +59,7 @@ async def health(request: Request) -> dict[str, Any]:
         "queue_length": stats.queue_length,
         "max_batch_size": stats.max_batch_size,
         "n_ctx_per_slot": model.n_ctx_per_slot,
+        "embeddings": asdict(model.embedder.stats()) if model.embedder is not None else None,
         "engine": {
             "steps": stats.steps,
             "max_batch_tokens_seen": stats.max_batch_tokens_seen,
@@ -99,6 +102,11 @@ async def completions(
     body: CompletionRequest, request: Request
 ) -> JSONResponse | StreamingResponse:
     return await serve_completion(_state(request), body, request)
+
+
+@openai_router.post("/embeddings", response_model=None)
+async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+    return await serve_embeddings(_state(request), body, request)
 
 
 @extensions_router.post("/tokenize")

@@ -12,6 +12,7 @@ from hearth.settings import ServeSettings
 
 if TYPE_CHECKING:
     from hearth.engine.devices import Device
+    from hearth.engine.embedder import Embedder
     from hearth.engine.engine import Engine
     from hearth.engine.llama_runner import LlamaRunner, ModelInfo
 
@@ -27,6 +28,8 @@ class LoadedModel:
     engine: Engine
     chat_template: ChatTemplate
     created: int = field(default_factory=lambda: int(time.time()))
+    # Its own llama context, created by the first /v1/embeddings request (hearth.server.embeddings).
+    embedder: Embedder | None = None
 
     @property
     def model_info(self) -> ModelInfo:
@@ -35,6 +38,12 @@ class LoadedModel:
     @property
     def n_ctx_per_slot(self) -> int:
         return self.runner.n_ctx_per_slot
+
+    def close_embedder(self) -> None:
+        """Free the embedding context; before the runner closes, whose model it borrows."""
+        if self.embedder is not None:
+            self.embedder.close()
+            self.embedder = None
 
 
 @dataclass(slots=True)
