@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import math
 import struct
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,10 @@ def client(embed_server: HearthServer) -> openai.OpenAI:
 def cosine(a: Sequence[float], b: Sequence[float]) -> float:
     dot = math.fsum(x * y for x, y in zip(a, b, strict=True))
     return dot / math.sqrt(math.fsum(x * x for x in a) * math.fsum(y * y for y in b))
+
+
+def embed_server_async(client: openai.OpenAI) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=client.base_url, api_key=client.api_key, max_retries=0)
 
 
 def tokenize(server: HearthServer, text: str) -> list[int]:
@@ -269,6 +275,52 @@ def test_a_client_that_leaves_aborts_its_pending_inputs(
     started = time.monotonic()
     assert len(vectors(client, "still here")[0]) == N_EMBD
     assert time.monotonic() - started < 30
+
+
+def test_embeddings_run_beside_generation(client: openai.OpenAI) -> None:
+    # Two llama contexts over one model, decoding on two threads at once.
+    async def run() -> tuple[str | None, int]:
+        async with embed_server_async(client) as aclient:
+            chat, *embedded = await asyncio.gather(
+                aclient.chat.completions.create(
+                    model=MODEL,
+                    messages=[{"role": "user", "content": "Name a colour."}],
+                    max_tokens=8,
+                    temperature=0,
+                ),
+                *(aclient.embeddings.create(model=MODEL, input=long_text(100)) for _ in range(3)),
+            )
+            return chat.choices[0].message.content, sum(len(e.data) for e in embedded)
+
+    text, n_vectors = asyncio.run(run())
+    assert text
+    assert n_vectors == 3
+
+
+def test_shutdown_during_embedding_is_clean(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--ctx-size", str(MAX_INPUT_TOKENS))
+    many = [long_text(400 + i) for i in range(40)]
+
+    def post() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(
+                f"{server.base_url}/v1/embeddings",
+                json={"model": MODEL, "input": many},
+                timeout=60,
+            )
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(post)
+        deadline = time.monotonic() + 60
+        while not (server.health()["embeddings"] or {}).get("decodes"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert server.stop() == 0  # not killed after the 20 s wait: the embedder stopped
+        pending.result()
+    # uvicorn cancels the request after its graceful-shutdown wait (and logs that); the
+    # embedding work goes with it instead of finishing, or failing, unheard.
+    assert "never retrieved" not in server.log()
+    assert "Application shutdown complete" in server.log()
 
 
 def test_gemma3_paraphrases(tmp_path: Path) -> None:

@@ -127,6 +127,7 @@ class Embedder:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
+        self._closing = threading.Event()
         # Set on the thread by _open()
         self._ctx: Any = None
         self._memory: Any = None
@@ -153,6 +154,7 @@ class Embedder:
         """Stop the thread, which frees the context. Blocking: call it off the event loop."""
         if self._thread is None:
             return
+        self._closing.set()  # checked between steps: a long round stops within one decode
         self._inbox.put(_Stop())
         self._thread.join(timeout)
         if self._thread.is_alive():
@@ -255,10 +257,13 @@ class Embedder:
         parts: list[list[tuple[int, list[float]]]] = [[] for _ in inputs]
         try:
             for step in plan.steps:
+                if self._closing.is_set():
+                    raise EngineError("the server is shutting down")
                 for chunk, vector in zip(step, self._decode_step(step, inputs), strict=True):
                     parts[chunk.seq].append((chunk.length, vector))
         except EngineError as error:
-            logger.error("%s; failing its requests", error)
+            if not self._closing.is_set():
+                logger.error("%s; failing its requests", error)
             for job in {id(item.job): item.job for item in inputs}.values():
                 self._fail(job, error)
             return
