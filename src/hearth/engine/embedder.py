@@ -272,9 +272,7 @@ class Embedder:
                 llama.llama_memory_clear(self._memory, False)
         mean = self._pooling == llama.LLAMA_POOLING_TYPE_MEAN
         for item, chunk_vectors in zip(inputs, parts, strict=True):
-            job = item.job
-            if job.failed:
-                continue  # aborted while this round decoded
+            job = item.job  # never a failed one: failing drops a job's inputs from the queue
             job.vectors[item.index] = l2_normalize(merge_chunk_vectors(chunk_vectors, mean=mean))
             job.remaining -= 1
             self._stats.inputs_embedded += 1
@@ -316,6 +314,7 @@ class Embedder:
                 logits[i] = 1  # pooled embeddings need every token as an output
                 i += 1
         batch.n_tokens = i
+        # For a context without KV memory (BERT-like encoders) llama_decode runs llama_encode.
         status = int(llama.llama_decode(self._ctx, batch))
         if status != 0:
             raise EngineError(f"llama_decode failed with status {status} on an embeddings batch")
