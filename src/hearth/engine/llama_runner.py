@@ -313,6 +313,11 @@ class LlamaRunner:
     def n_slots(self) -> int:
         return self.config.n_slots
 
+    @property
+    def model_handle(self) -> Any:
+        """The loaded llama_model, for other contexts over the same weights (embeddings)."""
+        return self._model
+
     def close(self) -> None:
         if self._ctx:
             llama.llama_batch_free(self._batch)

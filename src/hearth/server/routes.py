@@ -13,6 +13,7 @@ from hearth import __version__
 from hearth.engine.types import EngineStats
 from hearth.models.presets import apply_preset
 from hearth.protocol import ollama
+from hearth.protocol.embeddings import EmbeddingRequest
 from hearth.protocol.extensions import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -27,6 +28,7 @@ from hearth.protocol.openai import (
     ModelList,
 )
 from hearth.server.auth import require_api_key
+from hearth.server.embeddings import serve_embeddings
 from hearth.server.leases import with_model
 from hearth.server.metrics import CONTENT_TYPE, render_metrics
 from hearth.server.model_routes import iso_time
@@ -108,6 +110,11 @@ async def health(request: Request) -> dict[str, Any]:
         "queue_length": stats.queue_length,
         "max_batch_size": stats.max_batch_size,
         "n_ctx_per_slot": n_ctx,
+        "embeddings": (
+            asdict(model.embedder.stats())
+            if model is not None and model.embedder is not None
+            else None
+        ),
         "engine": _engine_fields(stats),
         "loading": loading,
         "models": per_model,
@@ -163,6 +170,14 @@ async def completions(
         body.model,
         body.keep_alive,
         lambda model: serve_completion(state, apply_preset(body, model.preset), request),
+    )
+
+
+@openai_router.post("/embeddings", response_model=None)
+async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+    state = _state(request)
+    return await with_model(
+        state, body.model, None, lambda model: serve_embeddings(state, body, request)
     )
 
 

@@ -607,6 +607,9 @@ async def until_disconnect(http_request: Request, work: Awaitable[T]) -> T:
     watcher = asyncio.ensure_future(watch())
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()  # the handler itself was cancelled (a server stop): never orphan the work
+        raise
     finally:
         watcher.cancel()
     if not task.done():

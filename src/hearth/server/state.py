@@ -15,6 +15,7 @@ from hearth.settings import ServeSettings
 
 if TYPE_CHECKING:
     from hearth.engine.devices import Device
+    from hearth.engine.embedder import Embedder
     from hearth.engine.engine import Engine
     from hearth.engine.llama_runner import LlamaRunner, ModelInfo
 
@@ -34,6 +35,8 @@ class LoadedModel:
     size_bytes: int = 0  # weights and KV cache, estimated from the GGUF (models/footprint.py)
     size_vram: int = 0  # the part of it offloaded to a GPU
     created: int = field(default_factory=lambda: int(time.time()))
+    # Its own llama context, created by the first /v1/embeddings request (hearth.server.embeddings).
+    embedder: Embedder | None = None
 
     @property
     def model_info(self) -> ModelInfo:
@@ -54,7 +57,14 @@ class LoadedModel:
 
     def close(self) -> None:
         self.engine.shutdown()
+        self.close_embedder()  # it borrows the runner's model
         self.runner.close()
+
+    def close_embedder(self) -> None:
+        """Free the embedding context; before the runner closes, whose model it borrows."""
+        if self.embedder is not None:
+            self.embedder.close()
+            self.embedder = None
 
 
 @dataclass(slots=True)

@@ -1,0 +1,139 @@
+"""OpenAI embeddings: a validated wire request in, token ids to the embedder, vectors back.
+
+Parsing happens here, at the edge: the model (404), `dimensions`, the input's form, emptiness,
+vocabulary and length limits (400), tokenizing. The embedder sees only lists of token ids.
+https://platform.openai.com/docs/api-reference/embeddings/create
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from fastapi import Request, Response
+
+from hearth.errors import ContextLengthExceededError, InvalidRequestError, UnsupportedParameterError
+from hearth.protocol.embeddings import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
+from hearth.server.serving import check_token_ids, until_disconnect
+from hearth.server.state import LoadedModel, ServerState
+
+if TYPE_CHECKING:
+    from hearth.engine.embedder import Embedder
+
+__all__ = [
+    "MAX_INPUTS",
+    "MAX_TOTAL_TOKENS",
+    "embedder_for",
+    "input_tokens",
+    "serve_embeddings",
+]
+
+MAX_INPUTS = 2048  # OpenAI: "any array must be 2048 dimensions or less"
+MAX_TOTAL_TOKENS = 300_000  # OpenAI: the most tokens summed across a request's inputs
+
+
+def embedder_for(model: LoadedModel) -> Embedder:
+    """The model's embedder, created by the first request that needs one (a context costs
+    memory); `LoadedModel.close_embedder` frees it with the model."""
+    if model.embedder is None:
+        from hearth.engine.embedder import Embedder
+
+        embedder = Embedder(model.runner)
+        embedder.start()  # the llama context is created on the embedder's own thread
+        model.embedder = embedder
+    return model.embedder
+
+
+def _check_dimensions(dimensions: int | None, n_embd: int, model_id: str) -> None:
+    # A GGUF does not say whether its model was trained to be truncated (Matryoshka), and a
+    # causal LM's pooled state is not: a shortened vector would lose meaning silently.
+    if dimensions is not None and dimensions != n_embd:
+        raise UnsupportedParameterError(
+            f"'dimensions' must be {n_embd} for `{model_id}`, or left out: its "
+            f"{n_embd}-dimensional vectors were not trained to be shortened (Matryoshka), so "
+            "cutting them would silently lose meaning.",
+            param="dimensions",
+        )
+
+
+def _input_items(raw: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    if isinstance(raw, str):
+        return [raw]
+    if not raw:
+        raise InvalidRequestError(
+            "'input' must not be an empty array.", param="input", code="empty_array"
+        )
+    if isinstance(raw[0], int):
+        return [raw]  # one input given as token ids
+    items: list[str | list[int]] = list(raw)
+    if len(items) > MAX_INPUTS:
+        raise InvalidRequestError(
+            f"'input' takes at most {MAX_INPUTS} items, got {len(items)}.", param="input"
+        )
+    return items
+
+
+def input_tokens(model: LoadedModel, req: EmbeddingRequest, max_tokens: int) -> list[list[int]]:
+    """Each input as token ids, checked: never empty, in the vocabulary, within `max_tokens`."""
+    items = _input_items(req.input)
+    inputs: list[list[int]] = []
+    total = 0
+    for i, item in enumerate(items):
+        where = "'input'" if len(items) == 1 else f"'input[{i}]'"
+        tokens: list[int]
+        if isinstance(item, str):
+            if not item:
+                raise InvalidRequestError(f"{where} must not be an empty string.", param="input")
+            tokens = model.runner.tokenize(item, add_special=True, parse_special=True)
+        else:
+            tokens = list(item)
+            check_token_ids(model, tokens, param="input")
+        if not tokens:
+            raise InvalidRequestError(f"{where} must not be empty.", param="input")
+        if len(tokens) > max_tokens:
+            raise ContextLengthExceededError(
+                f"This model's maximum input length is {max_tokens} tokens, however {where} has "
+                f"{len(tokens)} tokens. Please reduce its length.",
+                param="input",
+            )
+        total += len(tokens)
+        inputs.append(tokens)
+    if total > MAX_TOTAL_TOKENS:
+        raise InvalidRequestError(
+            f"The inputs hold {total} tokens in all; at most {MAX_TOTAL_TOKENS} are allowed in "
+            "one request.",
+            param="input",
+        )
+    return inputs
+
+
+def _encoded(vector: Sequence[float], encoding_format: str | None) -> list[float] | str:
+    # float32 as OpenAI sends it: base64 of the little-endian bytes, or those same values as floats.
+    packed = struct.pack(f"<{len(vector)}f", *vector)
+    if encoding_format == "base64":
+        return base64.b64encode(packed).decode("ascii")
+    return list(struct.unpack(f"<{len(vector)}f", packed))
+
+
+async def serve_embeddings(
+    state: ServerState, req: EmbeddingRequest, http_request: Request
+) -> Response:
+    model = state.model_for(req.model)
+    embedder = embedder_for(model)
+    _check_dimensions(req.dimensions, embedder.n_embd, model.model_id)
+    inputs = input_tokens(model, req, embedder.max_input_tokens)
+    request_id = f"embd-{uuid.uuid4().hex}"
+    vectors = await until_disconnect(http_request, embedder.embed(request_id, inputs))
+    n_tokens = sum(len(tokens) for tokens in inputs)
+    body = EmbeddingList(
+        data=[
+            Embedding(embedding=_encoded(vector, req.encoding_format), index=i)
+            for i, vector in enumerate(vectors)
+        ],
+        model=req.model,
+        usage=EmbeddingUsage(prompt_tokens=n_tokens, total_tokens=n_tokens),
+    )
+    return Response(body.model_dump_json(), media_type="application/json")
