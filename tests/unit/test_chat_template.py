@@ -67,3 +67,23 @@ def test_tojson_and_bos_are_available() -> None:
     assert template.render([{"role": "user", "content": "é"}]) == (
         '<s>{"role": "user", "content": "é"}'
     )
+
+
+def test_gemma_without_a_template_gets_gemma_turns() -> None:
+    from hearth.models.chat_template import ChatTemplate
+
+    template = ChatTemplate(None, bos_token="<bos>", architecture="gemma3")
+    text = template.render(
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "Bye"},
+        ]
+    )
+    assert text == (
+        "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
+        "<start_of_turn>model\nHello.<end_of_turn>\n"
+        "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+    )
+    assert ChatTemplate(None, architecture="llama").source.startswith("{% for message")

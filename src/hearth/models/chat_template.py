@@ -17,7 +17,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from hearth.errors import InvalidRequestError
 
-__all__ = ["FALLBACK_TEMPLATE", "ChatTemplate"]
+__all__ = ["FALLBACK_TEMPLATE", "GEMMA_TEMPLATE", "ChatTemplate"]
 
 FALLBACK_TEMPLATE = (
     "{% for message in messages %}"
@@ -25,6 +25,26 @@ FALLBACK_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+# Gemma's turn format, for Gemma GGUFs that ship without a template (the bundled gemma3:270m):
+# no system role, so system text opens the next user turn, as Google's own template does.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(system='') %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set ns.system = ns.system + message['content'] + "
+    "'\n\n' %}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ '<start_of_turn>model\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% else %}"
+    "{{ '<start_of_turn>user\n' + ns.system + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% set ns.system = '' %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+# Templates for models whose GGUF has none, by llama.cpp's architecture name.
+_BY_ARCHITECTURE = {"gemma": GEMMA_TEMPLATE, "gemma2": GEMMA_TEMPLATE, "gemma3": GEMMA_TEMPLATE}
 
 
 def _raise_exception(message: str) -> None:
@@ -40,8 +60,15 @@ def _tojson(value: Any, indent: int | None = None, **_: Any) -> str:
 
 
 class ChatTemplate:
-    def __init__(self, source: str | None, *, bos_token: str = "", eos_token: str = "") -> None:
-        self.source = source or FALLBACK_TEMPLATE
+    def __init__(
+        self,
+        source: str | None,
+        *,
+        bos_token: str = "",
+        eos_token: str = "",
+        architecture: str = "",
+    ) -> None:
+        self.source = source or _BY_ARCHITECTURE.get(architecture, FALLBACK_TEMPLATE)
         self.is_fallback = source is None
         self.bos_token = bos_token
         self.eos_token = eos_token

@@ -19,7 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from hearth import __version__
 from hearth.models import registry
-from hearth.models.chat_template import ChatTemplate
+from hearth.models.chat_template import FALLBACK_TEMPLATE, ChatTemplate
 from hearth.models.footprint import model_shape
 from hearth.models.manager import ManagerLimits, ModelManager
 from hearth.models.presets import PRESETS_FILE_NAME, Preset, load_presets
@@ -77,9 +77,19 @@ def load_model(settings: ServeSettings, devices: list[Device], spec: ModelSpec) 
         max_prefill_tokens=min(settings.max_prefill_tokens, settings.max_batch_tokens),
     )
     info = runner.info
-    template = ChatTemplate(info.chat_template, bos_token=info.bos_text, eos_token=info.eos_text)
+    architecture = info.description.split()[0] if info.description else ""
+    template = ChatTemplate(
+        info.chat_template,
+        bos_token=info.bos_text,
+        eos_token=info.eos_text,
+        architecture=architecture,
+    )
     if template.is_fallback:
-        logger.warning("%s has no chat template; using ChatML", spec.name)
+        logger.warning(
+            "%s has no chat template; using %s's",
+            spec.name,
+            architecture if template.source != FALLBACK_TEMPLATE else "ChatML",
+        )
     shape = model_shape(model_path)
     size = model_path.stat().st_size + shape.kv_bytes_per_token * spec.ctx_size * spec.parallel
     return LoadedModel(
