@@ -19,7 +19,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from hearth.engine.types import FinishReason, RequestOutput, TokenLogprob
+from hearth.engine.types import FinishReason, GenerationRequest, RequestOutput, TokenLogprob
 from hearth.errors import HearthError, InvalidRequestError, UnsupportedParameterError
 from hearth.models import registry
 from hearth.models.gguf_info import read_gguf_info
@@ -28,7 +28,7 @@ from hearth.protocol.openai import ChatCompletionRequest, CompletionRequest
 from hearth.server.errors import validation_error
 from hearth.server.serving import (
     CollectedChoice,
-    collect,
+    UsageTotals,
     merged_outputs,
     prepare_chat,
     prepare_completion,
@@ -210,21 +210,22 @@ def _logprobs(entries: Sequence[TokenLogprob]) -> list[wire.Logprob]:
 
 def _tool_calls(text: str) -> tuple[str, list[wire.ToolCall] | None]:
     content, calls = split_tool_calls(text)
+    # A call cut short by num_predict has arguments that do not parse; Ollama's shape (an
+    # object) cannot carry them, so it is dropped and done_reason says "length".
     parsed = [
-        wire.ToolCall(
-            function=wire.ToolCallFunction(name=call.name, arguments=_arguments(call.arguments))
-        )
+        wire.ToolCall(function=wire.ToolCallFunction(name=call.name, arguments=arguments))
         for call in calls
+        if (arguments := _arguments(call.arguments)) is not None
     ]
     return content or "", parsed or None
 
 
-def _arguments(text: str) -> dict[str, Any]:
+def _arguments(text: str) -> dict[str, Any] | None:
     try:
         value = json.loads(text)
     except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
+        return None
+    return value if isinstance(value, dict) else None
 
 
 class _Clock:
@@ -249,6 +250,24 @@ class _Clock:
             "eval_count": completion_tokens,
             "eval_duration": end - first,
         }
+
+
+async def _collect_timed(
+    model: LoadedModel, request: GenerationRequest, clock: _Clock
+) -> tuple[dict[int, CollectedChoice], UsageTotals]:
+    """`collect`, with the clock ticked at the first output (where the prompt's time ends)."""
+    choices: dict[int, CollectedChoice] = {}
+    totals = UsageTotals()
+    async for prompt_index, output in merged_outputs(model, [request]):
+        clock.tick()
+        choice = choices.setdefault(output.index, CollectedChoice())
+        choice.pieces.append(output.text)
+        choice.logprobs.extend(output.logprobs)
+        choice.completion_tokens = output.completion_tokens
+        if output.finish_reason is not None:
+            choice.finish_reason = output.finish_reason
+        totals.add(output, prompt_index)
+    return choices, totals
 
 
 def _done_reason(reason: FinishReason | None) -> str:
@@ -320,10 +339,11 @@ async def serve_ollama_chat(
             _stream_chat(outputs, req.model, clock, parse_tools=chat.parse_tools)
         )
 
-    choices, totals = await until_disconnect(http_request, collect(chat.model, [chat.request]))
+    choices, totals = await until_disconnect(
+        http_request, _collect_timed(chat.model, chat.request, clock)
+    )
     choice = choices[0]
     content, calls = _tool_calls(choice.text) if chat.parse_tools else (choice.text, None)
-    clock.tick()
     reply = wire.ChatResponse(
         model=req.model,
         created_at=_now(),
@@ -369,14 +389,12 @@ async def _stream_chat(
         if output.finish_reason is not None:
             if parser.calls:  # Ollama sends finished calls in one message
                 calls = [
-                    wire.ToolCall(
-                        function=wire.ToolCallFunction(
-                            name=call.name, arguments=_arguments(call.arguments)
-                        )
-                    )
+                    wire.ToolCall(function=wire.ToolCallFunction(name=call.name, arguments=args))
                     for call in parser.calls
+                    if (args := _arguments(call.arguments)) is not None
                 ]
-                yield line("", done=False, calls=calls)
+                if calls:
+                    yield line("", done=False, calls=calls)
             timings = clock.timings(
                 output.prompt_tokens, output.cached_tokens, output.completion_tokens
             )
@@ -439,9 +457,10 @@ async def serve_ollama_generate(
         return _ndjson_response(
             _stream_generate(outputs, req.model, clock, logprobs=bool(req.logprobs))
         )
-    choices, totals = await until_disconnect(http_request, collect(engine_model, [request]))
+    choices, totals = await until_disconnect(
+        http_request, _collect_timed(engine_model, request, clock)
+    )
     choice: CollectedChoice = choices[0]
-    clock.tick()
     reply = wire.GenerateResponse(
         model=req.model,
         created_at=_now(),
@@ -532,7 +551,7 @@ def list_tags() -> wire.TagsResponse:
     """Every model a request may name, read from GGUF headers (blocking: call in a thread)."""
     tags = []
     for entry in registry.list_models():
-        info = read_gguf_info(entry.header_path)
+        info = read_gguf_info(entry.header_path, require_complete=entry.path is not None)
         tags.append(
             wire.TagModel(
                 name=entry.name,
