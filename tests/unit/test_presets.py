@@ -150,7 +150,7 @@ def catalog(tmp_path: Path, text: str, **settings: object) -> ServerCatalog:
 
 def test_catalog_names_aliases_and_their_specs(tmp_path: Path) -> None:
     served = catalog(tmp_path, PIRATE, ctx_size=512, parallel=4)
-    assert served.names() == ["smollm2:135m", "pirate"]
+    assert served.names() == ["smollm2:135m", "gemma3:270m", "pirate"]
     spec = served.spec("pirate")
     assert (spec.source, spec.ctx_size, spec.parallel) == (None, 2048, 2)
     assert served.spec("smollm2:135m").ctx_size == 512
@@ -190,7 +190,7 @@ def test_a_gguf_startup_model_is_served_under_its_stem_and_can_be_a_base(tmp_pat
     served = catalog(
         tmp_path, '[models."p"]\nbase = "tiny-copy"\n', model=str(gguf), keep_alive="1m"
     )
-    assert served.names() == ["tiny-copy", "smollm2:135m", "p"]
+    assert served.names() == ["tiny-copy", "smollm2:135m", "gemma3:270m", "p"]
     assert served.spec("p").source == str(gguf)
     assert served.spec("smollm2:135m").source == "smollm2:135m"
 
