@@ -154,7 +154,7 @@ def test_catalog_names_aliases_and_their_specs(tmp_path: Path) -> None:
     spec = served.spec("pirate")
     assert (spec.source, spec.ctx_size, spec.parallel) == (None, 2048, 2)
     assert served.spec("smollm2:135m").ctx_size == 512
-    with pytest.raises(ModelNotFoundError, match="smollm2:135m, pirate"):
+    with pytest.raises(ModelNotFoundError, match="smollm2:135m, gemma3:270m, pirate"):
         served.check("llama")
 
 
