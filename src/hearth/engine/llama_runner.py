@@ -1,8 +1,9 @@
 """The llama.cpp side of the engine, over llama-cpp-python's low-level ctypes API.
 
-This module, `devices` and `quantize` are the only ones that import llama_cpp. Everything here
-but `tokenize` runs on the engine thread, which owns the context; `tokenize` only reads the
-vocabulary, which llama.cpp allows from any thread (its own server tokenizes in HTTP threads).
+Only the engine package imports llama_cpp: this module, `devices`, `quantize`, `grammar` and
+`embedder`. Everything here but `tokenize`, `detokenize` and `check_grammar` runs on the engine
+thread, which owns the context; those three only read the vocabulary, which llama.cpp allows from
+any thread (its own server tokenizes in HTTP threads).
 """
 
 from __future__ import annotations
