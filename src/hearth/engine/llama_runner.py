@@ -302,8 +302,10 @@ class LlamaRunner:
         return list(buffer[:n])
 
     def detokenize(self, tokens: SequenceType[int]) -> str:
-        # Thread-safe like tokenize: reads the vocabulary only, never the context.
-        data = b"".join(self._piece(t, special=False) for t in tokens)
+        # Thread-safe like tokenize: reads the vocabulary only, never the context, and writes
+        # into its own buffer, not the engine thread's.
+        buffer = ctypes.create_string_buffer(256)
+        data = b"".join(self._piece(t, special=False, buffer=buffer) for t in tokens)
         return data.decode("utf-8", "replace")
 
     @property
@@ -330,8 +332,8 @@ class LlamaRunner:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _piece(self, token: int, *, special: bool) -> bytes:
-        buf = self._piece_buffer
+    def _piece(self, token: int, *, special: bool, buffer: Any = None) -> bytes:
+        buf = self._piece_buffer if buffer is None else buffer
         n = llama.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
