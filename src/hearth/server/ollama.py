@@ -19,7 +19,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from hearth.engine.types import FinishReason, GenerationRequest, RequestOutput, TokenLogprob
+from hearth.engine.types import FinishReason, RequestOutput, TokenLogprob
 from hearth.errors import HearthError, InvalidRequestError, UnsupportedParameterError
 from hearth.models import registry
 from hearth.models.gguf_info import read_gguf_info
@@ -28,7 +28,7 @@ from hearth.protocol.openai import ChatCompletionRequest, CompletionRequest
 from hearth.server.errors import validation_error
 from hearth.server.serving import (
     CollectedChoice,
-    UsageTotals,
+    collect,
     merged_outputs,
     prepare_chat,
     prepare_completion,
@@ -252,24 +252,6 @@ class _Clock:
         }
 
 
-async def _collect_timed(
-    model: LoadedModel, request: GenerationRequest, clock: _Clock
-) -> tuple[dict[int, CollectedChoice], UsageTotals]:
-    """`collect`, with the clock ticked at the first output (where the prompt's time ends)."""
-    choices: dict[int, CollectedChoice] = {}
-    totals = UsageTotals()
-    async for prompt_index, output in merged_outputs(model, [request]):
-        clock.tick()
-        choice = choices.setdefault(output.index, CollectedChoice())
-        choice.pieces.append(output.text)
-        choice.logprobs.extend(output.logprobs)
-        choice.completion_tokens = output.completion_tokens
-        if output.finish_reason is not None:
-            choice.finish_reason = output.finish_reason
-        totals.add(output, prompt_index)
-    return choices, totals
-
-
 def _done_reason(reason: FinishReason | None) -> str:
     return "length" if reason is FinishReason.LENGTH else "stop"
 
@@ -340,7 +322,7 @@ async def serve_ollama_chat(
         )
 
     choices, totals = await until_disconnect(
-        http_request, _collect_timed(chat.model, chat.request, clock)
+        http_request, collect(chat.model, [chat.request], clock.tick)
     )
     choice = choices[0]
     content, calls = _tool_calls(choice.text) if chat.parse_tools else (choice.text, None)
@@ -458,7 +440,7 @@ async def serve_ollama_generate(
             _stream_generate(outputs, req.model, clock, logprobs=bool(req.logprobs))
         )
     choices, totals = await until_disconnect(
-        http_request, _collect_timed(engine_model, request, clock)
+        http_request, collect(engine_model, [request], clock.tick)
     )
     choice: CollectedChoice = choices[0]
     reply = wire.GenerateResponse(

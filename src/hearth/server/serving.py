@@ -13,7 +13,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -580,11 +580,17 @@ async def merged_outputs(
 
 
 async def collect(
-    model: LoadedModel, requests: Sequence[GenerationRequest]
+    model: LoadedModel,
+    requests: Sequence[GenerationRequest],
+    on_output: Callable[[], None] | None = None,
 ) -> tuple[dict[int, CollectedChoice], UsageTotals]:
+    """Every output of the requests, gathered per choice. `on_output` runs as each arrives (the
+    Ollama API times its first token with it)."""
     choices: dict[int, CollectedChoice] = {}
     totals = UsageTotals()
     async for prompt_index, output in merged_outputs(model, requests):
+        if on_output is not None:
+            on_output()
         choice = choices.setdefault(output.index, CollectedChoice())
         choice.pieces.append(output.text)
         choice.logprobs.extend(output.logprobs)
