@@ -403,6 +403,8 @@ def test_tool_and_format_refusals_name_the_field(server: HearthServer) -> None:
     unenforceable = error({**base, "tools": tools, "tool_choice": "required"})
     assert unenforceable["param"] == "tools[0].function.parameters"
     assert "format" in unenforceable["message"]
+    second = error({**base, "tools": [*TOOLS, *tools], "tool_choice": "required"})
+    assert second["param"] == "tools[2].function.parameters"  # the failing one, by position
     both = error({**base, "tools": TOOLS, "response_format": {"type": "json_object"}})
     assert both["param"] == "response_format"
 

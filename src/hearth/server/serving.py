@@ -21,7 +21,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from hearth import __version__
-from hearth.engine.grammar import SchemaNotSupportedError, json_schema_grammar
+from hearth.engine.grammar import SchemaNotSupportedError, check_schema, json_schema_grammar
 from hearth.engine.types import (
     FinishReason,
     GenerationRequest,
@@ -319,17 +319,24 @@ def _tool_plan(req: ChatCompletionRequest) -> _ToolPlan:
             f"Invalid 'tool_choice' {choice!r}: use 'none', 'auto', 'required' or a function.",
             param="tool_choice",
         )
+    for index, spec in enumerate(specs):
+        if spec in callable_specs:
+            try:
+                check_schema(spec.parameters)
+            except SchemaNotSupportedError as exc:
+                raise InvalidRequestError(
+                    f"The parameters schema of {spec.name!r} cannot be enforced: {exc}",
+                    param=f"tools[{index}].function.parameters",
+                ) from exc
     try:
         grammar = tool_grammar(
             callable_specs,
             lazy=choice == "auto",
             parallel=req.parallel_tool_calls is not False and not isinstance(choice, dict),
         )
-    except SchemaNotSupportedError as exc:
-        index = next(i for i, s in enumerate(specs) if s in callable_specs)
+    except SchemaNotSupportedError as exc:  # the converter itself failed on a checked schema
         raise InvalidRequestError(
-            f"The parameters schema of a function cannot be enforced: {exc}",
-            param=f"tools[{index}].function.parameters",
+            f"A function's parameters schema cannot be enforced: {exc}", param="tools"
         ) from exc
     return _ToolPlan(specs, offered=True, grammar=grammar)
 
