@@ -251,6 +251,7 @@ class _ToolPlan:
     specs: list[ToolSpec]
     offered: bool  # the model is told about the tools (tool_choice is not "none")
     grammar: Grammar | None
+    forced: str | None = None  # what the prompt says the model must call, if it must
 
 
 def _tool_specs(tools: list[dict[str, Any]]) -> list[ToolSpec]:
@@ -338,7 +339,12 @@ def _tool_plan(req: ChatCompletionRequest) -> _ToolPlan:
         raise InvalidRequestError(
             f"A function's parameters schema cannot be enforced: {exc}", param="tools"
         ) from exc
-    return _ToolPlan(specs, offered=True, grammar=grammar)
+    forced = None
+    if isinstance(choice, dict):
+        forced = callable_specs[0].name
+    elif choice == "required":
+        forced = "that fits best"
+    return _ToolPlan(specs, offered=True, grammar=grammar, forced=forced)
 
 
 def _format_grammar(response_format: dict[str, Any] | None) -> Grammar | None:
@@ -452,12 +458,7 @@ def _template_messages(
         role = "system" if isinstance(message, DeveloperMessage) else message.role
         rendered.append({"role": role, "content": text})
     if tools.offered and not native:
-        forced = None
-        if isinstance(req.tool_choice, dict):
-            forced = req.tool_choice["function"]["name"]
-        elif req.tool_choice == "required":
-            forced = "that fits best"
-        prompt = tool_system_prompt(tools.specs, forced)
+        prompt = tool_system_prompt(tools.specs, tools.forced)
         if rendered[0]["role"] == "system":
             rendered[0]["content"] = prompt + "\n\n" + rendered[0]["content"]
         else:
