@@ -121,9 +121,10 @@ class LlamaRunner:
         self._n_ctx_per_slot = int(llama.llama_n_ctx_seq(self._ctx))
         self._batch = llama.llama_batch_init(config.n_batch, 0, 1)
         self._n_vocab = int(llama.llama_vocab_n_tokens(self._vocab))
-        self._eog_tokens = [
+        # A set, not a ctypes call per sampled token: this is asked once per token of every stream.
+        self._eog_tokens = frozenset(
             t for t in range(self._n_vocab) if llama.llama_vocab_is_eog(self._vocab, t)
-        ]
+        )
         self._pieces: dict[int, bytes] = {}
         self._piece_buffer = ctypes.create_string_buffer(256)
         self.info = self._read_info()
@@ -266,7 +267,7 @@ class LlamaRunner:
         llama.llama_sampler_free(sampler)
 
     def is_end_of_generation(self, token: int) -> bool:
-        return bool(llama.llama_vocab_is_eog(self._vocab, token))
+        return token in self._eog_tokens
 
     def token_bytes(self, token: int) -> bytes:
         piece = self._pieces.get(token)

@@ -650,6 +650,23 @@ def _sse(payload: str) -> bytes:
 
 
 _SSE_DONE = b"data: [DONE]\n\n"
+
+
+class _ContentChunk:
+    """A stream's text-only event, serialized once: each token then costs one `json.dumps` of
+    its text instead of building and dumping the pydantic chunk (the hot path of a stream)."""
+
+    def __init__(self, render_with: Callable[[str], bytes]) -> None:
+        marker = f"hearth-content-{uuid.uuid4().hex}"
+        event = render_with(marker)
+        self._head, found, self._tail = event.partition(json.dumps(marker).encode())
+        if not found:
+            raise ValueError("the rendered event does not hold the marker as a JSON string")
+
+    def render(self, text: str) -> bytes:
+        return self._head + json.dumps(text, ensure_ascii=False).encode() + self._tail
+
+
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -859,6 +876,16 @@ async def _stream_chat(
                 sent.append(chunk(index, wire.ChunkDelta(tool_calls=[delta])))
         return sent
 
+    content_chunks: dict[int, _ContentChunk] = {}
+
+    def content(index: int, text: str) -> bytes:
+        template = content_chunks.get(index)
+        if template is None:
+            template = content_chunks[index] = _ContentChunk(
+                lambda marker: chunk(index, wire.ChunkDelta(content=marker))
+            )
+        return template.render(text)
+
     parsers: dict[int, ToolCallParser] = {}
     totals = UsageTotals()
     async for prompt_index, output in outputs:
@@ -875,8 +902,10 @@ async def _stream_chat(
                 yield event
             if output.logprobs:
                 yield chunk(index, wire.ChunkDelta(), logprobs=output.logprobs)
-        elif output.text or output.logprobs:
+        elif output.logprobs:
             yield chunk(index, wire.ChunkDelta(content=output.text), logprobs=output.logprobs)
+        elif output.text:
+            yield content(index, output.text)
         if output.finish_reason is not None:
             finish: Any = _finish_reason(output.finish_reason)
             if parsers[index].calls and finish == "stop":
@@ -1026,9 +1055,17 @@ async def serve_completion(
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         outputs = await started(http_request, merged_outputs(model, requests))
 
+        def text_only(index: int) -> _ContentChunk:
+            def render_with(marker: str) -> bytes:
+                choice = wire.CompletionChoice(finish_reason=None, index=index, text=marker)
+                return _sse(body([choice], None).model_dump_json(exclude={"usage"}))
+
+            return _ContentChunk(render_with)
+
         async def events() -> AsyncIterator[bytes]:
             totals = UsageTotals()
             begun: set[int] = set()
+            text_chunks: dict[int, _ContentChunk] = {}
             async for prompt_index, output in outputs:
                 totals.add(output, prompt_index)
                 text = output.text
@@ -1036,7 +1073,12 @@ async def serve_completion(
                     begun.add(output.index)
                     text = echoes[prompt_index] + text
                 finish = _finish_reason(output.finish_reason) if output.finish_reason else None
-                if text or finish is not None or output.logprobs:
+                if text and finish is None and req.logprobs is None:
+                    template = text_chunks.get(output.index)
+                    if template is None:
+                        template = text_chunks[output.index] = text_only(output.index)
+                    yield template.render(text)
+                elif text or finish is not None or output.logprobs:
                     choice = wire.CompletionChoice(
                         finish_reason=finish,
                         index=output.index,
