@@ -7,6 +7,9 @@ In order, on one machine and in one run, so that the ratios compare like with li
 1. bench/ceiling.py in a subprocess, with no server up: the bare decode loop's tok/s.
 2. Each server in turn, alone: streaming chat requests at every client count (tok/s, TTFT, ITL,
    RSS), then the multi-turn case (TTFT of a long conversation, cold and with its prefix cached).
+3. With Hearth up but idle: alternating rounds of the bare loop at batch 1 and one Hearth stream,
+   for the 1-client decode ratio (the machine's speed drifts more than that gap).
+Streams go through a lean asyncio + httptools client (sse_client.py): the clients share the cores.
 Both servers get the same requests, with the end-of-generation tokens banned through logit_bias
 (the peer has no ignore_eos), so every request generates exactly --max-tokens tokens.
 Writes bench/results/latest.json and latest.md (see bench/README.md for what each figure means).
@@ -48,6 +51,7 @@ from rich.progress import (
 from hearth.models.registry import embedded_model_path
 from hearth.settings import physical_cores
 from prompts import story_text
+from sse_client import SSEResponse, post_sse
 
 MODEL_ID = "smollm2:135m"
 HEARTH = "hearth"
@@ -122,6 +126,7 @@ DEFAULTS: dict[str, Any] = {
     "max_tokens": 128,
     "multi_turn_repeats": 3,
     "ceiling_repeats": 3,
+    "paired_rounds": 12,
 }
 QUICK: dict[str, Any] = {
     "clients": [1, 4],
@@ -129,6 +134,7 @@ QUICK: dict[str, Any] = {
     "max_tokens": 32,
     "multi_turn_repeats": 1,
     "ceiling_repeats": 1,
+    "paired_rounds": 2,
 }
 
 
@@ -172,9 +178,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ceiling-repeats", type=non_negative_int, help="ceiling runs per batch; 0 skips it (3)"
     )
     parser.add_argument(
+        "--paired-rounds",
+        type=non_negative_int,
+        help="alternating rounds of the bare loop and one Hearth stream, for the 1-client decode "
+        "ratio; 0 skips them (12)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: clients 1,4, 8 requests, 32 tokens, 1 multi-turn and ceiling repeat",
+        help="smoke run: clients 1,4, 8 requests, 32 tokens, 1 multi-turn and ceiling repeat, "
+        "2 paired rounds",
     )
     parser.add_argument(
         "--out", type=Path, default=RESULTS_DIR / "latest.json", help="JSON output path"
@@ -282,18 +295,26 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
 # -- the ceiling --------------------------------------------------------------------------------
 
 
-def run_ceiling(args: argparse.Namespace) -> dict[str, Any]:
-    """bench/ceiling.py in its own process, started while no server runs."""
-    sizes = sorted({1, max(args.clients)})
+def ceiling_process(args: argparse.Namespace, sizes: list[int], repeats: int) -> dict[str, Any]:
+    """bench/ceiling.py in its own process: its JSON report, or {"error": …}."""
     cmd = [sys.executable, str(BENCH_DIR / "ceiling.py"), "--json"]
     cmd += ["--batch-sizes", ",".join(map(str, sizes)), "--tokens", str(args.max_tokens)]
     cmd += ["--threads", str(args.threads), "--ctx-per-seq", str(args.hearth_ctx_size)]
-    cmd += ["--repeats", str(args.ceiling_repeats)]
-    with console.status(f"Ceiling: bare llama.cpp decode loop, batch {sizes}…"):
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    cmd += ["--repeats", str(repeats)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return {"error": f"ceiling.py exited {done.returncode}: {done.stderr.strip()[-500:]}"}
     report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return report
+
+
+def run_ceiling(args: argparse.Namespace) -> dict[str, Any]:
+    """The ceiling at batch 1 and the largest client count, started while no server runs."""
+    sizes = sorted({1, max(args.clients)})
+    with console.status(f"Ceiling: bare llama.cpp decode loop, batch {sizes}…"):
+        report = ceiling_process(args, sizes, args.ceiling_repeats)
+    if "error" in report:
+        return report
     if sorted(report["eog_tokens"]) != sorted(EOG_TOKENS.values()):
         report["warning"] = (
             f"the model's EOG tokens are {report['eog_tokens']}, not the banned ones"
@@ -420,39 +441,44 @@ def story(index: int) -> list[dict[str, str]]:
 
 
 async def stream_chat(client: httpx.AsyncClient, body: dict[str, Any]) -> RequestResult:
+    """One streamed chat request to `client`'s server through the lean client (sse_client.py):
+    TTFT and the gaps between content chunks, timed as each event arrives."""
     result = RequestResult()
     start = last = time.perf_counter()
+    response: SSEResponse | None = None
     try:
-        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-            if response.status_code != 200:
-                await response.aread()
-                result.error = f"HTTP {response.status_code}: {response.text[:200]}"
+        url = client.base_url
+        assert url.port is not None
+        response = await post_sse(url.host, url.port, "/v1/chat/completions", body)
+        if response.status_code != 200:
+            text = (await response.body()).decode("utf-8", "replace")
+            result.error = f"HTTP {response.status_code}: {text[:200]}"
+            return result
+        async for data in response.data():
+            if data == b"[DONE]":
+                break
+            chunk = json.loads(data)
+            if "error" in chunk:
+                result.error = str(chunk["error"])[:200]
                 return result
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue  # blank separators, and the peer's ": ping" comments
-                data = line[len("data:") :].strip()
-                if data == "[DONE]":
-                    break
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    result.error = str(chunk["error"])[:200]
-                    return result
-                if chunk.get("usage"):
-                    result.usage = chunk["usage"]
-                for choice in chunk.get("choices") or []:
-                    result.finish_reason = choice.get("finish_reason") or result.finish_reason
-                    if not (choice.get("delta") or {}).get("content"):
-                        continue
-                    now = time.perf_counter()
-                    if result.ttft_s is None:
-                        result.ttft_s = now - start
-                    else:
-                        result.itls_s.append(now - last)
-                    last = now
-                    result.content_chunks += 1
-    except (httpx.HTTPError, json.JSONDecodeError) as exc:
+            if chunk.get("usage"):
+                result.usage = chunk["usage"]
+            for choice in chunk.get("choices") or []:
+                result.finish_reason = choice.get("finish_reason") or result.finish_reason
+                if not (choice.get("delta") or {}).get("content"):
+                    continue
+                now = time.perf_counter()
+                if result.ttft_s is None:
+                    result.ttft_s = now - start
+                else:
+                    result.itls_s.append(now - last)
+                last = now
+                result.content_chunks += 1
+    except (OSError, json.JSONDecodeError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        if response is not None:
+            response.close()
     return result
 
 
@@ -659,6 +685,43 @@ async def multi_turn(
     }
 
 
+async def paired_decode(
+    client: httpx.AsyncClient, args: argparse.Namespace, progress: Progress, task: TaskID
+) -> dict[str, Any]:
+    """Hearth's 1-client decode speed against the bare loop's, measured in alternating rounds.
+
+    The machine is shared and its speed drifts by 10-20% within minutes, more than the gap being
+    measured; a ceiling taken once at the start compares different minutes. Each round runs the
+    bare loop at batch 1 (its own process; Hearth is up but idle, using no CPU), then one Hearth
+    stream of the same prompt and length, and the figure is the median of the per-round ratios.
+    Both sides are medians: the bare loop's median step, and the stream's median gap between
+    content chunks (ITL p50)."""
+    rounds: list[dict[str, Any]] = []
+    for index in range(args.paired_rounds):
+        bare = await asyncio.to_thread(ceiling_process, args, [1], 1)
+        if "error" in bare:
+            return {"error": bare["error"], "rounds": rounds}
+        # story(0) is the bare loop's prompt too; the seed varies by round.
+        body = chat_body(HEARTH, story(0), args.max_tokens, 30_000 + index, stream=True)
+        result = await stream_chat(client, body)
+        if result.error:
+            return {"error": f"Hearth stream failed: {result.error}", "rounds": rounds}
+        bare_tok_s = bare["results"][0]["tok_s_p50"]
+        itl_p50 = percentile(result.itls_s, 50)
+        hearth_tok_s = round(1 / itl_p50, 2) if itl_p50 else None
+        rounds.append(
+            {
+                "ceiling_tok_s_p50": bare_tok_s,
+                "hearth_tok_s_p50": hearth_tok_s,
+                "ratio": ratio(hearth_tok_s, bare_tok_s),
+            }
+        )
+        progress.advance(task)
+    ratios = [r["ratio"] for r in rounds if r["ratio"] is not None]
+    middle = round(statistics.median(ratios), 3) if ratios else None
+    return {"rounds": rounds, "ratio_median": middle}
+
+
 async def bench_server(
     spec: ServerSpec, args: argparse.Namespace, proc: subprocess.Popen[bytes], base_url: str
 ) -> dict[str, Any]:
@@ -681,6 +744,7 @@ async def bench_server(
 
         runs: list[RunResult] = []
         turns: dict[str, Any] | None = None
+        paired: dict[str, Any] | None = None
         columns = (
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -703,12 +767,18 @@ async def bench_server(
                     f"{server:>16} multi-turn", total=3 * args.multi_turn_repeats
                 )
                 turns = await multi_turn(client, server, args.multi_turn_repeats, progress, task)
+            if server == HEARTH and args.paired_rounds:
+                task = progress.add_task(
+                    f"{server:>16} paired with bare loop", total=args.paired_rounds
+                )
+                paired = await paired_decode(client, args, progress, task)
     return {
         "server": server,
         "rss_loaded_mib": mib(rss_loaded),
         "exact_length_check": exact,
         "runs": [asdict(run) for run in runs],
         "multi_turn": turns,
+        "paired_decode": paired,
     }
 
 
@@ -789,18 +859,31 @@ def acceptance(
             WARM_COLD_MAX,
         )
     )
+    paired = (hearth or {}).get("paired_decode") or {}
+    if paired:
+        rows.append(
+            row(
+                "Hearth 1 client decode tok/s (1 ÷ ITL p50) ÷ bare loop batch 1 (1 ÷ median step), "
+                f"median of {len(paired.get('rounds') or [])} alternating rounds",
+                paired.get("ratio_median"),
+                "≥",
+                CEILING_MIN[1],
+            )
+        )
     for entry in (ceiling or {}).get("results") or []:
         size = entry["batch_size"]
         h = find_run(hearth, size)
-        target = CEILING_MIN.get(size)  # none for a batch the issue sets no target for
+        # The issue's targets: 1 client on decode speed (the paired rounds above; the figures
+        # here compare minutes apart and are shown for reference), 16 on the aggregate.
+        target = None if size == 1 else CEILING_MIN.get(size)
         if size == 1:
-            # One stream's decode speed: the inverse of its inter-token latency.
             itl = h["itl_p50_ms"] if h else None
             decode_tok_s = 1000.0 / itl if itl else None
             rows.append(
                 row(
-                    "Hearth 1 client decode tok/s (1 ÷ ITL p50) ÷ ceiling batch 1 decode",
-                    ratio(decode_tok_s, entry["tok_s"]),
+                    "Hearth 1 client decode tok/s (1 ÷ ITL p50) ÷ ceiling batch 1 "
+                    "(1 ÷ median step), ceiling run at the start",
+                    ratio(decode_tok_s, entry.get("tok_s_p50")),
                     "≥",
                     target,
                 )
@@ -946,6 +1029,26 @@ def markdown(report: dict[str, Any]) -> str:
             ],
         )
 
+    paired = (servers.get(HEARTH) or {}).get("paired_decode") or {}
+    if paired:
+        lines += ["", "## 1-client decode against the bare loop, in alternating rounds", ""]
+        lines.append(
+            "Each round runs the bare loop at batch 1, then one Hearth stream of the same prompt "
+            "and length: tok/s from the median step and from the median gap between streamed "
+            "chunks. The machine's speed drifts; rounds side by side cancel most of it."
+        )
+        if paired.get("error"):
+            lines += ["", f"Stopped early: {paired['error']}"]
+        lines.append("")
+        lines += table(
+            ["round", "bare loop tok/s", "Hearth tok/s", "ratio"],
+            [
+                [i + 1, r["ceiling_tok_s_p50"], r["hearth_tok_s_p50"], r["ratio"]]
+                for i, r in enumerate(paired.get("rounds") or [])
+            ]
+            + [["median", "", "", paired.get("ratio_median")]],
+        )
+
     ceiling = report.get("ceiling") or {}
     if ceiling.get("error"):
         lines += ["", f"Ceiling failed: {ceiling['error']}"]
@@ -968,13 +1071,15 @@ def markdown(report: dict[str, Any]) -> str:
                 [
                     entry["batch_size"],
                     entry["tok_s"],
+                    entry.get("tok_s_p50"),
                     e2e,
                     h_tok_s,
                     ratio(h_tok_s, entry["tok_s"]),
                     ratio(h_tok_s, e2e),
                 ]
             )
-        header = ["batch", "decode tok/s", "prefill + decode tok/s", "Hearth tok/s"]
+        header = ["batch", "decode tok/s", "median step tok/s", "prefill + decode tok/s"]
+        header += ["Hearth tok/s"]
         lines += table([*header, "÷ decode", "÷ prefill + decode"], rows)
     return "\n".join(lines) + "\n"
 
@@ -1011,6 +1116,7 @@ def main(argv: list[str] | None = None) -> int:
             "peer_flash_attn": args.peer_flash_attn,
             "sampling": {**SAMPLING, "eog_logit_bias": EOG_BIAS, "peer_extra": PEER_SAMPLING},
             "multi_turn_repeats": args.multi_turn_repeats,
+            "paired_rounds": args.paired_rounds,
             "quick": args.quick,
         },
         "servers": servers,
@@ -1023,7 +1129,9 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".md").write_text(text, encoding="utf-8")
     print(text, end="")
     console.print(f"Wrote {out} and {out.with_suffix('.md')}")
-    failed = any(s.get("error") for s in servers.values()) or bool((ceiling or {}).get("error"))
+    failed = any(
+        s.get("error") or (s.get("paired_decode") or {}).get("error") for s in servers.values()
+    ) or bool((ceiling or {}).get("error"))
     return 1 if failed else 0
 
 

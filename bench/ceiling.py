@@ -51,6 +51,15 @@ class CeilingResult:
     tok_s: float
     e2e_tok_s: float
     tok_s_runs: list[float]
+    step_ms_p50: float  # one decode step (llama_decode + sampling every row), the median
+    tok_s_p50: float  # batch_size ÷ step_ms_p50: like for like with a stream's 1 ÷ ITL p50
+
+
+@dataclass
+class _Run:
+    prefill_s: float
+    decode_s: float
+    steps_s: list[float]
 
 
 @llama.llama_log_callback  # type: ignore[untyped-decorator]
@@ -139,8 +148,9 @@ class Ceiling:
         finally:
             llama.llama_batch_free(batch)
             llama.llama_free(ctx)
-        prefill_s = statistics.median(prefill for prefill, _ in runs)
-        decode_s = statistics.median(decode for _, decode in runs)
+        prefill_s = statistics.median(run.prefill_s for run in runs)
+        decode_s = statistics.median(run.decode_s for run in runs)
+        step_s = statistics.median(step for run in runs for step in run.steps_s)
         total = batch_size * tokens
         return CeilingResult(
             batch_size=batch_size,
@@ -150,7 +160,9 @@ class Ceiling:
             prefill_s=round(prefill_s, 4),
             tok_s=round(total / decode_s, 2),
             e2e_tok_s=round(total / (prefill_s + decode_s), 2),
-            tok_s_runs=[round(total / decode, 2) for _, decode in runs],
+            tok_s_runs=[round(total / run.decode_s, 2) for run in runs],
+            step_ms_p50=round(step_s * 1000, 3),
+            tok_s_p50=round(batch_size / step_s, 2),
         )
 
     def render(self, content: str) -> str:
@@ -159,10 +171,8 @@ class Ceiling:
         text = chat.render([{"role": "user", "content": content}])
         return text
 
-    def _generate(
-        self, ctx: Any, batch: Any, prompts: list[list[int]], tokens: int
-    ) -> tuple[float, float]:
-        """Prefill every prompt, then decode `tokens` per sequence: (prefill s, decode s)."""
+    def _generate(self, ctx: Any, batch: Any, prompts: list[list[int]], tokens: int) -> _Run:
+        """Prefill every prompt, then decode `tokens` per sequence, timing each step."""
         llama.llama_memory_clear(llama.llama_get_memory(ctx), True)
         samplers = [self.sampler(seed) for seed in range(len(prompts))]
         try:
@@ -170,6 +180,8 @@ class Ceiling:
             last = self._prefill(ctx, batch, prompts, samplers)
             prefilled = time.perf_counter()
             positions = [len(p) for p in prompts]
+            steps_s = []
+            step_start = prefilled
             for _ in range(tokens):
                 for seq, token in enumerate(last):
                     self._set(batch, seq, token, positions[seq], seq, logits=True)
@@ -178,7 +190,10 @@ class Ceiling:
                 self._decode(ctx, batch)
                 # llama_sampler_sample also accepts the token, as in Hearth's runner.
                 last = [int(llama.llama_sampler_sample(s, ctx, r)) for r, s in enumerate(samplers)]
-            return prefilled - start, time.perf_counter() - prefilled
+                now = time.perf_counter()
+                steps_s.append(now - step_start)
+                step_start = now
+            return _Run(prefilled - start, step_start - prefilled, steps_s)
         finally:
             for sampler in samplers:
                 llama.llama_sampler_free(sampler)
@@ -230,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
             if not args.json:
                 print(
-                    f"batch {size:>3}: {result.tok_s:8.1f} tok/s decode, "
+                    f"batch {size:>3}: {result.tok_s:8.1f} tok/s decode "
+                    f"({result.tok_s_p50:.1f} from the median step), "
                     f"{result.e2e_tok_s:8.1f} with prefill  (decode runs {result.tok_s_runs})"
                 )
     finally:
