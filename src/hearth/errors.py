@@ -129,6 +129,14 @@ class ModelLoadError(HearthError):
     default_code = "model_load_failed"
 
 
+class ServerShuttingDownError(HearthError):
+    """The server is stopping: requests still running when the grace period ends get this."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "server_shutting_down"
+
+
 class ClientDisconnectedError(HearthError):
     """The client left before the answer was ready; its engine request is already aborted.
     Nobody reads this response: it only ends the handler without an error in the log."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -180,6 +181,45 @@ def test_signals_shut_down_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
     assert server.stop(sig) == 0
     assert "Traceback" not in server.log()
     assert "Hearth ready on http://127.0.0.1:" in server.log()
+
+
+def test_a_stop_mid_stream_ends_running_requests_with_an_error(tmp_path: Path) -> None:
+    """SIGTERM while a stream and a plain request run: within the grace period both end with
+    503 server_shutting_down (an error event for the stream), and the server exits 0."""
+    server = start_server(tmp_path, "--parallel", "2")
+    long_request = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Write a very long story."}],
+        "max_tokens": 1500,
+        "ignore_eos": True,
+    }
+
+    async def run() -> tuple[list[str], httpx.Response, float]:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as http:
+            plain = asyncio.create_task(http.post("/v1/chat/completions", json=long_request))
+            events: list[str] = []
+            async with http.stream(
+                "POST", "/v1/chat/completions", json={**long_request, "stream": True}
+            ) as stream:
+                async for line in stream.aiter_lines():
+                    if line.startswith("data: "):
+                        events.append(line[len("data: ") :])
+                    if len(events) == 3:
+                        stopped_at = time.monotonic()
+                        server.process.send_signal(signal.SIGTERM)
+            ended_after = time.monotonic() - stopped_at
+            return events, await plain, ended_after
+
+    events, plain, ended_after = asyncio.run(run())
+    assert ended_after < 6  # the 5 s grace period, not the ~15 s the generation would take
+    last = json.loads(events[-1])
+    assert last["error"]["code"] == "server_shutting_down", events[-3:]
+    assert last["error"]["type"] == "server_error"
+    assert plain.status_code == 503
+    assert plain.json()["error"]["code"] == "server_shutting_down"
+    assert server.process.wait(timeout=20) == 0
+    assert "Traceback" not in server.log()
+    assert "timeout graceful shutdown exceeded" not in server.log()
 
 
 def test_any_gguf_path_is_served_under_its_stem(tmp_path: Path) -> None:

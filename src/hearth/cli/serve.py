@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import types
@@ -16,6 +17,12 @@ from hearth.settings import ServeSettings
 __all__ = ["command", "serve"]
 
 logger = logging.getLogger("hearth")
+
+# On SIGTERM/Ctrl-C, running requests get this long to finish. A second before it ends, those
+# still generating are ended through their engines, so each gets a 503 or a final error event
+# instead of uvicorn cancelling its task (a traceback, and a stream cut mid-event).
+GRACEFUL_SHUTDOWN_S = 5
+_END_REQUESTS_AFTER_S = GRACEFUL_SHUTDOWN_S - 1.0
 
 
 def _flag_type(annotation: Any) -> tuple[Any, bool]:
@@ -70,6 +77,7 @@ def command(**flags: Any) -> None:
 def serve(settings: ServeSettings) -> None:
     import uvicorn
 
+    from hearth.errors import ServerShuttingDownError
     from hearth.models.presets import PresetError
     from hearth.models.registry import DEFAULT_MODEL_ID, UnknownModelError
     from hearth.server.app import create_app, load_state
@@ -115,7 +123,15 @@ def serve(settings: ServeSettings) -> None:
             )
 
         async def shutdown(self, sockets: Any = None) -> None:
-            await super().shutdown(sockets)
+            ending = asyncio.get_running_loop().call_later(
+                _END_REQUESTS_AFTER_S,
+                state.end_requests,
+                ServerShuttingDownError("The server is shutting down; retry once it is back."),
+            )
+            try:
+                await super().shutdown(sockets)
+            finally:
+                ending.cancel()
             # uvicorn re-raises SIGINT/SIGTERM after shutdown (a KeyboardInterrupt traceback, or
             # death by signal); a requested stop that went cleanly exits 0 instead.
             self._captured_signals.clear()
@@ -126,7 +142,7 @@ def serve(settings: ServeSettings) -> None:
         port=settings.port,
         log_config=None,
         access_log=settings.log_level == "debug",
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         server_header=False,
     )
     _Server(config).run()

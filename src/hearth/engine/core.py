@@ -159,12 +159,13 @@ class EngineCore(Generic[SinkT]):
             if not choice.done
         ]
 
-    def abort_all(self, reason: str) -> list[tuple[SinkT, RequestOutput]]:
+    def abort_all(self, error: HearthError) -> list[tuple[SinkT, RequestOutput]]:
+        """Fail every request, running or waiting, with `error`."""
         outputs = []
         for request_id, gen in list(self._live.items()):
             self.scheduler.abort(request_id)
             self._retire(gen)
-            outputs.append((gen.sink, self._failed(gen, EngineError(reason))))
+            outputs.append((gen.sink, self._failed(gen, error)))
         self._refresh_gauges()
         return outputs
 

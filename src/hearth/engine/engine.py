@@ -26,7 +26,12 @@ from hearth.engine.types import (
     QueuePolicy,
     RequestOutput,
 )
-from hearth.errors import EngineError, ServerOverloadedError
+from hearth.errors import (
+    EngineError,
+    HearthError,
+    ServerOverloadedError,
+    ServerShuttingDownError,
+)
 
 __all__ = ["Engine"]
 
@@ -46,11 +51,16 @@ class _Abort:
     request_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class _AbortAll:
+    error: HearthError
+
+
 class _Stop:
     pass
 
 
-_Command = _Add | _Abort | _Stop
+_Command = _Add | _Abort | _AbortAll | _Stop
 
 
 class Engine:
@@ -85,6 +95,10 @@ class Engine:
         self._inbox.put(_Stop())
         self._thread.join(timeout)
         self._thread = None
+
+    def abort_all(self, error: HearthError) -> None:
+        """End every request, running or queued, with `error`; the engine keeps running."""
+        self._inbox.put(_AbortAll(error))
 
     @property
     def in_flight(self) -> int:
@@ -145,6 +159,8 @@ class Engine:
                     stop = True
                 elif isinstance(command, _Add):
                     core.add(command.request, command.sink)
+                elif isinstance(command, _AbortAll):
+                    outputs.extend(core.abort_all(command.error))
                 else:
                     outputs.extend(core.abort(command.request_id))
                 try:
@@ -152,7 +168,9 @@ class Engine:
                 except queue.Empty:
                     command = None
             if stop:
-                outputs.extend(core.abort_all("the server is shutting down"))
+                outputs.extend(
+                    core.abort_all(ServerShuttingDownError("The server is shutting down."))
+                )
                 self._running = False
                 self._deliver(outputs)
                 return
@@ -160,7 +178,7 @@ class Engine:
                 outputs.extend(core.step())
             except Exception:
                 logger.exception("engine step failed; failing the requests in flight")
-                outputs.extend(core.abort_all("internal engine error"))
+                outputs.extend(core.abort_all(EngineError("internal engine error")))
             self._deliver(outputs)
 
     def _deliver(self, outputs: list[tuple[_Sink, RequestOutput]]) -> None:

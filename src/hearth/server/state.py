@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from hearth.errors import EngineError
+from hearth.errors import EngineError, HearthError
 from hearth.models.chat_template import ChatTemplate
 from hearth.models.manager import Lease, ModelManager
 from hearth.models.presets import Preset
@@ -89,6 +89,11 @@ class ServerState:
         """Hold the model `name` for a request, loading it if needed; release the lease once
         the response is fully sent (`server/leases.py` does it for the routes)."""
         return await self.models.acquire(name, keep_alive)
+
+    def end_requests(self, error: HearthError) -> None:
+        """End every generation on every loaded model with `error` (the server is stopping)."""
+        for status in self.models.snapshot():
+            status.model.engine.abort_all(error)
 
     def model_for(self, name: str) -> LoadedModel:
         """The loaded model a request names (held by the request's lease), or a 404."""
