@@ -18,11 +18,12 @@ __all__ = ["command", "serve"]
 
 logger = logging.getLogger("hearth")
 
-# On SIGTERM/Ctrl-C, running requests get this long to finish. A second before it ends, those
-# still generating are ended through their engines, so each gets a 503 or a final error event
-# instead of uvicorn cancelling its task (a traceback, and a stream cut mid-event).
+# On SIGTERM/Ctrl-C, running requests get this long to finish. Two seconds before it ends,
+# those still running are ended through their engines, so each gets a 503 or a final error
+# event instead of uvicorn cancelling its task (a traceback, and a stream cut mid-event). The
+# margin covers one decode step of a busy engine or embedder, which cannot be interrupted.
 GRACEFUL_SHUTDOWN_S = 5
-_END_REQUESTS_AFTER_S = GRACEFUL_SHUTDOWN_S - 1.0
+_END_REQUESTS_AFTER_S = GRACEFUL_SHUTDOWN_S - 2.0
 
 
 def _flag_type(annotation: Any) -> tuple[Any, bool]:

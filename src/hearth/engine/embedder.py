@@ -31,7 +31,7 @@ import llama_cpp as llama
 
 from hearth.engine.embed_plan import EmbedChunk, l2_normalize, merge_chunk_vectors, plan_round
 from hearth.engine.llama_runner import _FLASH_ATTN_TYPES, LlamaRunner
-from hearth.errors import EngineError
+from hearth.errors import EngineError, HearthError, ServerOverloadedError
 
 __all__ = ["Embedder", "EmbedderStats"]
 
@@ -77,11 +77,16 @@ class _Abort:
     request_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class _AbortAll:
+    error: HearthError
+
+
 class _Stop:
     pass
 
 
-_Command = _Add | _Abort | _Stop
+_Command = _Add | _Abort | _AbortAll | _Stop
 
 
 @dataclass(slots=True, eq=False)
@@ -111,8 +116,12 @@ class Embedder:
     `close()` before the runner closes: the context borrows the runner's model.
     """
 
-    def __init__(self, runner: LlamaRunner) -> None:
+    def __init__(self, runner: LlamaRunner, max_requests: int) -> None:
         self._model = runner.model_handle
+        # Requests between embed() and their end, counted on the event loop; past the bound a
+        # request is refused at once (429) rather than queued without limit.
+        self._max_requests = max_requests
+        self._in_flight = 0
         self.n_embd = int(llama.llama_model_n_embd_out(self._model))
         n_ctx_train = int(llama.llama_model_n_ctx_train(self._model))
         slot = runner.n_ctx_per_slot
@@ -128,6 +137,9 @@ class Embedder:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
         self._closing = threading.Event()
+        # abort_all() also stops the round in progress between two steps, as _closing does.
+        self._aborting = threading.Event()
+        self._abort_error: HearthError = EngineError("aborted")
         # Set on the thread by _open()
         self._ctx: Any = None
         self._memory: Any = None
@@ -161,6 +173,13 @@ class Embedder:
             logger.warning("the embedder thread did not stop within %.0f s", timeout)
         self._thread = None
 
+    def abort_all(self, error: HearthError) -> None:
+        """Fail every request with `error`, the round in progress within one decode step; the
+        thread keeps running for later requests."""
+        self._abort_error = error
+        self._aborting.set()
+        self._inbox.put(_AbortAll(error))
+
     def stats(self) -> EmbedderStats:
         # Read from another thread: a copy of plain ints, consistent enough for a gauge.
         return copy.copy(self._stats)
@@ -169,11 +188,19 @@ class Embedder:
         """One unit vector per input, in order. Cancelling drops the inputs not yet decoded."""
         if not self._running:
             raise EngineError("the embedder is not running")
+        if self._in_flight >= self._max_requests:
+            raise ServerOverloadedError(
+                f"The server is overloaded: {self._in_flight} embedding requests are running or "
+                "waiting. Retry later.",
+                headers={"Retry-After": "1"},
+            )
         future: _Future = asyncio.get_running_loop().create_future()
+        self._in_flight += 1
         self._inbox.put(_Add(request_id, tuple(tuple(t) for t in inputs), future))
         try:
             return await future
         finally:
+            self._in_flight -= 1
             if future.cancelled():
                 self._inbox.put(_Abort(request_id))
 
@@ -219,6 +246,10 @@ class Embedder:
                 go_on = False
             elif isinstance(command, _Add):
                 self._add(command)
+            elif isinstance(command, _AbortAll):
+                self._aborting.clear()
+                for running in list(self._jobs.values()):
+                    self._fail(running, command.error)
             else:
                 job = self._jobs.get(command.request_id)
                 if job is not None:  # else already answered
@@ -259,10 +290,12 @@ class Embedder:
             for step in plan.steps:
                 if self._closing.is_set():
                     raise EngineError("the server is shutting down")
+                if self._aborting.is_set():
+                    raise self._abort_error
                 for chunk, vector in zip(step, self._decode_step(step, inputs), strict=True):
                     parts[chunk.seq].append((chunk.length, vector))
-        except EngineError as error:
-            if not self._closing.is_set():
+        except HearthError as error:
+            if not (self._closing.is_set() or error is self._abort_error):
                 logger.error("%s; failing its requests", error)
             for job in {id(item.job): item.job for item in inputs}.values():
                 self._fail(job, error)
@@ -289,7 +322,7 @@ class Embedder:
         self._pending = deque(kept)
         return dropped
 
-    def _fail(self, job: _Job, error: EngineError) -> None:
+    def _fail(self, job: _Job, error: HearthError) -> None:
         if not job.failed:
             self._drop(job)
             self._outcomes.append((job.future, error))

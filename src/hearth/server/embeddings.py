@@ -35,13 +35,14 @@ MAX_INPUTS = 2048  # OpenAI: "any array must be 2048 dimensions or less"
 MAX_TOTAL_TOKENS = 300_000  # OpenAI: the most tokens summed across a request's inputs
 
 
-def embedder_for(model: LoadedModel) -> Embedder:
+def embedder_for(model: LoadedModel, max_requests: int) -> Embedder:
     """The model's embedder, created by the first request that needs one (a context costs
-    memory); `LoadedModel.close_embedder` frees it with the model."""
+    memory); `LoadedModel.close_embedder` frees it with the model. It holds at most
+    `max_requests` requests, running or waiting, as the generation engine does."""
     if model.embedder is None:
         from hearth.engine.embedder import Embedder
 
-        embedder = Embedder(model.runner)
+        embedder = Embedder(model.runner, max_requests)
         embedder.start()  # the llama context is created on the embedder's own thread
         model.embedder = embedder
     return model.embedder
@@ -122,7 +123,8 @@ async def serve_embeddings(
     state: ServerState, req: EmbeddingRequest, http_request: Request
 ) -> Response:
     model = state.model_for(req.model)
-    embedder = embedder_for(model)
+    settings = state.settings
+    embedder = embedder_for(model, settings.parallel + settings.max_queue)
     _check_dimensions(req.dimensions, embedder.n_embd, model.model_id)
     inputs = input_tokens(model, req, embedder.max_input_tokens)
     request_id = f"embd-{uuid.uuid4().hex}"

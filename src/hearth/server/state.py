@@ -91,9 +91,11 @@ class ServerState:
         return await self.models.acquire(name, keep_alive)
 
     def end_requests(self, error: HearthError) -> None:
-        """End every generation on every loaded model with `error` (the server is stopping)."""
+        """End every request on every loaded model with `error` (the server is stopping)."""
         for status in self.models.snapshot():
             status.model.engine.abort_all(error)
+            if status.model.embedder is not None:
+                status.model.embedder.abort_all(error)
 
     def model_for(self, name: str) -> LoadedModel:
         """The loaded model a request names (held by the request's lease), or a 404."""
