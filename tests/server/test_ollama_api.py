@@ -172,3 +172,19 @@ def test_errors_use_ollama_shape(server: HearthServer, client: ollama.Client) ->
         json={"model": MODEL, "prompt": "hi", "options": {"num_ctx": 10**6}, "stream": False},
     )
     assert big_ctx.status_code == 400 and "num_ctx" in big_ctx.json()["error"]
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
+@pytest.mark.parametrize("keep_alive", ["soon", True, ""])
+def test_bad_keep_alive_is_a_400_not_a_500(
+    server: HearthServer, path: str, keep_alive: object
+) -> None:
+    # Found by the fuzzer: Ollama's keep_alive was parsed only after validation, so "soon" was a
+    # 500, and JSON true passed as 1 second (unloading the model a second after the request).
+    response = httpx.post(
+        f"{server.base_url}{path}", json={"model": MODEL, "keep_alive": keep_alive}, timeout=30
+    )
+    assert response.status_code == 400
+    body = response.json()
+    assert set(body) == {"error"} and "keep_alive" in body["error"]
+    assert server.health()["model_loaded"]

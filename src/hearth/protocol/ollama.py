@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hearth.models.keep_alive import KeepAlive
+
 __all__ = [
     "ChatRequest",
     "ChatResponse",
@@ -101,7 +103,7 @@ class ChatRequest(_Request):
     format: Literal["", "json"] | dict[str, Any] | None = None
     options: Options | None = None
     stream: bool = True
-    keep_alive: float | str | None = None
+    keep_alive: KeepAlive | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
     # extension, not in Ollama's API: OpenAI's tool_choice ("auto" when absent, as in Ollama)
@@ -122,7 +124,7 @@ class GenerateRequest(_Request):
     template: str | None = None
     stream: bool = True
     raw: bool | None = None
-    keep_alive: float | str | None = None
+    keep_alive: KeepAlive | None = None
     context: list[int] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
