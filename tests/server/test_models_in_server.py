@@ -274,6 +274,16 @@ def test_admin_load_and_unload(multi: Multi) -> None:
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "keep_alive"
 
 
+def test_a_keep_alive_past_any_clock_keeps_the_model_for_good(multi: Multi) -> None:
+    # Found by the fuzzer: this was a 500, and so was every /api/ps and /health after it.
+    response = multi.post("/admin/models/load", {"model": "counter", "keep_alive": 1.6e217})
+    assert response.status_code == 200, response.text
+    assert response.json()["expires_at"] is None
+    assert multi.ps()["counter"]["expires_at"] is None
+    assert multi.server.health()["status"] == "ok"
+    _unload(multi, "counter")
+
+
 # -- start-up ----------------------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from hearth.errors import (
     ModelNotFoundError,
     ModelsBusyError,
 )
-from hearth.models.keep_alive import format_keep_alive, parse_keep_alive
+from hearth.models.keep_alive import FOREVER_AFTER_S, format_keep_alive, parse_keep_alive
 from hearth.models.manager import ManagerLimits, ModelManager
 
 T = TypeVar("T")
@@ -121,6 +121,16 @@ def loaded(manager: ModelManager[FakeModel]) -> list[str]:
 )
 def test_keep_alive_takes_ollamas_forms(value: str | int | float, seconds: float) -> None:
     assert parse_keep_alive(value) == seconds
+
+
+@pytest.mark.parametrize(
+    "value", [1.661621883407292e217, "1e300", "9999999999999h", 10**30, -(10**400), 10**400]
+)
+def test_keep_alive_past_any_clock_is_forever(value: str | int | float) -> None:
+    # Found by the fuzzer: a keep_alive of 1.66e217 seconds made every /api/ps and /health a 500
+    # (no datetime is that far away) for as long as the model stayed loaded.
+    assert parse_keep_alive(value) == math.inf
+    assert parse_keep_alive(FOREVER_AFTER_S) == FOREVER_AFTER_S
 
 
 @pytest.mark.parametrize("value", ["", "ten minutes", "10x", "5 m", "m", True])

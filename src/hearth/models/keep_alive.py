@@ -2,7 +2,8 @@
 
 A number is seconds; a string is a Go-style duration ("10m", "30s", "1h30m", "500ms") or a bare
 number of seconds ("300"). Zero unloads right after the request; any negative value keeps the
-model loaded for good, returned here as `math.inf`.
+model loaded for good, returned here as `math.inf`, and so does one longer than Ollama's longest
+(a Go duration's, about 292 years): no clock could show when it ends.
 """
 
 from __future__ import annotations
@@ -13,10 +14,18 @@ from typing import Annotated
 
 from pydantic import BeforeValidator
 
-__all__ = ["KeepAlive", "KeepAliveInput", "format_keep_alive", "parse_keep_alive"]
+__all__ = [
+    "FOREVER_AFTER_S",
+    "KeepAlive",
+    "KeepAliveInput",
+    "format_keep_alive",
+    "parse_keep_alive",
+]
 
 KeepAliveInput = str | int | float
 
+# The longest Go time.Duration, which Ollama parses keep_alive into; longer means forever here.
+FOREVER_AFTER_S = (2**63 - 1) / 1e9
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 
@@ -25,10 +34,12 @@ def parse_keep_alive(value: KeepAliveInput) -> float:
     """Seconds to keep a model loaded after its last request; `math.inf` means forever."""
     if isinstance(value, bool):  # a JSON true is an int to Python; never a duration
         raise ValueError("keep_alive must be a number of seconds or a duration like '10m'")
+    if isinstance(value, int) and abs(value) > FOREVER_AFTER_S:
+        return math.inf  # JSON's integers have no bound; float() would overflow
     seconds = float(value) if isinstance(value, int | float) else _parse_duration(value)
     if math.isnan(seconds):
         raise ValueError("keep_alive must be a number of seconds or a duration like '10m'")
-    return math.inf if seconds < 0 else seconds
+    return math.inf if seconds < 0 or seconds > FOREVER_AFTER_S else seconds
 
 
 def _parse_duration(text: str) -> float:
