@@ -17,6 +17,7 @@ from hearth.models.keep_alive import KeepAlive
 __all__ = [
     "ChatRequest",
     "ChatResponse",
+    "ErrorResponse",
     "GenerateRequest",
     "GenerateResponse",
     "Message",
@@ -215,6 +216,12 @@ class ShowResponse(BaseModel):
     model_info: dict[str, Any]
     capabilities: list[str]
     modified_at: str
+
+
+class ErrorResponse(BaseModel):
+    """Every /api error: Ollama's clients read the message from `error`."""
+
+    error: str
 
 
 class VersionResponse(BaseModel):

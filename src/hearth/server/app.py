@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -24,7 +24,7 @@ from hearth.models.footprint import model_shape
 from hearth.models.manager import ManagerLimits, ModelManager
 from hearth.models.presets import PRESETS_FILE_NAME, Preset, load_presets
 from hearth.server.catalog import ModelSpec, ServerCatalog
-from hearth.server.errors import install_error_handlers
+from hearth.server.errors import drop_validation_responses, install_error_handlers
 from hearth.server.limits import BodySizeLimit
 from hearth.server.model_routes import models_router
 from hearth.server.routes import (
@@ -153,6 +153,13 @@ def load_state(settings: ServeSettings, presets: dict[str, Preset] | None = None
     return ServerState(settings=settings, catalog=catalog, models=manager, devices=devices)
 
 
+class _HearthAPI(FastAPI):
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            self.openapi_schema = drop_validation_responses(super().openapi())
+        return self.openapi_schema
+
+
 def create_app(settings: ServeSettings, state: ServerState | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -164,7 +171,7 @@ def create_app(settings: ServeSettings, state: ServerState | None = None) -> Fas
         finally:
             await loaded.models.close()
 
-    app = FastAPI(
+    app = _HearthAPI(
         title="Hearth",
         version=__version__,
         summary="A local LLM server with the OpenAI API.",

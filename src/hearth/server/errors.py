@@ -13,8 +13,17 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hearth.errors import HearthError, InvalidRequestError, NotFoundError
+from hearth.protocol.ollama import ErrorResponse as OllamaErrorBody
+from hearth.protocol.openai import ErrorBody
 
-__all__ = ["error_response", "install_error_handlers", "sse_error_event", "validation_error"]
+__all__ = [
+    "drop_validation_responses",
+    "error_response",
+    "error_responses",
+    "install_error_handlers",
+    "sse_error_event",
+    "validation_error",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +39,24 @@ def error_response(error: HearthError, *, ollama: bool = False) -> JSONResponse:
     # Ollama's native API (/api/...) answers errors as {"error": "message"}; its clients read that.
     body = {"error": error.message} if ollama else error.to_body()
     return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+
+
+def error_responses(*statuses: int, ollama: bool = False) -> dict[int | str, dict[str, Any]]:
+    """/openapi.json's entries for the errors a route answers, in the body shape it uses."""
+    body = OllamaErrorBody if ollama else ErrorBody
+    return {status: {"model": body} for status in statuses}
+
+
+def drop_validation_responses(openapi: dict[str, Any]) -> dict[str, Any]:
+    """FastAPI documents a 422 for every route that validates input; Hearth answers a validation
+    failure with a 400 (`on_validation_error`), documented with the route's other errors."""
+    for path_item in openapi.get("paths", {}).values():
+        for operation in path_item.values():
+            operation.get("responses", {}).pop("422", None)
+    schemas = openapi.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    return openapi
 
 
 def _is_ollama(request: Request) -> bool:

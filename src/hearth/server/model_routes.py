@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
@@ -17,17 +16,15 @@ from hearth.protocol.admin import (
     UnloadModelRequest,
     UnloadModelResponse,
 )
-from hearth.protocol.openai import ErrorBody
 from hearth.server.auth import require_api_key
+from hearth.server.errors import error_responses
 from hearth.server.state import LoadedModel, ServerState
 
 __all__ = ["iso_time", "models_router"]
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody} for status in (400, 401, 404, 500, 503)
-}
-
-models_router = APIRouter(dependencies=[Depends(require_api_key)], responses=_ERRORS)
+models_router = APIRouter(dependencies=[Depends(require_api_key)])
+# /api/ps answers errors in Ollama's shape, like the rest of /api; /admin in OpenAI's.
+_ADMIN_ERRORS = error_responses(400, 401, 404, 413, 500, 503)
 
 
 def iso_time(timestamp: float | None) -> str | None:
@@ -54,12 +51,12 @@ def _running(status: ModelStatus[LoadedModel]) -> RunningModel:
     )
 
 
-@models_router.get("/api/ps")
+@models_router.get("/api/ps", responses=error_responses(401, 500, ollama=True))
 async def running_models(request: Request) -> RunningModels:
     return RunningModels(models=[_running(s) for s in _state(request).models.snapshot()])
 
 
-@models_router.post("/admin/models/load")
+@models_router.post("/admin/models/load", responses=_ADMIN_ERRORS)
 async def load_model(body: LoadModelRequest, request: Request) -> RunningModel:
     """Load a model now (waiting for room like a request would); it then stays for its
     keep_alive like after a request. Answers with its /api/ps entry."""
@@ -68,7 +65,7 @@ async def load_model(body: LoadModelRequest, request: Request) -> RunningModel:
     return _running(await models.load(body.model, keep_alive))
 
 
-@models_router.post("/admin/models/unload")
+@models_router.post("/admin/models/unload", responses=_ADMIN_ERRORS)
 async def unload_model(body: UnloadModelRequest, request: Request) -> UnloadModelResponse:
     """Unload a model now when idle; a busy one unloads once its requests end."""
     result = await _state(request).models.unload(body.model)

@@ -13,7 +13,7 @@ from hearth import __version__
 from hearth.engine.types import EngineStats
 from hearth.models.presets import apply_preset
 from hearth.protocol import ollama
-from hearth.protocol.embeddings import EmbeddingRequest
+from hearth.protocol.embeddings import EmbeddingList, EmbeddingRequest
 from hearth.protocol.extensions import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -21,14 +21,17 @@ from hearth.protocol.extensions import (
     TokenizeResponse,
 )
 from hearth.protocol.openai import (
+    ChatCompletion,
+    ChatCompletionChunk,
     ChatCompletionRequest,
     CompletionRequest,
-    ErrorBody,
     Model,
     ModelList,
+    TextCompletion,
 )
 from hearth.server.auth import require_api_key
 from hearth.server.embeddings import serve_embeddings
+from hearth.server.errors import error_responses
 from hearth.server.leases import with_model
 from hearth.server.metrics import CONTENT_TYPE, render_metrics
 from hearth.server.model_routes import iso_time
@@ -38,20 +41,27 @@ from hearth.server.ollama import (
     serve_ollama_generate,
     show_model,
 )
+from hearth.server.openapi import json_or_event_stream, json_or_ndjson
 from hearth.server.serving import check_token_ids, serve_chat, serve_completion
 from hearth.server.state import ServerState
 
 __all__ = ["extensions_router", "health_router", "ollama_router", "openai_router"]
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody} for status in (400, 401, 404, 413, 429, 500, 503)
-}
+_STATUSES = (400, 401, 404, 413, 429, 500, 503)
 
 health_router = APIRouter()
-openai_router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_ERRORS)
-extensions_router = APIRouter(dependencies=[Depends(require_api_key)], responses=_ERRORS)
+openai_router = APIRouter(
+    prefix="/v1", dependencies=[Depends(require_api_key)], responses=error_responses(*_STATUSES)
+)
+extensions_router = APIRouter(
+    dependencies=[Depends(require_api_key)], responses=error_responses(*_STATUSES)
+)
 # Ollama's native API: https://github.com/ollama/ollama/blob/main/docs/api.md
-ollama_router = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)])
+ollama_router = APIRouter(
+    prefix="/api",
+    dependencies=[Depends(require_api_key)],
+    responses=error_responses(*_STATUSES, ollama=True),
+)
 
 
 def _state(request: Request) -> ServerState:
@@ -121,7 +131,11 @@ async def health(request: Request) -> dict[str, Any]:
     }
 
 
-@health_router.get("/metrics", response_class=Response)
+@health_router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 async def metrics(request: Request) -> Response:
     models = _state(request).models
     stats = [(status.name, status.model.engine.stats()) for status in models.snapshot()]
@@ -147,7 +161,11 @@ async def get_model(model_id: str, request: Request) -> Model:
     return _model_card(state, model_id)
 
 
-@openai_router.post("/chat/completions", response_model=None)
+@openai_router.post(
+    "/chat/completions",
+    response_model=None,
+    responses=json_or_event_stream(ChatCompletion, ChatCompletionChunk),
+)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request
 ) -> JSONResponse | StreamingResponse:
@@ -160,7 +178,11 @@ async def chat_completions(
     )
 
 
-@openai_router.post("/completions", response_model=None)
+@openai_router.post(
+    "/completions",
+    response_model=None,
+    responses=json_or_event_stream(TextCompletion, TextCompletion),
+)
 async def completions(
     body: CompletionRequest, request: Request
 ) -> JSONResponse | StreamingResponse:
@@ -173,7 +195,7 @@ async def completions(
     )
 
 
-@openai_router.post("/embeddings", response_model=None)
+@openai_router.post("/embeddings", response_model=None, responses={200: {"model": EmbeddingList}})
 async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
     state = _state(request)
     return await with_model(
@@ -199,7 +221,7 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeRes
     return DetokenizeResponse(content=content)
 
 
-@ollama_router.post("/chat", response_model=None)
+@ollama_router.post("/chat", response_model=None, responses=json_or_ndjson(ollama.ChatResponse))
 async def ollama_chat(
     body: ollama.ChatRequest, request: Request
 ) -> JSONResponse | StreamingResponse:
@@ -212,7 +234,9 @@ async def ollama_chat(
     )
 
 
-@ollama_router.post("/generate", response_model=None)
+@ollama_router.post(
+    "/generate", response_model=None, responses=json_or_ndjson(ollama.GenerateResponse)
+)
 async def ollama_generate(
     body: ollama.GenerateRequest, request: Request
 ) -> JSONResponse | StreamingResponse:
