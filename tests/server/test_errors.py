@@ -225,3 +225,48 @@ def test_detokenize_refuses_unknown_token_ids(server: HearthServer) -> None:
     response = post(server, "/detokenize", json={"tokens": [1, 10**9]})
     assert response.status_code == 400
     assert error_of(response)["param"] == "tokens"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        (
+            "/v1/chat/completions",
+            {"model": MODEL, "messages": CHAT, "max_tokens": "2"},
+            "max_tokens",
+        ),
+        ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "stream": "yes"}, "stream"),
+        ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "logprobs": 1}, "logprobs"),
+        ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "n": "2"}, "n"),
+        ("/v1/completions", {"model": MODEL, "prompt": "Hi", "echo": 0.0}, "echo"),
+        ("/v1/completions", {"model": MODEL, "prompt": "Hi", "temperature": "0"}, "temperature"),
+        ("/v1/embeddings", {"model": MODEL, "input": "Hi", "dimensions": "576"}, "dimensions"),
+        ("/tokenize", {"content": "Hi", "add_special": 1}, "add_special"),
+        ("/detokenize", {"tokens": ["5"]}, "tokens[0]"),
+    ],
+)
+def test_a_value_of_the_wrong_json_type_is_refused_not_coerced(
+    server: HearthServer, path: str, body: dict[str, Any], param: str
+) -> None:
+    # Found by the fuzzer: pydantic's lax mode took "2" as 2 and 0.0 as false, where the schema
+    # (and OpenAI's API) say integer and boolean; "stream": "yes" even started a stream.
+    response = post(server, path, json=body)
+    assert response.status_code == 400, response.text
+    assert error_of(response)["param"] == param
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/api/generate", {"model": MODEL, "options": {"use_mmap": 0.0}}, "options.use_mmap"),
+        ("/api/chat", {"model": MODEL, "stream": "false"}, "stream"),
+        ("/api/show", {"model": MODEL, "verbose": 0.0}, "verbose"),
+    ],
+)
+def test_ollama_routes_refuse_wrong_json_types_too(
+    server: HearthServer, path: str, body: dict[str, Any], param: str
+) -> None:
+    response = post(server, path, json=body)
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]
+    assert isinstance(message, str) and param in message

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from hearth.models.keep_alive import KeepAlive
+from hearth.protocol.base import StrictRequest
 
 __all__ = [
     "LoadModelRequest",
@@ -18,7 +19,7 @@ __all__ = [
 ]
 
 
-class LoadModelRequest(BaseModel):
+class LoadModelRequest(StrictRequest):
     model_config = ConfigDict(extra="forbid")
 
     model: str
@@ -26,7 +27,7 @@ class LoadModelRequest(BaseModel):
     keep_alive: KeepAlive | None = None
 
 
-class UnloadModelRequest(BaseModel):
+class UnloadModelRequest(StrictRequest):
     model_config = ConfigDict(extra="forbid")
 
     model: str

@@ -8,10 +8,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
+from hearth.protocol.base import StrictRequest
+
 __all__ = ["Embedding", "EmbeddingList", "EmbeddingRequest", "EmbeddingUsage"]
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(StrictRequest):
     """https://platform.openai.com/docs/api-reference/embeddings/create"""
 
     # OpenAI answers an unknown argument with a 400 naming it; so does Hearth.

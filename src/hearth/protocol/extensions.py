@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from hearth.protocol.base import StrictRequest
+
 __all__ = ["DetokenizeRequest", "DetokenizeResponse", "TokenizeRequest", "TokenizeResponse"]
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(StrictRequest):
     model_config = ConfigDict(extra="forbid")
 
     content: str
@@ -21,7 +23,7 @@ class TokenizeResponse(BaseModel):
     tokens: list[int]
 
 
-class DetokenizeRequest(BaseModel):
+class DetokenizeRequest(StrictRequest):
     model_config = ConfigDict(extra="forbid")
 
     tokens: list[int]

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from hearth.models.keep_alive import KeepAlive
+from hearth.protocol.base import StrictRequest
 
 __all__ = [
     "ChatRequest",
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 
-class _Request(BaseModel):
+class _Request(StrictRequest):
     model_config = ConfigDict(extra="forbid")
 
 

@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from hearth.models.keep_alive import KeepAlive
+from hearth.protocol.base import StrictRequest
 
 __all__ = [
     "ChatCompletion",
@@ -35,13 +36,15 @@ __all__ = [
 ]
 
 
-class _Request(BaseModel):
+class _Request(StrictRequest):
     # OpenAI answers an unknown argument with a 400 naming it; so does Hearth.
     model_config = ConfigDict(extra="forbid")
 
 
 class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # Messages and content parts: strict too, but no field is a number (and a discriminator
+    # takes no before-validator, so not a StrictRequest).
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 # -- chat messages -----------------------------------------------------------------------------
