@@ -188,3 +188,20 @@ def test_bad_keep_alive_is_a_400_not_a_500(
     body = response.json()
     assert set(body) == {"error"} and "keep_alive" in body["error"]
     assert server.health()["model_loaded"]
+
+
+def test_body_over_the_limit_is_a_413_in_ollamas_shape(server: HearthServer) -> None:
+    # The body limit answered /api/... in OpenAI's shape, which Ollama's clients cannot read.
+    huge = b'{"model": "smollm2:135m", "prompt": "' + b"a" * (17 * 1024 * 1024) + b'"}'
+    headers = {"content-type": "application/json"}
+
+    def chunked() -> Iterator[bytes]:  # no content-length: counted as it comes
+        yield from (huge[i : i + 1024 * 1024] for i in range(0, len(huge), 1024 * 1024))
+
+    for content in (huge, chunked()):
+        response = httpx.post(
+            f"{server.base_url}/api/generate", content=content, headers=headers, timeout=60
+        )
+        assert response.status_code == 413
+        body = response.json()
+        assert set(body) == {"error"} and "too large" in body["error"]

@@ -21,6 +21,7 @@ __all__ = [
     "error_response",
     "error_responses",
     "install_error_handlers",
+    "is_ollama_path",
     "sse_error_event",
     "validation_error",
 ]
@@ -59,8 +60,13 @@ def drop_validation_responses(openapi: dict[str, Any]) -> dict[str, Any]:
     return openapi
 
 
+def is_ollama_path(path: str) -> bool:
+    """Ollama's native API (/api/...) answers errors in its own shape."""
+    return path.startswith("/api/")
+
+
 def _is_ollama(request: Request) -> bool:
-    return request.url.path.startswith("/api/")
+    return is_ollama_path(request.url.path)
 
 
 def sse_error_event(error: HearthError) -> bytes:

@@ -1,11 +1,11 @@
-"""A request body limit, enforced before the body is buffered (413 in OpenAI's shape)."""
+"""A request body limit, enforced before the body is buffered (413 in the route's error shape)."""
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hearth.errors import PayloadTooLargeError
-from hearth.server.errors import error_response
+from hearth.server.errors import error_response, is_ollama_path
 
 __all__ = ["BodySizeLimit"]
 
@@ -22,9 +22,10 @@ class BodySizeLimit:
         error = PayloadTooLargeError(
             f"Request body too large: the limit is {self.max_bytes} bytes.", param=None
         )
+        ollama = is_ollama_path(scope["path"])
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await error_response(error)(scope, receive, send)
+                await error_response(error, ollama=ollama)(scope, receive, send)
                 return
 
         received = 0
@@ -44,7 +45,7 @@ class BodySizeLimit:
             # The framework may turn the read failure into its own 400; answer 413 instead.
             if exceeded:
                 if message["type"] == "http.response.start":
-                    await error_response(error)(scope, receive, send)
+                    await error_response(error, ollama=ollama)(scope, receive, send)
                 return
             await send(message)
 
