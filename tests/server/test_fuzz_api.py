@@ -1,0 +1,279 @@
+"""Schemathesis fuzzes every operation in the real server's /openapi.json: schema-valid and
+schema-violating requests, checked for no 5xx, errors in the route's own shape, responses as
+documented (status, content type, body; a stream event by event or line by line) and invalid
+input refused.
+
+One server of its own with a small context (256 tokens, 2 slots): a generation without
+`max_tokens` ends within ~250 tokens, and a fuzzed `max_tokens` past the context is a quick
+400 `context_length_exceeded`, so generated values are sent as they are. The run is bounded and
+reproducible: a few examples per operation, derandomized.
+
+Schemathesis' own pytest plugin is off (pyproject.toml: its lazy `from_fixture` schemas use
+pytest internals that pytest 9 removed), so each operation is a plain parametrized test that
+draws cases from `operation.as_strategy()` with Hypothesis.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import jsonschema
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.server.conftest import MODEL, HearthServer, start_server
+
+pytestmark = pytest.mark.server
+
+# Every operation the server documents; test_every_operation_is_fuzzed keeps this list whole.
+OPERATIONS = [
+    ("GET", "/health"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/models/{model_id}"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+    ("POST", "/v1/embeddings"),
+    ("POST", "/tokenize"),
+    ("POST", "/detokenize"),
+    ("POST", "/api/chat"),
+    ("POST", "/api/generate"),
+    ("GET", "/api/tags"),
+    ("POST", "/api/show"),
+    ("GET", "/api/version"),
+    ("GET", "/api/ps"),
+    ("POST", "/admin/models/load"),
+    # Fuzzed with generated names only (see flatmap_body): unloading the model under
+    # test would make every later example reload it; the only other model, the bundled Gemma,
+    # is too big to load and unload here. test_models_in_server.py covers unloading.
+    ("POST", "/admin/models/unload"),
+]
+
+HI = [{"role": "user", "content": "Hi"}]
+JSON_OBJECT = {"type": "json_object"}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+# Generated bodies seldom get past validation to an answer, let alone a stream: these requests
+# run first on every run (Hypothesis' explicit examples) and are checked the same way.
+SEEDS: dict[tuple[str, str], list[dict[str, Any]]] = {
+    ("POST", "/v1/chat/completions"): [
+        {
+            "model": MODEL,
+            "messages": HI,
+            "max_tokens": 8,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "logprobs": True,
+            "top_logprobs": 2,
+        },
+        {"model": MODEL, "messages": HI, "max_tokens": 24, "tools": [WEATHER], "stream": True},
+        {"model": MODEL, "messages": HI, "max_tokens": 24, "tools": [WEATHER], "n": 2},
+        {"model": MODEL, "messages": HI, "max_tokens": 9, "response_format": JSON_OBJECT},
+    ],
+    ("POST", "/v1/completions"): [
+        {"model": MODEL, "prompt": "Once upon", "max_tokens": 8, "stream": True, "logprobs": 2},
+        {"model": MODEL, "prompt": ["One", "Two"], "max_tokens": 4, "n": 2, "echo": True},
+        {"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 4, "best_of": 2},
+    ],
+    ("POST", "/v1/embeddings"): [
+        {"model": MODEL, "input": ["Hi", "there"], "encoding_format": "base64"},
+    ],
+    ("POST", "/api/chat"): [
+        {"model": MODEL, "messages": HI, "options": {"num_predict": 8}},
+        {"model": MODEL, "messages": HI, "tools": [WEATHER], "options": {"num_predict": 24}},
+        {"model": MODEL, "messages": HI, "stream": False, "format": "json", "logprobs": True},
+    ],
+    ("POST", "/api/generate"): [
+        {"model": MODEL, "prompt": "Once upon", "options": {"num_predict": 8}, "logprobs": True},
+        {"model": MODEL, "prompt": "Once", "raw": True, "stream": False},
+    ],
+}
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    # Streams included: Schemathesis reads text/event-stream event by event against the
+    # documented event schema; NDJSON, which it cannot read, is checked by ndjson_lines below.
+    response_schema_conformance,
+    negative_data_rejection,
+    # Left out: positive_data_acceptance (a schema-valid request must not get a 400). Hearth
+    # declares OpenAI's fields it refuses by name (`audio`, `store: true`…, a 400
+    # unsupported_parameter) and refuses what depends on the model, which no schema can say:
+    # a prompt past the context, `n` over the slots, token ids outside the vocabulary.
+]
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HearthServer]:
+    args = ["--ctx-size", "256", "--parallel", "2"]
+    with start_server(tmp_path_factory.mktemp("fuzz"), *args) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def session() -> Iterator[requests.Session]:
+    with requests.Session() as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def api_schema(fuzz_server: HearthServer) -> Any:
+    # Streams are read whole (at most ~2 x 256 tokens here): Schemathesis stops reading one after
+    # 20 events by default, and then nothing can be said about how it ends. No schemathesis.toml
+    # from the working directory is read either.
+    config = schemathesis.Config.from_dict({"max-stream-events": 1000})
+    url = f"{fuzz_server.base_url}/openapi.json"
+    schema = schemathesis.openapi.from_url(url, config=config, timeout=30)
+
+    # A generated model name is almost never a served one, so a request would stop at the 404:
+    # half the examples name the model under test instead, and get past it.
+    @schema.hook
+    def flatmap_body(context: schemathesis.HookContext, body: Any) -> Any:
+        unload = context.operation is not None and context.operation.path.endswith("/unload")
+        if unload or not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return st.just(body)
+        return st.sampled_from([body["model"], MODEL]).map(lambda name: {**body, "model": name})
+
+    @schema.hook
+    def flatmap_path_parameters(
+        context: schemathesis.HookContext, parameters: dict[str, Any] | None
+    ) -> Any:
+        if not parameters or not isinstance(parameters.get("model_id"), str):
+            return st.just(parameters)
+        return st.sampled_from([parameters["model_id"], MODEL]).map(
+            lambda name: {**parameters, "model_id": name}
+        )
+
+    return schema
+
+
+@schemathesis.check
+def error_shape(
+    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
+) -> bool | None:
+    """An error is OpenAI's {"error": {"message", "type", "param", "code"}}, except on /api/,
+    which answers as Ollama does: {"error": "<message>"}."""
+    if response.status_code < 400:
+        return None
+    body = response.json()
+    assert isinstance(body, dict) and set(body) == {"error"}, f"not an error body: {body}"
+    error = body["error"]
+    if case.operation.path.startswith("/api/"):
+        assert isinstance(error, str) and error, f"not Ollama's error shape: {body}"
+        return None
+    assert isinstance(error, dict), f"not OpenAI's error shape: {body}"
+    assert set(error) == {"message", "type", "param", "code"}, f"not OpenAI's error shape: {body}"
+    assert isinstance(error["message"], str) and error["message"], body
+    assert isinstance(error["type"], str) and error["type"], body
+    assert error["param"] is None or isinstance(error["param"], str), body
+    assert error["code"] is None or isinstance(error["code"], str), body
+    return None
+
+
+@schemathesis.check
+def ndjson_lines(
+    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
+) -> bool | None:
+    """Each line of an NDJSON stream is what /openapi.json documents for one line, and the
+    stream ends with its `done` line or an error line."""
+    if not response.headers.get("content-type", [""])[0].startswith("application/x-ndjson"):
+        return None
+    document = case.operation.schema.raw_schema
+    responses = document["paths"][case.operation.path][case.operation.method.lower()]["responses"]
+    line_schema = responses[str(response.status_code)]["content"]["application/x-ndjson"]["schema"]
+    validator = jsonschema.Draft202012Validator(
+        {**line_schema, "components": document["components"]}
+    )
+    lines = [json.loads(line) for line in response.text.splitlines() if line]
+    assert lines, "an empty NDJSON stream"
+    for line in lines:
+        problems = [error.message for error in validator.iter_errors(line)]
+        assert not problems, f"an NDJSON line not as documented: {line}: {problems}"
+    assert lines[-1].get("done") is True or "error" in lines[-1], f"cut short: {lines[-1]}"
+    return None
+
+
+@schemathesis.check
+def event_stream_ends(
+    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
+) -> bool | None:
+    """An SSE stream ends with `data: [DONE]`, or with the error event that cut it short."""
+    if not response.headers.get("content-type", [""])[0].startswith("text/event-stream"):
+        return None
+    assert not response.stream_cut_short, "read only part of the stream: raise max-stream-events"
+    events = [part for part in response.text.split("\n\n") if part.strip()]
+    assert events, "an empty event stream"
+    last = events[-1]
+    assert last == "data: [DONE]" or last.startswith('data: {"error"'), f"cut short: {last}"
+    return None
+
+
+def test_every_operation_is_fuzzed(api_schema: Any) -> None:
+    documented = {
+        (method.upper(), path)
+        for path, item in api_schema.raw_schema["paths"].items()
+        for method in item
+    }
+    assert documented == set(OPERATIONS)
+
+
+def seeded(operation: Any, bodies: list[dict[str, Any]]) -> Any:
+    """Hypothesis' @example for each body, run before the generated cases."""
+
+    def decorate(test: Any) -> Any:
+        for body in reversed(bodies):
+            test = example(case=operation.Case(body=body))(test)
+        return test
+
+    return decorate
+
+
+@pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
+def test_fuzz(api_schema: Any, session: requests.Session, method: str, path: str) -> None:
+    operation = api_schema[path][method]
+    cases = st.one_of(
+        operation.as_strategy(generation_mode=mode) for mode in schemathesis.GenerationMode
+    )
+
+    @given(case=cases)
+    @seeded(operation, SEEDS.get((method, path), []))
+    @settings(
+        max_examples=25,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        # Drawing from the chat schemas can take a while on a busy 2-core machine: no bug.
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    def fuzz(case: schemathesis.Case) -> None:
+        case.call_and_validate(
+            session=session,
+            timeout=60,
+            checks=[*CHECKS, error_shape, ndjson_lines, event_stream_ends],
+        )
+
+    fuzz()
