@@ -19,8 +19,8 @@ from hearth.server.errors import sse_error_event
 from hearth.settings import ServeSettings
 
 
-@pytest.fixture(scope="module")
-def openapi() -> dict[str, Any]:
+@pytest.fixture()
+def openapi() -> dict[str, Any]:  # after tests/conftest.py has cleared HEARTH_* from the env
     return create_app(ServeSettings()).openapi()
 
 
