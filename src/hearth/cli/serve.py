@@ -18,12 +18,12 @@ __all__ = ["command", "serve"]
 
 logger = logging.getLogger("hearth")
 
-# On SIGTERM/Ctrl-C, running requests get this long to finish. Two seconds before it ends,
-# those still running are ended through their engines, so each gets a 503 or a final error
-# event instead of uvicorn cancelling its task (a traceback, and a stream cut mid-event). The
-# margin covers one decode step of a busy engine or embedder, which cannot be interrupted.
-GRACEFUL_SHUTDOWN_S = 5
-_END_REQUESTS_AFTER_S = GRACEFUL_SHUTDOWN_S - 2.0
+# On SIGTERM/Ctrl-C, running requests get this long to finish. Those still running then are
+# ended through their engines, so each gets a 503 or a final error event; uvicorn's own deadline
+# (cancelling tasks: a traceback, and a stream cut mid-event) comes only later, with a wide
+# margin for a decode step on a loaded machine, which cannot be interrupted.
+_END_REQUESTS_AFTER_S = 5.0
+GRACEFUL_SHUTDOWN_S = 10
 
 
 def _flag_type(annotation: Any) -> tuple[Any, bool]:
