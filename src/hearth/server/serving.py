@@ -650,6 +650,7 @@ def _sse(payload: str) -> bytes:
 
 
 _SSE_DONE = b"data: [DONE]\n\n"
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class _ContentChunk:
@@ -665,9 +666,6 @@ class _ContentChunk:
 
     def render(self, text: str) -> bytes:
         return self._head + json.dumps(text, ensure_ascii=False).encode() + self._tail
-
-
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 async def _guarded_stream(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
