@@ -1,4 +1,4 @@
-"""Ollama's native API wire types: chat, generate, tags, show, version.
+"""Ollama's native API wire types: chat, generate, tags, show, embed, version.
 
 Fields follow https://github.com/ollama/ollama/blob/main/docs/api.md, so an app written for
 Ollama (or the official `ollama` Python client) talks to Hearth unchanged. Unknown fields and
@@ -18,6 +18,10 @@ from hearth.protocol.base import StrictRequest
 __all__ = [
     "ChatRequest",
     "ChatResponse",
+    "EmbedRequest",
+    "EmbedResponse",
+    "EmbeddingsRequest",
+    "EmbeddingsResponse",
     "ErrorResponse",
     "GenerateRequest",
     "GenerateResponse",
@@ -217,6 +221,38 @@ class ShowResponse(BaseModel):
     model_info: dict[str, Any]
     capabilities: list[str]
     modified_at: str
+
+
+class EmbedRequest(_Request):
+    """POST /api/embed"""
+
+    model: str
+    input: str | list[str] = ""
+    truncate: bool = True
+    options: Options | None = None
+    keep_alive: KeepAlive | None = None
+    dimensions: int | None = Field(None, ge=1)
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    embeddings: list[list[float]]
+    total_duration: int
+    load_duration: int
+    prompt_eval_count: int
+
+
+class EmbeddingsRequest(_Request):
+    """POST /api/embeddings, superseded by /api/embed"""
+
+    model: str
+    prompt: str = ""
+    options: Options | None = None
+    keep_alive: KeepAlive | None = None
+
+
+class EmbeddingsResponse(BaseModel):
+    embedding: list[float]
 
 
 class ErrorResponse(BaseModel):

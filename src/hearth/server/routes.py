@@ -38,6 +38,8 @@ from hearth.server.model_routes import iso_time
 from hearth.server.ollama import (
     list_tags,
     serve_ollama_chat,
+    serve_ollama_embed,
+    serve_ollama_embeddings,
     serve_ollama_generate,
     show_model,
 )
@@ -259,6 +261,28 @@ async def ollama_show(body: ollama.ShowRequest, request: Request) -> ollama.Show
     state = _state(request)
     with await state.acquire(body.model) as lease:
         return show_model(lease.model)
+
+
+@ollama_router.post("/embed", response_model=None)
+async def ollama_embed(body: ollama.EmbedRequest, request: Request) -> Response:
+    state = _state(request)
+    return await with_model(
+        state,
+        body.model,
+        body.keep_alive,
+        lambda model: serve_ollama_embed(state, body, request),
+    )
+
+
+@ollama_router.post("/embeddings", response_model=None)
+async def ollama_embeddings(body: ollama.EmbeddingsRequest, request: Request) -> Response:
+    state = _state(request)
+    return await with_model(
+        state,
+        body.model,
+        body.keep_alive,
+        lambda model: serve_ollama_embeddings(state, body, request),
+    )
 
 
 @ollama_router.get("/version")
