@@ -2,7 +2,7 @@
 
 An Ollama request is translated into the OpenAI wire type, then parsed by the same
 `prepare_chat` / `prepare_completion` / `embed_inputs` as /v1: one place decides templates,
-tools, grammars and limits. Replies go back in Ollama's shape: NDJSON when streaming
+tools, grammars, limits and presets. Replies go back in Ollama's shape: NDJSON when streaming
 (Ollama's default), durations in nanoseconds, `{"error": "..."}` bodies (see `server/errors.py`).
 """
 
@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -23,6 +23,7 @@ from hearth.engine.types import FinishReason, RequestOutput, TokenLogprob
 from hearth.errors import HearthError, InvalidRequestError, UnsupportedParameterError
 from hearth.models import registry
 from hearth.models.gguf_info import read_gguf_info
+from hearth.models.presets import apply_preset
 from hearth.protocol import ollama as wire
 from hearth.protocol.embeddings import EmbeddingRequest
 from hearth.protocol.openai import ChatCompletionRequest, CompletionRequest
@@ -88,6 +89,8 @@ _LOAD_TIME_OPTIONS = {
 _NDJSON = "application/x-ndjson"
 _JSON = "application/json"
 
+OpenAIRequest = TypeVar("OpenAIRequest", ChatCompletionRequest, CompletionRequest)
+
 
 def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
@@ -140,6 +143,17 @@ def _check_num_ctx(model: LoadedModel, options: wire.Options | None) -> None:
             f"{model.n_ctx_per_slot} tokens; start it with a larger --ctx-size.",
             param="options.num_ctx",
         )
+
+
+def _with_preset(
+    request: OpenAIRequest, model: LoadedModel, options: wire.Options | None
+) -> OpenAIRequest:
+    """The preset's system prompt and sampling defaults where the request sets none, exactly as
+    on /v1. num_predict -1 or -2 asks for no limit, which a preset's max_tokens does not undo."""
+    applied = apply_preset(request, model.preset)
+    if applied is not request and options is not None and options.num_predict in (-1, -2):
+        applied = applied.model_copy(update={"max_tokens": None})
+    return applied
 
 
 def _refuse_common(req: wire.ChatRequest | wire.GenerateRequest) -> None:
@@ -321,7 +335,8 @@ async def serve_ollama_chat(
     if req.logprobs:
         body["logprobs"] = True
         body["top_logprobs"] = req.top_logprobs
-    chat = prepare_chat(state, _validated(ChatCompletionRequest, body))
+    request = _with_preset(_validated(ChatCompletionRequest, body), model, req.options)
+    chat = prepare_chat(state, request)
     clock = _Clock()
 
     if req.stream:
@@ -427,7 +442,8 @@ async def serve_ollama_generate(
                 "'format' needs the chat template; drop raw and suffix to use it.", param="format"
             )
         body = {"model": req.model, "prompt": req.prompt or "", "suffix": req.suffix, **fields}
-        prepared = prepare_completion(state, _validated(CompletionRequest, body))
+        completion = _with_preset(_validated(CompletionRequest, body), model, req.options)
+        prepared = prepare_completion(state, completion)
         engine_model, request = prepared.model, prepared.requests[0]
     else:
         messages = [{"role": "system", "content": req.system}] if req.system else []
@@ -439,7 +455,10 @@ async def serve_ollama_generate(
             chat_body["top_logprobs"] = req.top_logprobs
         if (response_format := _format(req.format)) is not None:
             chat_body["response_format"] = response_format
-        chat = prepare_chat(state, _validated(ChatCompletionRequest, chat_body))
+        chat_request = _with_preset(
+            _validated(ChatCompletionRequest, chat_body), model, req.options
+        )
+        chat = prepare_chat(state, chat_request)
         engine_model, request = chat.model, chat.request
     clock = _Clock()
 
