@@ -4,6 +4,7 @@ An Ollama request is translated into the OpenAI wire type, then parsed by the sa
 `prepare_chat` / `prepare_completion` / `embed_inputs` as /v1: one place decides templates,
 tools, grammars, limits and presets. Replies go back in Ollama's shape: NDJSON when streaming
 (Ollama's default), durations in nanoseconds, `{"error": "..."}` bodies (see `server/errors.py`).
+Pulling and deleting models is in `server/ollama_models.py`.
 """
 
 from __future__ import annotations
