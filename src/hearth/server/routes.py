@@ -265,18 +265,29 @@ async def ollama_show(body: ollama.ShowRequest, request: Request) -> ollama.Show
         return show_model(lease.model)
 
 
-@ollama_router.delete("/delete", response_model=None)
+@ollama_router.delete(
+    "/delete",
+    response_class=Response,
+    responses={
+        200: {"description": "Deleted; the body is empty, as Ollama's.", "content": {}},
+        **error_responses(409, ollama=True),
+    },
+)
 async def ollama_delete(body: ollama.DeleteRequest, request: Request) -> Response:
     await delete_model(_state(request), body.model)
     return Response()
 
 
-@ollama_router.post("/pull", response_model=None)
+@ollama_router.post(
+    "/pull",
+    response_model=None,
+    responses={**json_or_ndjson(ollama.ProgressResponse), **error_responses(409, 502, ollama=True)},
+)
 async def ollama_pull(body: ollama.PullRequest, request: Request) -> Response:
     return await serve_pull(_state(request), body, request)
 
 
-@ollama_router.post("/embed", response_model=None)
+@ollama_router.post("/embed", response_model=None, responses={200: {"model": ollama.EmbedResponse}})
 async def ollama_embed(body: ollama.EmbedRequest, request: Request) -> Response:
     state = _state(request)
     return await with_model(
@@ -287,7 +298,9 @@ async def ollama_embed(body: ollama.EmbedRequest, request: Request) -> Response:
     )
 
 
-@ollama_router.post("/embeddings", response_model=None)
+@ollama_router.post(
+    "/embeddings", response_model=None, responses={200: {"model": ollama.EmbeddingsResponse}}
+)
 async def ollama_embeddings(body: ollama.EmbeddingsRequest, request: Request) -> Response:
     state = _state(request)
     return await with_model(
