@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "AuthenticationError",
     "ClientDisconnectedError",
+    "ConflictError",
     "ContextLengthExceededError",
     "EngineError",
     "HearthError",
@@ -22,6 +23,7 @@ __all__ = [
     "QueueTimeoutError",
     "ServerOverloadedError",
     "UnsupportedParameterError",
+    "UpstreamError",
 ]
 
 
@@ -88,6 +90,14 @@ class ModelNotFoundError(NotFoundError):
     default_code = "model_not_found"
 
 
+class ConflictError(HearthError):
+    """The request contradicts the server's state: a model in use, a download already running."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    default_code = "conflict"
+
+
 class PayloadTooLargeError(HearthError):
     status_code = 413
     error_type = "invalid_request_error"
@@ -143,6 +153,14 @@ class ClientDisconnectedError(HearthError):
 
     status_code = 499  # nginx's "client closed request"
     error_type = "client_closed_request"
+
+
+class UpstreamError(HearthError):
+    """A server Hearth depends on failed: the Hugging Face hub during a pull."""
+
+    status_code = 502
+    error_type = "server_error"
+    default_code = "upstream_error"
 
 
 class EngineError(HearthError):

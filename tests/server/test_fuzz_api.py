@@ -5,6 +5,8 @@ input refused.
 
 One server of its own with a small context (256 tokens, 2 slots): a fuzzed `max_tokens` past
 the context is a quick 400 `context_length_exceeded`, and the rest are capped (cap_generation).
+Its hub (HF_ENDPOINT, for /api/pull) is the loopback fake with no repos: a fuzzed hub name is a
+404 from it, never a request to the internet.
 The run is bounded and reproducible: a few examples per operation, derandomized.
 
 Schemathesis' own pytest plugin is off (pyproject.toml: its lazy `from_fixture` schemas use
@@ -33,6 +35,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from tests.models.fake_hub import FakeHub, running_hub
 from tests.server.conftest import MODEL, HearthServer, start_server
 
 pytestmark = pytest.mark.server
@@ -55,6 +58,11 @@ OPERATIONS = [
     ("POST", "/api/generate"),
     ("GET", "/api/tags"),
     ("POST", "/api/show"),
+    ("POST", "/api/embed"),
+    ("POST", "/api/embeddings"),
+    # Only bundled, served and unknown names: the store here is empty, the hub has no repos.
+    ("POST", "/api/pull"),
+    ("DELETE", "/api/delete"),
     ("GET", "/api/version"),
     ("GET", "/api/ps"),
     ("POST", "/admin/models/load"),
@@ -111,6 +119,17 @@ SEEDS: dict[tuple[str, str], list[dict[str, Any]]] = {
         {"model": MODEL, "prompt": "Once upon", "options": {"num_predict": 8}, "logprobs": True},
         {"model": MODEL, "prompt": "Once", "raw": True, "stream": False},
     ],
+    ("POST", "/api/embed"): [
+        {"model": MODEL, "input": ["Hi", "there, and a longer one"], "options": {"num_ctx": 4}},
+        {"model": MODEL, "input": "Hi", "truncate": False, "dimensions": 576},
+    ],
+    ("POST", "/api/embeddings"): [{"model": MODEL, "prompt": "Hi"}],
+    ("POST", "/api/pull"): [
+        {"model": MODEL},
+        {"model": MODEL, "stream": False},
+        {"model": "hf.co/hearth-test/Nope:Q4_K_M"},
+    ],
+    ("DELETE", "/api/delete"): [{"model": MODEL}, {"model": "hf.co/hearth-test/Nope:Q4_K_M"}],
 }
 
 CHECKS = [
@@ -131,9 +150,12 @@ CHECKS = [
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HearthServer]:
+    tmp = tmp_path_factory.mktemp("fuzz")
     args = ["--ctx-size", str(CTX_SIZE), "--parallel", "2"]
-    with start_server(tmp_path_factory.mktemp("fuzz"), *args) as server:
-        yield server
+    with running_hub(FakeHub()) as hub:
+        env = {"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp / "hf-home"), "HF_HUB_OFFLINE": "0"}
+        with start_server(tmp, *args, env=env) as server:
+            yield server
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +262,7 @@ def ndjson_lines(
     ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
 ) -> bool | None:
     """Each line of an NDJSON stream is what /openapi.json documents for one line, and the
-    stream ends with its `done` line or an error line."""
+    stream ends with its `done` line (a pull's `success`) or an error line."""
     if not response.headers.get("content-type", [""])[0].startswith("application/x-ndjson"):
         return None
     document = case.operation.schema.raw_schema
@@ -254,7 +276,9 @@ def ndjson_lines(
     for line in lines:
         problems = [error.message for error in validator.iter_errors(line)]
         assert not problems, f"an NDJSON line not as documented: {line}: {problems}"
-    assert lines[-1].get("done") is True or "error" in lines[-1], f"cut short: {lines[-1]}"
+    last = lines[-1]
+    ended = last.get("done") is True or last.get("status") == "success" or "error" in last
+    assert ended, f"cut short: {last}"
     return None
 
 

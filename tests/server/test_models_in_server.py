@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import ollama
 import openai
 import pytest
 
@@ -250,6 +251,44 @@ def test_a_preset_stop_sequence_applies(multi: Multi) -> None:
     alias = client.completions.create(model="counter", prompt=prompt, max_tokens=12)
     assert alias.choices[0].finish_reason == "stop"
     assert alias.choices[0].text == base.choices[0].text.split(",")[0]
+
+
+def test_ollama_chat_and_generate_honour_presets(multi: Multi) -> None:
+    with ollama.Client(host=multi.server.base_url) as client:
+        alias = client.chat(model="pirate", messages=HELLO)
+        assert alias.model == "pirate"
+        assert alias.eval_count is not None and alias.eval_count <= 3  # its max_tokens
+        # The same as the base model asked with that system prompt, greedily, for 3 tokens.
+        greedy_3 = {"temperature": 0, "num_predict": 3}
+        base = client.chat(
+            model=multi.startup,
+            messages=[{"role": "system", "content": PIRATE_SYSTEM}, *HELLO],
+            options=greedy_3,
+        )
+        assert alias.message.content == base.message.content
+        # /api/generate's prompt gets the preset's system prompt too, unless it sends its own.
+        generated = client.generate(model="pirate", prompt="Say hello.")
+        expected = client.generate(
+            model=multi.startup, prompt="Say hello.", system=PIRATE_SYSTEM, options=greedy_3
+        )
+        assert generated.response == expected.response
+        # The request's own options win over the preset's.
+        shorter = client.chat(model="pirate", messages=HELLO, options={"num_predict": 1})
+        assert shorter.eval_count == 1
+        # A preset's stop sequence ends a raw /api/generate as it ends /v1/completions.
+        prompt = "Count: one, two, three, four, five,"
+        plain = client.generate(
+            model=multi.startup,
+            prompt=prompt,
+            raw=True,
+            options={"temperature": 0, "num_predict": 12},
+        )
+        assert "," in plain.response
+        counter = client.generate(
+            model="counter", prompt=prompt, raw=True, options={"num_predict": 12}
+        )
+        assert counter.done_reason == "stop"
+        assert counter.response == plain.response.split(",")[0]
 
 
 # -- admin endpoints ---------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -205,3 +206,96 @@ def test_body_over_the_limit_is_a_413_in_ollamas_shape(server: HearthServer) -> 
         assert response.status_code == 413
         body = response.json()
         assert set(body) == {"error"} and "too large" in body["error"]
+
+
+# -- /api/embed and /api/embeddings ------------------------------------------------------------
+
+N_EMBD = 576  # SmolLM2-135M's width
+LONG_TEXT = " ".join(["the river runs past old mills and quiet farms"] * 20)  # 180+ tokens
+
+
+def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    dot = math.fsum(x * y for x, y in zip(a, b, strict=True))
+    return dot / math.sqrt(math.fsum(x * x for x in a) * math.fsum(y * y for y in b))
+
+
+def _tokens(server: HearthServer, text: str) -> list[int]:
+    response = httpx.post(
+        f"{server.base_url}/tokenize", json={"content": text, "add_special": True}, timeout=30
+    )
+    response.raise_for_status()
+    tokens: list[int] = response.json()["tokens"]
+    return tokens
+
+
+def test_embed_gives_the_v1_vectors_in_ollama_shape(
+    server: HearthServer, client: ollama.Client
+) -> None:
+    texts = ["The cat sat on the mat.", "Quarterly revenue grew by eight percent."]
+    reply = client.embed(model=MODEL, input=texts)
+    assert reply.model == MODEL
+    assert [len(v) for v in reply.embeddings] == [N_EMBD, N_EMBD]
+    for vector in reply.embeddings:
+        assert math.fsum(x * x for x in vector) == pytest.approx(1.0, abs=1e-5)
+    assert reply.prompt_eval_count == sum(len(_tokens(server, text)) for text in texts)
+    assert reply.total_duration and reply.total_duration > 0
+    assert reply.load_duration is not None
+    # The same embedder as /v1/embeddings, and one string is one input.
+    v1 = server.client().embeddings.create(model=MODEL, input=texts, encoding_format="float")
+    for ours, theirs in zip(reply.embeddings, v1.data, strict=True):
+        assert _cosine(ours, theirs.embedding) == pytest.approx(1.0, abs=1e-6)
+    (single,) = client.embed(model=MODEL, input=texts[0]).embeddings
+    assert _cosine(single, reply.embeddings[0]) == pytest.approx(1.0, abs=1e-6)
+    # The superseded /api/embeddings: one prompt, one vector.
+    legacy = client.embeddings(model=MODEL, prompt=texts[0])
+    assert _cosine(legacy.embedding, reply.embeddings[0]) == pytest.approx(1.0, abs=1e-6)
+    # dimensions: only the model's own width, as on /v1.
+    assert len(client.embed(model=MODEL, input="ok", dimensions=N_EMBD).embeddings[0]) == N_EMBD
+
+
+def test_embed_truncates_long_inputs_by_default(
+    server: HearthServer, client: ollama.Client
+) -> None:
+    tokens = _tokens(server, LONG_TEXT)
+    assert len(tokens) > 64
+    # options.num_ctx lowers the limit below the server's (as Ollama's context length does).
+    reply = client.embed(model=MODEL, input=[LONG_TEXT, "short"], options={"num_ctx": 64})
+    assert reply.prompt_eval_count == 64 + len(_tokens(server, "short"))
+    # The vector is that of the input's first 64 tokens.
+    head = server.client().embeddings.create(
+        model=MODEL, input=tokens[:64], encoding_format="float"
+    )
+    assert _cosine(reply.embeddings[0], head.data[0].embedding) == pytest.approx(1.0, abs=1e-5)
+    assert f"Truncated 1 of 2 embedding inputs to 64 tokens: {len(tokens) - 64} tokens cut" in (
+        server.log()
+    )
+
+
+def test_embed_without_truncate_refuses_a_long_input(client: ollama.Client) -> None:
+    with pytest.raises(ollama.ResponseError) as refused:
+        client.embed(model=MODEL, input=LONG_TEXT, truncate=False, options={"num_ctx": 64})
+    assert refused.value.status_code == 400
+    assert "maximum input length is 64 tokens" in refused.value.error
+    # /api/embeddings has no truncate: Hearth never cuts its prompt silently.
+    with pytest.raises(ollama.ResponseError) as legacy:
+        client.embeddings(model=MODEL, prompt=LONG_TEXT, options={"num_ctx": 64})
+    assert legacy.value.status_code == 400
+
+
+def test_embed_errors_and_an_empty_input(client: ollama.Client) -> None:
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"model": "nope:1b", "input": "hi"}, 404, "nope:1b"),
+        ({"model": MODEL, "input": "hi", "dimensions": 64}, 400, f"must be {N_EMBD}"),
+        ({"model": MODEL, "input": "hi", "options": {"num_thread": 2}}, 400, "--threads"),
+        ({"model": MODEL, "input": "hi", "options": {"num_ctx": 10**6}}, 400, "--ctx-size"),
+        ({"model": MODEL, "input": ["hi", ""]}, 400, "'input[1]' must not be an empty string"),
+    ]
+    for arguments, status, message in cases:
+        with pytest.raises(ollama.ResponseError) as error:
+            client.embed(**arguments)
+        assert error.value.status_code == status, arguments
+        assert message in error.value.error, arguments
+    # An empty input only loads the model, as Ollama's does.
+    loaded = client.embed(model=MODEL, input=[])
+    assert loaded.embeddings == [] and loaded.prompt_eval_count == 0
+    assert client.embeddings(model=MODEL, prompt="").embedding == []

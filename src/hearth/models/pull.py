@@ -29,9 +29,12 @@ __all__ = [
     "HubFile",
     "HubSource",
     "LocalSource",
+    "PullBusyError",
     "PullError",
+    "PullNotFoundError",
     "PullReporter",
     "PullResult",
+    "PullSourceError",
     "hub_endpoint",
     "parse_source",
     "pull",
@@ -57,7 +60,21 @@ _HUB_ERRORS = (OSError, ValueError)
 
 
 class PullError(Exception):
-    """A pull that cannot go on; the message is one line for the user."""
+    """A pull that cannot go on; the message is one line for the user. Raised as is for a
+    failure of the hub or of the download; the subclasses say what else went wrong, so that
+    the server's /api/pull can answer with the right status."""
+
+
+class PullSourceError(PullError):
+    """The source or the name cannot be pulled as given: malformed, ambiguous, unsupported."""
+
+
+class PullNotFoundError(PullError):
+    """The hub has no such repo (or it is private), or the repo no such file."""
+
+
+class PullBusyError(PullError):
+    """Another pull is downloading the same file right now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +108,9 @@ class PullReporter:
     def note(self, message: str) -> None:
         """A line worth showing: which file was picked, a resumed download."""
 
+    def resolved(self, file: HubFile) -> None:
+        """The hub file to pull is known, with its size and sha256; nothing is downloaded yet."""
+
     def start_transfer(self, description: str, total: int | None, completed: int) -> None:
         """Bytes start to flow: `completed` of `total` are already there (a resume)."""
 
@@ -99,6 +119,9 @@ class PullReporter:
 
     def end_transfer(self) -> None:
         """The transfer stopped, finished or not."""
+
+    def verifying(self) -> None:
+        """All bytes are there; their sha256 and the GGUF header are being checked."""
 
 
 def hub_endpoint() -> str:
@@ -115,7 +138,7 @@ def parse_source(text: str) -> HubSource | LocalSource:
     path = Path(text).expanduser()
     if path.suffix.lower() == ".gguf" or path.exists():
         return LocalSource(path)
-    raise PullError(
+    raise PullSourceError(
         f"cannot pull {text!r}: give hf.co/ORG/REPO[:QUANT], hf.co/ORG/REPO/FILE.gguf "
         "or the path of a .gguf file"
     )
@@ -127,12 +150,12 @@ def _parse_hub(text: str, rest: str) -> HubSource:
     if len(parts) == 2 and ":" in parts[1]:
         parts[1], quant = parts[1].split(":", 1)
     if len(parts) < 2 or not all(_REPO_PART.fullmatch(part) for part in parts[:2]):
-        raise PullError(f"cannot pull {text!r}: expected hf.co/ORG/REPO[:QUANT]")
+        raise PullSourceError(f"cannot pull {text!r}: expected hf.co/ORG/REPO[:QUANT]")
     if quant is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", quant):
-        raise PullError(f"cannot pull {text!r}: {quant!r} is not a quantization name")
+        raise PullSourceError(f"cannot pull {text!r}: {quant!r} is not a quantization name")
     filename = "/".join(parts[2:]) or None
     if filename is not None and not filename.lower().endswith(".gguf"):
-        raise PullError(f"cannot pull {text!r}: only .gguf files can be pulled")
+        raise PullSourceError(f"cannot pull {text!r}: only .gguf files can be pulled")
     return HubSource(f"{parts[0]}/{parts[1]}", quant, filename)
 
 
@@ -156,7 +179,7 @@ def select_gguf(files: list[HubFile], quant: str | None) -> tuple[HubFile, str |
         if f.filename.lower().endswith(".gguf") and "mmproj" not in Path(f.filename).name.lower()
     ]
     if not ggufs:
-        raise PullError("the repo has no .gguf model file")
+        raise PullNotFoundError("the repo has no .gguf model file")
     ggufs.sort(key=lambda f: f.filename)
     available = _describe(ggufs)
     if quant is not None:
@@ -167,10 +190,10 @@ def select_gguf(files: list[HubFile], quant: str | None) -> tuple[HubFile, str |
                 return candidates[0], None
             if len(candidates) > 1:
                 names = ", ".join(f.filename for f in candidates)
-                raise PullError(
+                raise PullSourceError(
                     f"{quant!r} matches several files ({names}); pull one as hf.co/ORG/REPO/FILE"
                 )
-        raise PullError(f"no .gguf file for {quant!r}; the repo has {available}")
+        raise PullNotFoundError(f"no .gguf file for {quant!r}; the repo has {available}")
     default = [f for f in ggufs if quant_of(f.filename) == DEFAULT_QUANT]
     if len(default) == 1:
         why = f"the default quantization, {DEFAULT_QUANT}"
@@ -200,9 +223,9 @@ def _check_new_name(name: str) -> str:
     try:
         check_model_name(name)
     except InvalidModelNameError as exc:
-        raise PullError(str(exc)) from exc
+        raise PullSourceError(str(exc)) from exc
     if name.lower() in BUNDLED_IDS:
-        raise PullError(f"{name} is the name of a bundled model; choose another with --name")
+        raise PullSourceError(f"{name} is the name of a bundled model; choose another with --name")
     return name
 
 
@@ -241,7 +264,7 @@ def _import_local(
     models: ModelStore, path: Path, name: str | None, reporter: PullReporter
 ) -> PullResult:
     if not path.is_file():
-        raise PullError(f"no such file: {path}")
+        raise PullNotFoundError(f"no such file: {path}")
     _check_gguf(path, str(path))
     name = _check_new_name(name or _safe_tag(path.stem))
     staged = models.temp_path(".gguf")
@@ -315,7 +338,7 @@ def _hub_files(endpoint: str, repo_id: str) -> tuple[str, str | None, list[HubFi
             f"{repo_id} is gated: accept its terms on the hub, then set HF_TOKEN"
         ) from exc
     except RepositoryNotFoundError as exc:
-        raise PullError(
+        raise PullNotFoundError(
             f"no model {repo_id} on {endpoint} (a private repo needs HF_TOKEN)"
         ) from exc
     except (*_HUB_ERRORS, _http_error()) as exc:
@@ -356,14 +379,16 @@ def _pull_from_hub(
     if source.filename is not None:
         listed = {f.filename: f for f in files}
         if source.filename not in listed:
-            raise PullError(f"{repo_id} has no file {source.filename}")
+            raise PullNotFoundError(f"{repo_id} has no file {source.filename}")
         chosen, note = listed[source.filename], None
     else:
         chosen, note = select_gguf(files, source.quant)
     if note:
         reporter.note(note)
     if _SPLIT_GGUF.search(Path(chosen.filename).stem):
-        raise PullError(f"{chosen.filename} is one part of a split GGUF; those are not supported")
+        raise PullSourceError(
+            f"{chosen.filename} is one part of a split GGUF; those are not supported"
+        )
     tag = quant_of(chosen.filename) or _safe_tag(Path(chosen.filename).stem)
     name = _check_new_name(name or f"hf.co/{repo_id}:{tag}")
 
@@ -374,6 +399,7 @@ def _pull_from_hub(
         raise _hub_error(endpoint, exc) from exc
     sha256 = _expected_sha256(chosen, metadata.etag)
     size = metadata.size if metadata.size is not None else chosen.size
+    reporter.resolved(HubFile(chosen.filename, size, sha256))
 
     existing = models.get(name)
     if existing is not None and existing.sha256 == sha256:
@@ -387,8 +413,9 @@ def _pull_from_hub(
             # process, however it ends.
             fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            raise PullError(f"another `hearth pull` is downloading {chosen.filename}") from exc
+            raise PullBusyError(f"another pull is downloading {chosen.filename}") from exc
         _download(url, file, size, chosen.filename, reporter, endpoint)
+        reporter.verifying()
         actual = _sha256_of(partial)
         if actual != sha256:
             partial.unlink(missing_ok=True)

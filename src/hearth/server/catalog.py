@@ -96,6 +96,18 @@ class ServerCatalog:
     def preset(self, name: str) -> Preset | None:
         return self._presets.get(name)
 
+    def served_from(self, model: str) -> list[str]:
+        """The names whose requests load the registry model `model`: the name itself, the
+        startup model when --model names it, and the aliases based on it."""
+        key = model.lower()
+        names = [model]
+        if self.default_name != model and (self._settings.model or "").lower() == key:
+            names.append(self.default_name)
+        for alias in self._presets:
+            if (self.spec(alias).source or "").lower() == key:
+                names.append(alias)
+        return names
+
     def spec(self, name: str) -> ModelSpec:
         self.check(name)
         preset = self._presets.get(name)

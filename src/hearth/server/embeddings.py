@@ -3,14 +3,19 @@
 Parsing happens here, at the edge: the model (404), `dimensions`, the input's form, emptiness,
 vocabulary and length limits (400), tokenizing. The embedder sees only lists of token ids.
 https://platform.openai.com/docs/api-reference/embeddings/create
+
+Ollama's /api/embed and /api/embeddings (`server/ollama.py`) go through `embed_inputs` too, with
+its truncation on.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 import struct
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fastapi import Request, Response
@@ -26,10 +31,15 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_INPUTS",
     "MAX_TOTAL_TOKENS",
+    "Embedded",
+    "embed_inputs",
     "embedder_for",
     "input_tokens",
+    "max_input_tokens",
     "serve_embeddings",
 ]
+
+logger = logging.getLogger(__name__)
 
 MAX_INPUTS = 2048  # OpenAI: "any array must be 2048 dimensions or less"
 MAX_TOTAL_TOKENS = 300_000  # OpenAI: the most tokens summed across a request's inputs
@@ -77,11 +87,29 @@ def _input_items(raw: str | list[str] | list[int] | list[list[int]]) -> list[str
     return items
 
 
-def input_tokens(model: LoadedModel, req: EmbeddingRequest, max_tokens: int) -> list[list[int]]:
-    """Each input as token ids, checked: never empty, in the vocabulary, within `max_tokens`."""
+def _truncated(model: LoadedModel, text: str, tokens: list[int], max_tokens: int) -> list[int]:
+    """The first `max_tokens` of an input's tokens, keeping the special tokens the vocabulary
+    puts at its end (an embedding model's EOS or SEP), as Ollama's truncation does."""
+    plain = model.runner.tokenize(text, add_special=False, parse_special=True)
+    added = len(tokens) - len(plain)
+    tail = 0
+    while plain and tail < added and tokens[-1 - tail] != plain[-1]:
+        tail += 1
+    if tail == 0 or tail >= max_tokens:
+        return tokens[:max_tokens]
+    return tokens[: max_tokens - tail] + tokens[-tail:]
+
+
+def input_tokens(
+    model: LoadedModel, req: EmbeddingRequest, max_tokens: int, *, truncate: bool = False
+) -> list[list[int]]:
+    """Each input as token ids, checked: never empty, in the vocabulary, within `max_tokens`.
+    With `truncate`, a longer input is cut to `max_tokens` (and the cut logged) instead of
+    refused."""
     items = _input_items(req.input)
     inputs: list[list[int]] = []
     total = 0
+    cut_inputs = cut_tokens = 0
     for i, item in enumerate(items):
         where = "'input'" if len(items) == 1 else f"'input[{i}]'"
         tokens: list[int]
@@ -94,6 +122,14 @@ def input_tokens(model: LoadedModel, req: EmbeddingRequest, max_tokens: int) -> 
             check_token_ids(model, tokens, param="input")
         if not tokens:
             raise InvalidRequestError(f"{where} must not be empty.", param="input")
+        if len(tokens) > max_tokens and truncate:
+            cut_inputs += 1
+            cut_tokens += len(tokens) - max_tokens
+            tokens = (
+                _truncated(model, item, tokens, max_tokens)
+                if isinstance(item, str)
+                else tokens[:max_tokens]
+            )
         if len(tokens) > max_tokens:
             raise ContextLengthExceededError(
                 f"This model's maximum input length is {max_tokens} tokens, however {where} has "
@@ -102,6 +138,14 @@ def input_tokens(model: LoadedModel, req: EmbeddingRequest, max_tokens: int) -> 
             )
         total += len(tokens)
         inputs.append(tokens)
+    if cut_inputs:
+        logger.info(
+            "Truncated %d of %d embedding inputs to %d tokens: %d tokens cut",
+            cut_inputs,
+            len(items),
+            max_tokens,
+            cut_tokens,
+        )
     if total > MAX_TOTAL_TOKENS:
         raise InvalidRequestError(
             f"The inputs hold {total} tokens in all; at most {MAX_TOTAL_TOKENS} are allowed in "
@@ -119,23 +163,52 @@ def _encoded(vector: Sequence[float], encoding_format: str | None) -> list[float
     return list(struct.unpack(f"<{len(vector)}f", packed))
 
 
+@dataclass(frozen=True, slots=True)
+class Embedded:
+    vectors: list[list[float]]  # unit length, one per input, in order
+    n_tokens: int  # every token embedded
+
+
+def max_input_tokens(state: ServerState, model: LoadedModel) -> int:
+    """The longest input the model's embedder takes: min(--ctx-size, training context)."""
+    return _embedder(state, model).max_input_tokens
+
+
+def _embedder(state: ServerState, model: LoadedModel) -> Embedder:
+    settings = state.settings
+    return embedder_for(model, settings.parallel + settings.max_queue)
+
+
+async def embed_inputs(
+    state: ServerState,
+    req: EmbeddingRequest,
+    http_request: Request,
+    *,
+    max_tokens: int | None = None,
+    truncate: bool = False,
+) -> Embedded:
+    """Check, tokenize and embed the request's inputs with its (leased) model. `max_tokens`
+    lowers the length limit below the embedder's; `truncate` cuts longer inputs to it."""
+    model = state.model_for(req.model)
+    embedder = _embedder(state, model)
+    _check_dimensions(req.dimensions, embedder.n_embd, model.model_id)
+    limit = embedder.max_input_tokens if max_tokens is None else max_tokens
+    inputs = input_tokens(model, req, limit, truncate=truncate)
+    request_id = f"embd-{uuid.uuid4().hex}"
+    vectors = await until_disconnect(http_request, embedder.embed(request_id, inputs))
+    return Embedded(vectors, sum(len(tokens) for tokens in inputs))
+
+
 async def serve_embeddings(
     state: ServerState, req: EmbeddingRequest, http_request: Request
 ) -> Response:
-    model = state.model_for(req.model)
-    settings = state.settings
-    embedder = embedder_for(model, settings.parallel + settings.max_queue)
-    _check_dimensions(req.dimensions, embedder.n_embd, model.model_id)
-    inputs = input_tokens(model, req, embedder.max_input_tokens)
-    request_id = f"embd-{uuid.uuid4().hex}"
-    vectors = await until_disconnect(http_request, embedder.embed(request_id, inputs))
-    n_tokens = sum(len(tokens) for tokens in inputs)
+    embedded = await embed_inputs(state, req, http_request)
     body = EmbeddingList(
         data=[
             Embedding(embedding=_encoded(vector, req.encoding_format), index=i)
-            for i, vector in enumerate(vectors)
+            for i, vector in enumerate(embedded.vectors)
         ],
         model=req.model,
-        usage=EmbeddingUsage(prompt_tokens=n_tokens, total_tokens=n_tokens),
+        usage=EmbeddingUsage(prompt_tokens=embedded.n_tokens, total_tokens=embedded.n_tokens),
     )
     return Response(body.model_dump_json(), media_type="application/json")

@@ -1,9 +1,10 @@
 """Ollama's native API on the same engine.
 
 An Ollama request is translated into the OpenAI wire type, then parsed by the same
-`prepare_chat` / `prepare_completion` as /v1: one place decides templates, tools, grammars and
-limits. Replies go back in Ollama's shape: NDJSON when streaming (Ollama's default), durations
-in nanoseconds, `{"error": "..."}` bodies (see `server/errors.py`).
+`prepare_chat` / `prepare_completion` / `embed_inputs` as /v1: one place decides templates,
+tools, grammars, limits and presets. Replies go back in Ollama's shape: NDJSON when streaming
+(Ollama's default), durations in nanoseconds, `{"error": "..."}` bodies (see `server/errors.py`).
+Pulling and deleting models is in `server/ollama_models.py`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from fastapi import Request
+from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
@@ -23,8 +24,11 @@ from hearth.engine.types import FinishReason, RequestOutput, TokenLogprob
 from hearth.errors import HearthError, InvalidRequestError, UnsupportedParameterError
 from hearth.models import registry
 from hearth.models.gguf_info import read_gguf_info
+from hearth.models.presets import apply_preset
 from hearth.protocol import ollama as wire
+from hearth.protocol.embeddings import EmbeddingRequest
 from hearth.protocol.openai import ChatCompletionRequest, CompletionRequest
+from hearth.server.embeddings import embed_inputs, max_input_tokens
 from hearth.server.errors import validation_error
 from hearth.server.serving import (
     CollectedChoice,
@@ -43,6 +47,8 @@ __all__ = [
     "list_tags",
     "model_details",
     "serve_ollama_chat",
+    "serve_ollama_embed",
+    "serve_ollama_embeddings",
     "serve_ollama_generate",
     "show_model",
 ]
@@ -82,17 +88,16 @@ _LOAD_TIME_OPTIONS = {
     "num_thread": "--threads",
 }
 _NDJSON = "application/x-ndjson"
+_JSON = "application/json"
+
+OpenAIRequest = TypeVar("OpenAIRequest", ChatCompletionRequest, CompletionRequest)
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _sampling_fields(options: wire.Options | None) -> dict[str, Any]:
-    """Ollama options as OpenAI request fields; an option Hearth cannot honour is refused."""
-    if options is None:
-        return {}
-    given = options.model_dump(exclude_none=True)
+def _refuse_load_time_options(given: dict[str, Any]) -> None:
     for name in given:
         if name in _LOAD_TIME_OPTIONS:
             raise UnsupportedParameterError(
@@ -100,6 +105,14 @@ def _sampling_fields(options: wire.Options | None) -> dict[str, Any]:
                 "not per request.",
                 param=f"options.{name}",
             )
+
+
+def _sampling_fields(options: wire.Options | None) -> dict[str, Any]:
+    """Ollama options as OpenAI request fields; an option Hearth cannot honour is refused."""
+    if options is None:
+        return {}
+    given = options.model_dump(exclude_none=True)
+    _refuse_load_time_options(given)
     for name in ("tfs_z", "num_keep", "penalize_newline"):
         if name in given:
             raise UnsupportedParameterError(
@@ -131,6 +144,17 @@ def _check_num_ctx(model: LoadedModel, options: wire.Options | None) -> None:
             f"{model.n_ctx_per_slot} tokens; start it with a larger --ctx-size.",
             param="options.num_ctx",
         )
+
+
+def _with_preset(
+    request: OpenAIRequest, model: LoadedModel, options: wire.Options | None
+) -> OpenAIRequest:
+    """The preset's system prompt and sampling defaults where the request sets none, exactly as
+    on /v1. num_predict -1 or -2 asks for no limit, which a preset's max_tokens does not undo."""
+    applied = apply_preset(request, model.preset)
+    if applied is not request and options is not None and options.num_predict in (-1, -2):
+        applied = applied.model_copy(update={"max_tokens": None})
+    return applied
 
 
 def _refuse_common(req: wire.ChatRequest | wire.GenerateRequest) -> None:
@@ -312,7 +336,8 @@ async def serve_ollama_chat(
     if req.logprobs:
         body["logprobs"] = True
         body["top_logprobs"] = req.top_logprobs
-    chat = prepare_chat(state, _validated(ChatCompletionRequest, body))
+    request = _with_preset(_validated(ChatCompletionRequest, body), model, req.options)
+    chat = prepare_chat(state, request)
     clock = _Clock()
 
     if req.stream:
@@ -418,7 +443,8 @@ async def serve_ollama_generate(
                 "'format' needs the chat template; drop raw and suffix to use it.", param="format"
             )
         body = {"model": req.model, "prompt": req.prompt or "", "suffix": req.suffix, **fields}
-        prepared = prepare_completion(state, _validated(CompletionRequest, body))
+        completion = _with_preset(_validated(CompletionRequest, body), model, req.options)
+        prepared = prepare_completion(state, completion)
         engine_model, request = prepared.model, prepared.requests[0]
     else:
         messages = [{"role": "system", "content": req.system}] if req.system else []
@@ -430,7 +456,10 @@ async def serve_ollama_generate(
             chat_body["top_logprobs"] = req.top_logprobs
         if (response_format := _format(req.format)) is not None:
             chat_body["response_format"] = response_format
-        chat = prepare_chat(state, _validated(ChatCompletionRequest, chat_body))
+        chat_request = _with_preset(
+            _validated(ChatCompletionRequest, chat_body), model, req.options
+        )
+        chat = prepare_chat(state, chat_request)
         engine_model, request = chat.model, chat.request
     clock = _Clock()
 
@@ -484,6 +513,76 @@ async def _stream_generate(
                     ),
                 )
             )
+
+
+# -- /api/embed and /api/embeddings ------------------------------------------------------------
+
+
+def _embedding_limit(state: ServerState, model: LoadedModel, options: wire.Options | None) -> int:
+    """The most tokens per input: the embedder's limit, or `options.num_ctx` when lower.
+    Sampling options do not change an embedding; load-time ones are refused as for a chat."""
+    most = max_input_tokens(state, model)
+    if options is None:
+        return most
+    _refuse_load_time_options(options.model_dump(exclude_none=True))
+    if options.num_ctx is None:
+        return most
+    if options.num_ctx > most:
+        raise UnsupportedParameterError(
+            f"'options.num_ctx' is {options.num_ctx}, but `{model.model_id}` embeds at most "
+            f"{most} tokens per input here (its training context, or --ctx-size when smaller); "
+            "start the server with a larger --ctx-size.",
+            param="options.num_ctx",
+        )
+    return options.num_ctx
+
+
+async def serve_ollama_embed(
+    state: ServerState, req: wire.EmbedRequest, http_request: Request
+) -> Response:
+    """One unit vector per input, through the same checks and embedder as /v1/embeddings.
+    `truncate` (Ollama's default) cuts a long input to the limit; without it, a 400."""
+    start = time.perf_counter_ns()
+    model = state.model_for(req.model)
+    limit = _embedding_limit(state, model, req.options)
+    vectors: list[list[float]] = []
+    n_tokens = 0
+    if req.input:  # an empty input only loads the model, as in Ollama
+        embedded = await embed_inputs(
+            state,
+            EmbeddingRequest(input=req.input, model=req.model, dimensions=req.dimensions),
+            http_request,
+            max_tokens=limit,
+            truncate=req.truncate,
+        )
+        vectors, n_tokens = embedded.vectors, embedded.n_tokens
+    reply = wire.EmbedResponse(
+        model=req.model,
+        embeddings=vectors,
+        total_duration=time.perf_counter_ns() - start,
+        load_duration=0,
+        prompt_eval_count=n_tokens,
+    )
+    return Response(reply.model_dump_json(), media_type=_JSON)
+
+
+async def serve_ollama_embeddings(
+    state: ServerState, req: wire.EmbeddingsRequest, http_request: Request
+) -> Response:
+    """The superseded /api/embeddings: one prompt, one vector. It has no `truncate`, and
+    Hearth never cuts a prompt silently: a prompt over the limit is a 400."""
+    model = state.model_for(req.model)
+    limit = _embedding_limit(state, model, req.options)
+    vector: list[float] = []
+    if req.prompt:  # an empty prompt only loads the model, as in Ollama
+        embedded = await embed_inputs(
+            state,
+            EmbeddingRequest(input=req.prompt, model=req.model),
+            http_request,
+            max_tokens=limit,
+        )
+        vector = embedded.vectors[0]
+    return Response(wire.EmbeddingsResponse(embedding=vector).model_dump_json(), media_type=_JSON)
 
 
 # -- models ------------------------------------------------------------------------------------

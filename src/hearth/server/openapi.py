@@ -65,6 +65,7 @@ def json_or_event_stream(
 
 def json_or_ndjson(body: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
     """An Ollama route's 200: one `body` as JSON with `stream: false`, else NDJSON lines of the
-    same shape, the last one `done`; a failure after the first line ends it with an error line."""
+    same shape, the last one `done` (for /api/pull, `status: "success"`); a failure after the
+    first line ends it with an error line."""
     line = {"anyOf": [_inlined(body), _inlined(ollama.ErrorResponse)]}
     return {200: {"model": body, "content": {"application/x-ndjson": {"schema": line}}}}

@@ -38,9 +38,12 @@ from hearth.server.model_routes import iso_time
 from hearth.server.ollama import (
     list_tags,
     serve_ollama_chat,
+    serve_ollama_embed,
+    serve_ollama_embeddings,
     serve_ollama_generate,
     show_model,
 )
+from hearth.server.ollama_models import delete_model, serve_pull
 from hearth.server.openapi import json_or_event_stream, json_or_ndjson
 from hearth.server.serving import check_token_ids, serve_chat, serve_completion
 from hearth.server.state import ServerState
@@ -57,6 +60,7 @@ extensions_router = APIRouter(
     dependencies=[Depends(require_api_key)], responses=error_responses(*_STATUSES)
 )
 # Ollama's native API: https://github.com/ollama/ollama/blob/main/docs/api.md
+# Every route needs the API key when keys are set, /api/pull and /api/delete included.
 ollama_router = APIRouter(
     prefix="/api",
     dependencies=[Depends(require_api_key)],
@@ -259,6 +263,52 @@ async def ollama_show(body: ollama.ShowRequest, request: Request) -> ollama.Show
     state = _state(request)
     with await state.acquire(body.model) as lease:
         return show_model(lease.model)
+
+
+@ollama_router.delete(
+    "/delete",
+    response_class=Response,
+    responses={
+        200: {"description": "Deleted; the body is empty, as Ollama's.", "content": {}},
+        **error_responses(409, ollama=True),
+    },
+)
+async def ollama_delete(body: ollama.DeleteRequest, request: Request) -> Response:
+    await delete_model(_state(request), body.model)
+    return Response()
+
+
+@ollama_router.post(
+    "/pull",
+    response_model=None,
+    responses={**json_or_ndjson(ollama.ProgressResponse), **error_responses(409, 502, ollama=True)},
+)
+async def ollama_pull(body: ollama.PullRequest, request: Request) -> Response:
+    return await serve_pull(_state(request), body, request)
+
+
+@ollama_router.post("/embed", response_model=None, responses={200: {"model": ollama.EmbedResponse}})
+async def ollama_embed(body: ollama.EmbedRequest, request: Request) -> Response:
+    state = _state(request)
+    return await with_model(
+        state,
+        body.model,
+        body.keep_alive,
+        lambda model: serve_ollama_embed(state, body, request),
+    )
+
+
+@ollama_router.post(
+    "/embeddings", response_model=None, responses={200: {"model": ollama.EmbeddingsResponse}}
+)
+async def ollama_embeddings(body: ollama.EmbeddingsRequest, request: Request) -> Response:
+    state = _state(request)
+    return await with_model(
+        state,
+        body.model,
+        body.keep_alive,
+        lambda model: serve_ollama_embeddings(state, body, request),
+    )
 
 
 @ollama_router.get("/version")

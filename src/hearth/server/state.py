@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from hearth.engine.embedder import Embedder
     from hearth.engine.engine import Engine
     from hearth.engine.llama_runner import LlamaRunner, ModelInfo
+    from hearth.server.ollama_models import PullJob
 
 __all__ = ["LoadedModel", "ServerState"]
 
@@ -74,6 +75,8 @@ class ServerState:
     models: ModelManager[LoadedModel]
     devices: list[Device]
     started: int = field(default_factory=lambda: int(time.time()))
+    # Downloads running for POST /api/pull (hearth.server.ollama_models).
+    pulls: set[PullJob] = field(default_factory=set)
 
     @property
     def model_id(self) -> str:
@@ -91,11 +94,14 @@ class ServerState:
         return await self.models.acquire(name, keep_alive)
 
     def end_requests(self, error: HearthError) -> None:
-        """End every request on every loaded model with `error` (the server is stopping)."""
+        """End every request on every loaded model, and every pull, with `error` (the server
+        is stopping)."""
         for status in self.models.snapshot():
             status.model.engine.abort_all(error)
             if status.model.embedder is not None:
                 status.model.embedder.abort_all(error)
+        for job in list(self.pulls):
+            job.abort(error)
 
     def model_for(self, name: str) -> LoadedModel:
         """The loaded model a request names (held by the request's lease), or a 404."""

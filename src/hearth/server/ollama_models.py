@@ -1,0 +1,375 @@
+"""Ollama's POST /api/pull and DELETE /api/delete over Hearth's model store.
+
+A pull is `hearth pull`'s own machinery (`models/pull.py`: the Hugging Face hub through
+huggingface_hub, resumable, sha256-checked) run on a thread of its own, since it blocks for as
+long as the download lasts. Its reporter hands each event to the event loop with
+`call_soon_threadsafe`; the route turns them into Ollama's progress lines. The reply waits for
+the file to be found on the hub before its headers go out, so an unknown repo is a real 404 and
+a bad name a 400, as with /api/chat. A client that leaves stops the download at its next chunk;
+what arrived stays in `.partial/`, and the next pull of the file resumes from it.
+
+A delete is `hearth rm`'s: `registry.removable` decides what may go, and a model this server
+has loaded is unloaded first when idle, refused while requests use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from hearth.errors import (
+    ConflictError,
+    HearthError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    NotFoundError,
+    UnsupportedParameterError,
+    UpstreamError,
+)
+from hearth.models import registry
+from hearth.models.pull import (
+    HubFile,
+    HubSource,
+    PullBusyError,
+    PullError,
+    PullNotFoundError,
+    PullReporter,
+    PullResult,
+    PullSourceError,
+    parse_source,
+    pull,
+)
+from hearth.models.store import InvalidModelNameError, check_model_name
+from hearth.protocol import ollama as wire
+from hearth.server.serving import until_disconnect
+from hearth.server.state import ServerState
+
+__all__ = ["PullJob", "delete_model", "serve_pull"]
+
+logger = logging.getLogger(__name__)
+
+_NDJSON = "application/x-ndjson"
+
+
+# -- events from the pull's thread -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    digest: str
+    total: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Progress:
+    completed: int
+    total: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Verifying:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    result: PullResult
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    error: HearthError
+
+
+_Event = _Resolved | _Progress | _Verifying | _Done | _Failed
+
+
+class _PullCancelled(Exception):
+    """Raised on the pull's thread, at its next chunk, once the client left (or the server is
+    stopping). Not an OSError, so huggingface_hub does not retry it: the download stops, and the
+    bytes written so far stay for the next pull to resume."""
+
+
+def _http_error(exc: Exception) -> HearthError:
+    if isinstance(exc, PullSourceError):
+        return InvalidRequestError(str(exc), param="model")
+    if isinstance(exc, PullNotFoundError):
+        return NotFoundError(str(exc), param="model")
+    if isinstance(exc, PullBusyError):
+        return ConflictError(str(exc))
+    if isinstance(exc, PullError):
+        return UpstreamError(str(exc))
+    logger.error("The pull failed", exc_info=exc)
+    return HearthError(f"The pull failed: {exc}")
+
+
+class PullJob(PullReporter):
+    """One pull on its own thread; events come out of `next()` on the event loop.
+
+    The thread is a daemon: a download still blocked on the network never holds up the
+    server's exit (asyncio's default executor would wait for it)."""
+
+    def __init__(self, source: str, name: str | None) -> None:
+        self.source = source
+        self._name = name
+        self._loop = asyncio.get_running_loop()
+        self._events: asyncio.Queue[_Event] = asyncio.Queue()
+        self._cancelled = threading.Event()
+        self._completed = 0
+        self._total: int | None = None
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="hearth-pull", daemon=True).start()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def abort(self, error: HearthError) -> None:
+        """End the pull with `error` (the server is stopping). On the event loop."""
+        self.cancel()
+        self._events.put_nowait(_Failed(error))
+
+    async def next(self) -> _Event:
+        """The next event; a run of progress events comes out as the latest one."""
+        event = await self._events.get()
+        while isinstance(event, _Progress) and not self._events.empty():
+            event = self._events.get_nowait()
+        return event
+
+    # -- on the pull's thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        event: _Event
+        try:
+            event = _Done(pull(self.source, name=self._name, reporter=self))
+        except _PullCancelled:
+            logger.info(
+                "Stopped pulling %s: its client left (or the server is stopping); the next "
+                "pull resumes it",
+                self.source,
+            )
+            return
+        except Exception as exc:
+            event = _Failed(_http_error(exc))
+        self._post(event)
+
+    def _post(self, event: _Event) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the server has stopped
+            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+
+    def _check(self) -> None:
+        if self._cancelled.is_set():
+            raise _PullCancelled
+
+    def note(self, message: str) -> None:
+        logger.info("Pulling %s: %s", self.source, message)
+
+    def resolved(self, file: HubFile) -> None:
+        self._check()
+        self._total = file.size
+        self._post(_Resolved(f"sha256:{file.sha256}", file.size))
+
+    def start_transfer(self, description: str, total: int | None, completed: int) -> None:
+        self._check()
+        self._total = total if total is not None else self._total
+        self._completed = completed
+        self._post(_Progress(self._completed, self._total))
+
+    def advance(self, size: int) -> None:
+        self._check()
+        self._completed += size
+        self._post(_Progress(self._completed, self._total))
+
+    def verifying(self) -> None:
+        self._post(_Verifying())
+
+
+# -- POST /api/pull ----------------------------------------------------------------------------
+
+
+def _hub_source(model: str) -> HubSource:
+    """Only the hub: a path would let a client make the server read its own files."""
+    try:
+        source = parse_source(model) if model.strip() else None
+    except PullError:
+        source = None
+    if not isinstance(source, HubSource):
+        raise InvalidRequestError(
+            f"Cannot pull {model!r}: Hearth pulls GGUF models from the Hugging Face hub, named "
+            "hf.co/ORG/REPO[:QUANT] or hf.co/ORG/REPO/FILE.gguf.",
+            param="model",
+        )
+    return source
+
+
+def _store_name(model: str, source: HubSource) -> str | None:
+    """The name the model is stored under: the one the client pulled, which it will then use
+    (as Ollama does); for a file (`…/FILE.gguf`) or a URL, hf.co/ORG/REPO:QUANT as
+    `hearth pull` names it."""
+    if source.filename is not None:
+        return None
+    try:
+        return check_model_name(model.strip())
+    except InvalidModelNameError:
+        return None
+
+
+def _served(state: ServerState, model: str) -> bool:
+    """Whether a request may already name `model`. Blocking: reads the store's manifests."""
+    return model.strip().lower() in (name.lower() for name in state.catalog.names())
+
+
+def _line(
+    status: str, digest: str | None = None, total: int | None = None, completed: int | None = None
+) -> bytes:
+    line = wire.ProgressResponse(status=status, digest=digest, total=total, completed=completed)
+    return line.model_dump_json(exclude_none=True).encode() + b"\n"
+
+
+async def serve_pull(state: ServerState, req: wire.PullRequest, http_request: Request) -> Response:
+    if req.insecure:
+        raise UnsupportedParameterError(
+            "'insecure' is not supported: Hearth pulls from the Hugging Face hub (HF_ENDPOINT) "
+            "over the connection huggingface_hub makes.",
+            param="insecure",
+        )
+    if await asyncio.to_thread(_served, state, req.model):
+        return _success(req.stream)  # bundled, pulled before, or an alias: nothing to fetch
+    source = _hub_source(req.model)
+    job = PullJob(req.model.strip(), _store_name(req.model, source))
+    state.pulls.add(job)
+    job.start()
+    try:
+        # Wait until the hub has named the file (or refused): errors are then real statuses.
+        first = await until_disconnect(http_request, job.next())
+        if isinstance(first, _Failed):
+            raise first.error
+        if not req.stream:
+            _log_pulled(await until_disconnect(http_request, _outcome(job, first)))
+            return _success(stream=False)
+    except BaseException:
+        _end(state, job)
+        raise
+    return _PullStream(state, job, _progress(job, first))
+
+
+def _end(state: ServerState, job: PullJob) -> None:
+    job.cancel()  # a no-op once the pull ended; else its client left
+    state.pulls.discard(job)
+
+
+async def _outcome(job: PullJob, first: _Event) -> PullResult:
+    event = first
+    while not isinstance(event, _Done):
+        if isinstance(event, _Failed):
+            raise event.error
+        event = await job.next()
+    return event.result
+
+
+class _PullStream(StreamingResponse):
+    """The progress stream; however it ends (done, failed, the client gone), the pull ends."""
+
+    def __init__(self, state: ServerState, job: PullJob, lines: AsyncIterator[bytes]) -> None:
+        super().__init__(lines, media_type=_NDJSON)
+        self._state = state
+        self._job = job
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            _end(self._state, self._job)
+
+
+def _success(stream: bool) -> Response:
+    if stream:
+        return Response(_line("success"), media_type=_NDJSON)
+    return JSONResponse({"status": "success"})
+
+
+def _log_pulled(result: PullResult) -> None:
+    model = result.model
+    if result.up_to_date:
+        logger.info("%s is up to date (%s)", model.name, model.source)
+    else:
+        logger.info("Pulled %s from %s (%d bytes)", model.name, model.source, model.size_bytes)
+
+
+async def _progress(job: PullJob, first: _Event) -> AsyncIterator[bytes]:
+    """Ollama's lines: pulling manifest, downloading <digest> (total, completed), verifying
+    sha256 digest, success; a failure midway ends the stream with an error line."""
+    digest: str | None = None
+    total: int | None = None
+    yield _line("pulling manifest")
+    event = first
+    while True:
+        if isinstance(event, _Resolved):
+            digest, total = event.digest, event.total
+        elif isinstance(event, _Progress):
+            total = event.total if event.total is not None else total
+            yield _line(f"downloading {digest}", digest, total, event.completed)
+        elif isinstance(event, _Verifying):
+            yield _line("verifying sha256 digest")
+        elif isinstance(event, _Done):
+            if event.result.up_to_date:  # nothing to download: all of it is there already
+                size = event.result.model.size_bytes
+                yield _line(f"downloading {digest}", digest, size, size)
+            _log_pulled(event.result)
+            yield _line("success")
+            return
+        else:
+            yield json.dumps({"error": event.error.message}).encode() + b"\n"
+            return
+        event = await job.next()
+
+
+# -- DELETE /api/delete ------------------------------------------------------------------------
+
+
+def _in_use(name: str) -> ConflictError:
+    return ConflictError(
+        f"{name} is in use by running requests; delete it once they end.",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def delete_model(state: ServerState, model: str) -> None:
+    """Remove a pulled model from the store, as `hearth rm` does. A model this server has
+    loaded is unloaded first if idle; refused while a request uses it, and when the server
+    needs it: its --model, or the base of a preset."""
+    try:
+        entry = await asyncio.to_thread(registry.removable, model)
+    except registry.UnknownModelError as exc:
+        raise ModelNotFoundError(f"model '{model}' not found: {exc}", param="model") from exc
+    except registry.NotRemovableError as exc:
+        raise InvalidRequestError(str(exc), param="model") from exc
+    users = state.catalog.served_from(entry.name)
+    if state.catalog.default_name in users:
+        raise ConflictError(
+            f"{entry.name} is the model this server was started with (--model); it cannot be "
+            "deleted while the server runs."
+        )
+    aliases = [name for name in users if state.catalog.preset(name) is not None]
+    if aliases:
+        raise ConflictError(
+            f"{entry.name} is the base of the preset {', '.join(aliases)} in hearth.toml; "
+            "remove the preset first."
+        )
+    loaded = [s for s in state.models.snapshot() if s.name in users]
+    if any(s.busy for s in loaded) or any(n in users for n in state.models.loading()):
+        raise _in_use(entry.name)
+    for status in loaded:
+        if await state.models.unload(status.name) == "pending":  # a request came meanwhile
+            raise _in_use(entry.name)
+    await asyncio.to_thread(registry.store().remove, entry.name)
+    logger.info("Deleted %s (%d bytes)", entry.name, entry.size_bytes)
