@@ -30,7 +30,7 @@ import llama_cpp as llama
 from hearth.models.chat_template import ChatTemplate
 from hearth.models.registry import embedded_model_path
 from hearth.settings import physical_cores
-from prompts import story_text
+from prompts import chat_messages
 
 TOP_K = 40
 MIN_P = 0.05
@@ -85,6 +85,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--ctx-per-seq", type=int, default=2048, help="KV cells per sequence (Hearth's ctx-size)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per batch size")
+    parser.add_argument(
+        "--variant", type=int, default=None, help="prompts of this variant (prompts.chat_messages)"
+    )
     parser.add_argument("--model", type=Path, default=None, help="GGUF (default: embedded)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = parser.parse_args(argv)
@@ -127,7 +130,9 @@ class Ceiling:
         add(chain, llama.llama_sampler_init_dist(seed))
         return chain
 
-    def run(self, batch_size: int, tokens: int, repeats: int) -> CeilingResult:
+    def run(
+        self, batch_size: int, tokens: int, repeats: int, variant: int | None = None
+    ) -> CeilingResult:
         params = llama.llama_context_default_params()
         # The context Hearth's LlamaRunner builds with parallel = batch_size.
         params.n_ctx = self.ctx_per_seq * batch_size
@@ -141,7 +146,9 @@ class Ceiling:
             raise RuntimeError("llama.cpp could not create a context")
         batch = llama.llama_batch_init(max(N_BATCH, batch_size), 0, 1)
         try:
-            prompts = [self.tokenize(self.render(story_text(i))) for i in range(batch_size)]
+            prompts = [
+                self.tokenize(self.render(chat_messages(i, variant))) for i in range(batch_size)
+            ]
             # The first pass warms caches and page faults and is not reported.
             self._generate(ctx, batch, prompts, WARMUP_STEPS)
             runs = [self._generate(ctx, batch, prompts, tokens) for _ in range(repeats)]
@@ -165,10 +172,10 @@ class Ceiling:
             tok_s_p50=round(batch_size / step_s, 2),
         )
 
-    def render(self, content: str) -> str:
+    def render(self, messages: list[dict[str, str]]) -> str:
         template = llama.llama_model_chat_template(self.model, None)
         chat = ChatTemplate(template.decode() if template else None)
-        text = chat.render([{"role": "user", "content": content}])
+        text = chat.render(messages)
         return text
 
     def _generate(self, ctx: Any, batch: Any, prompts: list[list[int]], tokens: int) -> _Run:
@@ -241,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results: list[CeilingResult] = []
         for size in args.batch_sizes:
-            result = ceiling.run(size, args.tokens, args.repeats)
+            result = ceiling.run(size, args.tokens, args.repeats, args.variant)
             results.append(result)
             if not args.json:
                 print(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["TOPICS", "story_text"]
+__all__ = ["TOPICS", "chat_messages", "story_text"]
 
 TOPICS = (
     "a lighthouse keeper",
@@ -29,3 +29,13 @@ def story_text(index: int) -> str:
     topic = TOPICS[index % len(TOPICS)]
     suffix = f" Version {index // len(TOPICS) + 1}." if index >= len(TOPICS) else ""
     return f"Write a long story about {topic}.{suffix}"
+
+
+def chat_messages(index: int, variant: int | None = None) -> list[dict[str, str]]:
+    """Request `index`'s chat. With a `variant`, a system message that starts with it comes
+    first: the rendered prompts of two variants then share only the template's first tokens, so
+    no server can answer a later round from an earlier round's KV cache."""
+    user = {"role": "user", "content": story_text(index)}
+    if variant is None:
+        return [user]
+    return [{"role": "system", "content": f"Run {variant}. You are a helpful assistant."}, user]
