@@ -13,7 +13,7 @@ from collections.abc import Sequence as SequenceType
 from dataclasses import dataclass, field, replace
 from typing import Generic, Protocol, TypeVar
 
-from hearth.engine.scheduler import Chunk, KvCopy, Scheduler, Sequence
+from hearth.engine.scheduler import Chunk, KvCopy, Scheduler, Sequence, StepPlan
 from hearth.engine.text import StopMatcher, Utf8Stream
 from hearth.engine.types import (
     BatchBudget,
@@ -170,24 +170,22 @@ class EngineCore(Generic[SinkT]):
         return outputs
 
     def step(self) -> list[tuple[SinkT, RequestOutput]]:
-        expired = self._expire_waiting()
+        # This runs between two llama_decode calls, while the other compute threads wait: the
+        # work between the decode and the samples, and the bookkeeping, are kept to a minimum.
+        expired = self._expire_waiting() if self.scheduler.waiting else []
         plan = self.scheduler.schedule()
         for op in plan.kv_ops:
             if isinstance(op, KvCopy):
                 self.runner.kv_copy(op.src, op.dst)
             else:
                 self.runner.kv_trim(op.seq_id, op.from_pos)
-        self._refresh_gauges()
         if not plan.chunks:
+            self._refresh_gauges()
             return expired
         status = self.runner.decode(plan.chunks)
         if status != 0:
             return expired + self._fail_step(plan.chunks, status)
-        self.stats.prompt_tokens_decoded_total += sum(
-            len(chunk.tokens) for chunk in plan.chunks if chunk.sequence.next_token is None
-        )
         self.scheduler.commit(plan)
-        self._record_batch(plan.chunks, plan.n_tokens)
 
         outputs = expired
         row = -1
@@ -202,6 +200,7 @@ class EngineCore(Generic[SinkT]):
                     self.scheduler.fork(other.sequence, chunk.sequence)
                     outputs.extend(self._sample(gen, other, row))
             outputs.extend(self._sample(gen, choice, row))
+        self._record_batch(plan, row + 1)
         self._refresh_gauges()
         return outputs
 
@@ -277,8 +276,10 @@ class EngineCore(Generic[SinkT]):
         reason: FinishReason | None,
         error: HearthError | None = None,
     ) -> RequestOutput:
-        logprobs = tuple(choice.logprobs)
-        choice.logprobs.clear()
+        logprobs: tuple[TokenLogprob, ...] = ()
+        if choice.logprobs:
+            logprobs = tuple(choice.logprobs)
+            choice.logprobs.clear()
         return RequestOutput(
             text=text,
             prompt_tokens=len(gen.request.prompt_tokens),
@@ -333,10 +334,11 @@ class EngineCore(Generic[SinkT]):
             self._refresh_gauges()
         return outputs
 
-    def _record_batch(self, chunks: SequenceType[Chunk], n_tokens: int) -> None:
+    def _record_batch(self, plan: StepPlan, n_tokens: int) -> None:
         stats = self.stats
-        n_seqs = len(chunks)
+        n_seqs = len(plan.chunks)
         stats.steps += 1
+        stats.prompt_tokens_decoded_total += plan.prompt_tokens
         stats.max_batch_size = max(stats.max_batch_size, n_seqs)
         stats.max_batch_tokens_seen = max(stats.max_batch_tokens_seen, n_tokens)
         stats.batch_size_histogram[n_seqs] = stats.batch_size_histogram.get(n_seqs, 0) + 1

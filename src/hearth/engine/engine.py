@@ -145,13 +145,14 @@ class Engine:
     # -- the engine thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        core = self._core
+        core, inbox = self._core, self._inbox
         while True:
-            # Idle: block until a command comes. Busy: take whatever arrived since the last step.
-            try:
-                command = self._inbox.get() if not core.has_work else self._inbox.get_nowait()
-            except queue.Empty:
-                command = None
+            # Idle: block until a command comes. Busy: take whatever arrived since the last step
+            # (this thread is the only reader, so a queue that is not empty has a command).
+            if core.has_work:
+                command = None if inbox.empty() else inbox.get_nowait()
+            else:
+                command = inbox.get()
             stop = False
             outputs: list[tuple[_Sink, RequestOutput]] = []
             while command is not None:
@@ -163,10 +164,7 @@ class Engine:
                     outputs.extend(core.abort_all(command.error))
                 else:
                     outputs.extend(core.abort(command.request_id))
-                try:
-                    command = self._inbox.get_nowait()
-                except queue.Empty:
-                    command = None
+                command = None if inbox.empty() else inbox.get_nowait()
             if stop:
                 outputs.extend(
                     core.abort_all(ServerShuttingDownError("The server is shutting down."))

@@ -103,6 +103,7 @@ class KvTrim:
 class StepPlan:
     chunks: list[Chunk]
     kv_ops: list[KvCopy | KvTrim]  # to apply in order, before decoding
+    prompt_tokens: int = 0  # of the chunks' tokens, those of prompts (the rest: one per decode)
 
     @property
     def n_tokens(self) -> int:
@@ -189,6 +190,7 @@ class Scheduler:
                 chunks.append(Chunk(seq, slot.seq_id, len(slot.cached), (seq.next_token,), True))
         budget -= len(chunks)
         prefill_budget = min(budget, self.budget.max_prefill_tokens) if chunks else budget
+        prompt_tokens = 0
         for seq in self.running:
             if prefill_budget <= 0:
                 break
@@ -200,7 +202,8 @@ class Scheduler:
             done = start + len(take) == len(seq.prompt)
             chunks.append(Chunk(seq, slot.seq_id, start, take, done))
             prefill_budget -= len(take)
-        return StepPlan(chunks=chunks, kv_ops=kv_ops)
+            prompt_tokens += len(take)
+        return StepPlan(chunks=chunks, kv_ops=kv_ops, prompt_tokens=prompt_tokens)
 
     def commit(self, plan: StepPlan) -> None:
         """Record that every chunk of `plan` is now in the KV cache."""
