@@ -8,7 +8,8 @@ In order, on one machine and in one run, so that the ratios compare like with li
 2. Each server in turn, alone: streaming chat requests at every client count (tok/s, TTFT, ITL,
    RSS), then the multi-turn case (TTFT of a long conversation, cold and with its prefix cached).
 3. With Hearth up but idle: alternating rounds of the bare loop at batch 1 and one Hearth stream,
-   for the 1-client decode ratio (the machine's speed drifts more than that gap).
+   for the 1-client decode ratio (the machine's speed drifts more than that gap), then of the
+   bare loop at batch N and N Hearth streams (N the largest client count), for the aggregate.
 Streams go through a lean client (sse_client.py), a blocking socket on a thread per stream: the
 clients share the cores with the servers.
 Both servers get the same requests, with the end-of-generation tokens banned through logit_bias
