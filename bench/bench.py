@@ -82,6 +82,9 @@ PEER_SAMPLING: dict[str, Any] = {"repeat_penalty": 1.0}
 RSS_GROWTH_MAX = 1.3
 WARM_COLD_MAX = 0.3
 CEILING_MIN = {1: 0.95, 16: 0.85}
+PEER_TOK_S_MIN = {1: 1.0, 16: 2.0}  # Hearth ÷ peer, aggregate output tok/s
+PEER_TTFT_MAX = {16: 0.25}  # Hearth ÷ peer, TTFT p50
+SIDE_BY_SIDE_MIN_REQUESTS = 4  # per round at 1 client: a stream each is too short to compare
 
 MULTI_TURN_MAX_TOKENS = 8  # only the first token's latency matters there
 
@@ -132,6 +135,7 @@ DEFAULTS: dict[str, Any] = {
     "ceiling_repeats": 3,
     "paired_rounds": 12,
     "paired_rounds_top": 6,
+    "peer_rounds": 4,
 }
 QUICK: dict[str, Any] = {
     "clients": [1, 4],
@@ -141,6 +145,7 @@ QUICK: dict[str, Any] = {
     "ceiling_repeats": 1,
     "paired_rounds": 2,
     "paired_rounds_top": 1,
+    "peer_rounds": 1,
 }
 
 
@@ -196,10 +201,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "the largest client count, for the aggregate ratio; 0 skips them (6)",
     )
     parser.add_argument(
+        "--peer-rounds",
+        type=non_negative_int,
+        help="with both servers up at once, alternating rounds of each at 1 client and at the "
+        "largest count, for the Hearth ÷ peer ratios; 0 skips them (4)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="smoke run: clients 1,4, 8 requests, 32 tokens, 1 multi-turn and ceiling repeat, "
-        "2 + 1 paired rounds",
+        "2 + 1 paired rounds, 1 side-by-side round",
     )
     parser.add_argument(
         "--out", type=Path, default=RESULTS_DIR / "latest.json", help="JSON output path"
@@ -349,6 +360,7 @@ class ServerSpec:
     cmd: list[str]
     ready_path: str
     env: dict[str, str]
+    base_url: str
 
 
 def server_spec(name: str, args: argparse.Namespace, port: int) -> ServerSpec:
@@ -358,7 +370,7 @@ def server_spec(name: str, args: argparse.Namespace, port: int) -> ServerSpec:
         cmd = [sys.executable, "-m", "hearth", "serve", "--host", HOST, "--port", str(port)]
         cmd += ["--parallel", str(args.parallel), "--threads", str(args.threads)]
         cmd += ["--ctx-size", str(args.hearth_ctx_size)]
-        return ServerSpec(name, cmd, "/health", env)
+        return ServerSpec(name, cmd, "/health", env, f"http://{HOST}:{port}")
     # The peer's settings also read unprefixed env vars (MODEL, PORT, CONFIG_FILE…); the flags
     # below win over them, and CONFIG_FILE would replace them all, so drop it.
     env = {k: v for k, v in os.environ.items() if k != "CONFIG_FILE"}
@@ -369,7 +381,7 @@ def server_spec(name: str, args: argparse.Namespace, port: int) -> ServerSpec:
     # Queued requests must wait their turn, not cut off the one streaming (its default).
     cmd += ["--interrupt_requests", "False", "--verbose", "False"]
     cmd += ["--host", HOST, "--port", str(port)]
-    return ServerSpec(name, cmd, "/v1/models", env)
+    return ServerSpec(name, cmd, "/v1/models", env, f"http://{HOST}:{port}")
 
 
 @contextlib.contextmanager
@@ -867,13 +879,125 @@ def run_server(server: str, args: argparse.Namespace) -> dict[str, Any]:
     log_path = args.out.parent / f"{args.out.stem}.{server}.log"
     with open(log_path, "w", encoding="utf-8") as log, running(spec, log) as proc:
         try:
-            report = asyncio.run(bench_server(spec, args, proc, f"http://{HOST}:{port}"))
+            report = asyncio.run(bench_server(spec, args, proc, spec.base_url))
         except (RuntimeError, httpx.HTTPError, KeyError, ValueError) as exc:
             console.print(f"[red]{server} failed: {exc}[/red] (server log: {log_path})")
             report = {"server": server, "error": f"{type(exc).__name__}: {exc}"}
     report["command"] = spec.cmd
     report["log"] = str(log_path)
     return report
+
+
+# -- both servers side by side ------------------------------------------------------------------
+
+
+async def side_by_side_round(
+    client: httpx.AsyncClient, server: str, clients: int, first_index: int, max_tokens: int
+) -> dict[str, Any]:
+    """One round against one server: max(clients, 4) requests, `clients` at a time."""
+    requests = max(clients, SIDE_BY_SIDE_MIN_REQUESTS)
+    gate = asyncio.Semaphore(clients)
+
+    async def one(index: int) -> RequestResult:
+        async with gate:
+            body = chat_body(server, story(index), max_tokens, index, stream=True)
+            return await stream_chat(client, body)
+
+    start = time.perf_counter()
+    results = await asyncio.gather(*(one(first_index + i) for i in range(requests)))
+    wall = time.perf_counter() - start
+    failed = next((r.error for r in results if r.error), None)
+    if failed:
+        raise RuntimeError(f"{server}: {failed}")
+    tokens = sum(completion_tokens(r, max_tokens)[0] for r in results)
+    ttfts = [r.ttft_s for r in results if r.ttft_s is not None]
+    return {"tok_s": round(tokens / wall, 2), "ttft_p50_ms": ms(percentile(ttfts, 50))}
+
+
+async def side_by_side(
+    specs: dict[str, ServerSpec],
+    procs: dict[str, subprocess.Popen[bytes]],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Alternating rounds of Hearth and the peer, both up at once (an idle server uses no CPU),
+    so that each ratio compares the same minutes of a machine whose speed drifts."""
+    workers = max(args.clients) + 4
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=workers))
+    sizes = sorted({1, max(args.clients)})
+    timeout = httpx.Timeout(None, connect=10.0)
+    clients: dict[str, httpx.AsyncClient] = {}
+    try:
+        for name, spec in specs.items():
+            clients[name] = httpx.AsyncClient(base_url=spec.base_url, timeout=timeout)
+            with console.status(f"side by side: waiting for {name}…"):
+                await wait_until_ready(clients[name], procs[name], spec.ready_path)
+        # Unique prompts for every request of every round, as in the runs.
+        next_index = 50_000
+        for name in specs:  # warm-up: first-call allocations, and every slot used once
+            await side_by_side_round(clients[name], name, max(sizes), next_index, 8)
+        next_index += max(max(sizes), SIDE_BY_SIDE_MIN_REQUESTS)
+        results: dict[int, list[dict[str, Any]]] = {size: [] for size in sizes}
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
+            task = progress.add_task(
+                "side by side, alternating rounds", total=args.peer_rounds * len(sizes)
+            )
+            for index in range(args.peer_rounds):
+                for size in sizes:
+                    order = [HEARTH, PEER] if index % 2 == 0 else [PEER, HEARTH]
+                    got = {}
+                    for name in order:
+                        got[name] = await side_by_side_round(
+                            clients[name], name, size, next_index, args.max_tokens
+                        )
+                    next_index += max(size, SIDE_BY_SIDE_MIN_REQUESTS)
+                    results[size].append(
+                        {
+                            "hearth": got[HEARTH],
+                            "peer": got[PEER],
+                            "tok_s_ratio": ratio(got[HEARTH]["tok_s"], got[PEER]["tok_s"]),
+                            "ttft_p50_ratio": ratio(
+                                got[HEARTH]["ttft_p50_ms"], got[PEER]["ttft_p50_ms"]
+                            ),
+                        }
+                    )
+                    progress.advance(task)
+    finally:
+        for client in clients.values():
+            await client.aclose()
+
+    def middle(rows: list[dict[str, Any]], key: str) -> float | None:
+        values = [row[key] for row in rows if row[key] is not None]
+        return round(statistics.median(values), 3) if values else None
+
+    return {
+        "rounds": args.peer_rounds,
+        "by_clients": [
+            {
+                "clients": size,
+                "requests_per_round": max(size, SIDE_BY_SIDE_MIN_REQUESTS),
+                "rounds": rows,
+                "tok_s_ratio_median": middle(rows, "tok_s_ratio"),
+                "ttft_p50_ratio_median": middle(rows, "ttft_p50_ratio"),
+            }
+            for size, rows in results.items()
+        ],
+    }
+
+
+def run_side_by_side(args: argparse.Namespace) -> dict[str, Any]:
+    specs = {name: server_spec(name, args, free_port()) for name in (HEARTH, PEER)}
+    with contextlib.ExitStack() as stack:
+        procs = {}
+        for name, spec in specs.items():
+            log_path = args.out.parent / f"{args.out.stem}.side-by-side.{name}.log"
+            log = stack.enter_context(open(log_path, "w", encoding="utf-8"))
+            procs[name] = stack.enter_context(running(spec, log))
+        try:
+            return asyncio.run(side_by_side(specs, procs, args))
+        except (RuntimeError, httpx.HTTPError, KeyError, ValueError) as exc:
+            console.print(f"[red]side by side failed: {exc}[/red]")
+            return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -907,7 +1031,10 @@ def comparisons(
 
 
 def acceptance(
-    args: argparse.Namespace, hearth: dict[str, Any] | None, ceiling: dict[str, Any] | None
+    args: argparse.Namespace,
+    hearth: dict[str, Any] | None,
+    ceiling: dict[str, Any] | None,
+    side: dict[str, Any] | None,
 ) -> list[dict[str, Any]]:
     """The issue's acceptance figures for Hearth; `pass` is None where a figure is missing."""
 
@@ -949,6 +1076,27 @@ def acceptance(
                 CEILING_MIN[1],
             )
         )
+    for entry in (side or {}).get("by_clients") or []:
+        size, rounds = entry["clients"], len(entry["rounds"])
+        rows.append(
+            row(
+                f"Hearth ÷ llama-cpp-python at {size} client(s), aggregate tok/s, median of "
+                f"{rounds} alternating rounds",
+                entry["tok_s_ratio_median"],
+                "≥",
+                PEER_TOK_S_MIN.get(size),
+            )
+        )
+        if size in PEER_TTFT_MAX:
+            rows.append(
+                row(
+                    f"Hearth ÷ llama-cpp-python at {size} clients, TTFT p50, median of {rounds} "
+                    "alternating rounds",
+                    entry["ttft_p50_ratio_median"],
+                    "≤",
+                    PEER_TTFT_MAX[size],
+                )
+            )
     paired_top = (hearth or {}).get("paired_aggregate") or {}
     if paired_top:
         size = paired_top["clients"]
@@ -1074,7 +1222,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += table([*header, "errors"], rows)
 
     if report["comparison"]:
-        lines += ["", "## Hearth ÷ llama-cpp-python (same run)", ""]
+        lines += ["", "## Hearth ÷ llama-cpp-python (same run, servers minutes apart)", ""]
         lines += table(
             [
                 "clients",
@@ -1096,6 +1244,45 @@ def markdown(report: dict[str, Any]) -> str:
                     c["ttft_p50_ratio"],
                 ]
                 for c in report["comparison"]
+            ],
+        )
+
+    side = report.get("side_by_side") or {}
+    if side.get("error"):
+        lines += ["", f"Side-by-side rounds failed: {side['error']}"]
+    for entry in side.get("by_clients") or []:
+        size = entry["clients"]
+        lines += ["", f"## Hearth and llama-cpp-python side by side, {size} client(s)", ""]
+        lines.append(
+            f"Both servers up at once; each round sends {entry['requests_per_round']} requests "
+            f"({size} at a time) to one server, then the same requests to the other, the order "
+            "alternating. The figures are medians of the per-round ratios."
+        )
+        lines.append("")
+        lines += table(
+            ["round", "Hearth tok/s", "peer tok/s", "ratio", "Hearth TTFT p50 ms", "peer", "ratio"],
+            [
+                [
+                    i + 1,
+                    r["hearth"]["tok_s"],
+                    r["peer"]["tok_s"],
+                    r["tok_s_ratio"],
+                    r["hearth"]["ttft_p50_ms"],
+                    r["peer"]["ttft_p50_ms"],
+                    r["ttft_p50_ratio"],
+                ]
+                for i, r in enumerate(entry["rounds"])
+            ]
+            + [
+                [
+                    "median",
+                    "",
+                    "",
+                    entry["tok_s_ratio_median"],
+                    "",
+                    "",
+                    entry["ttft_p50_ratio_median"],
+                ]
             ],
         )
 
@@ -1231,6 +1418,9 @@ def main(argv: list[str] | None = None) -> int:
     servers: dict[str, dict[str, Any]] = {}
     for server in args.servers:
         servers[server] = run_server(server, args)
+    side: dict[str, Any] | None = None
+    if args.peer_rounds and set(args.servers) == set(SERVERS):
+        side = run_side_by_side(args)
 
     report = {
         "machine": machine,
@@ -1247,11 +1437,13 @@ def main(argv: list[str] | None = None) -> int:
             "multi_turn_repeats": args.multi_turn_repeats,
             "paired_rounds": args.paired_rounds,
             "paired_rounds_top": args.paired_rounds_top,
+            "peer_rounds": args.peer_rounds,
             "quick": args.quick,
         },
         "servers": servers,
         "comparison": comparisons(args, servers.get(HEARTH), servers.get(PEER)),
-        "acceptance": acceptance(args, servers.get(HEARTH), ceiling),
+        "side_by_side": side,
+        "acceptance": acceptance(args, servers.get(HEARTH), ceiling, side),
         "ceiling": ceiling,
     }
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -1264,7 +1456,7 @@ def main(argv: list[str] | None = None) -> int:
         or (s.get("paired_decode") or {}).get("error")
         or (s.get("paired_aggregate") or {}).get("error")
         for s in servers.values()
-    ) or bool((ceiling or {}).get("error"))
+    ) or bool((ceiling or {}).get("error") or (side or {}).get("error"))
     return 1 if failed else 0
 
 
