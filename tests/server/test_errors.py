@@ -135,9 +135,15 @@ def test_context_length_exceeded_states_both_numbers(
     body = caught.value.body
     assert isinstance(body, dict)
     assert body["code"] == "context_length_exceeded"
+    assert body["param"] == "max_tokens"
     assert str(n_ctx) in body["message"]
     prompt_tokens = int(body["message"].split("(")[1].split(" ")[0])
     assert f"{prompt_tokens + n_ctx + 1} tokens" in body["message"]
+
+    with pytest.raises(openai.BadRequestError) as newer:
+        client.chat.completions.create(model=MODEL, messages=CHAT, max_completion_tokens=n_ctx + 1)
+    assert isinstance(newer.value.body, dict)
+    assert newer.value.body["param"] == "max_completion_tokens"
 
     with pytest.raises(openai.BadRequestError) as long_prompt:
         client.completions.create(model=MODEL, prompt="word " * (n_ctx + 10), max_tokens=1)

@@ -130,8 +130,10 @@ def _sampling_params(
     what: str,
     grammar: Grammar | None = None,
     logprobs: int | None = None,
+    limit_param: str = "max_tokens",
 ) -> SamplingParams:
-    """Resolve limits against the slot's context: refuse, never truncate silently."""
+    """Resolve limits against the slot's context: refuse, never truncate silently.
+    `limit_param` names the field that set `max_new`, for the error."""
     n_ctx = model.n_ctx_per_slot
     if prompt_len >= n_ctx:
         raise ContextLengthExceededError(
@@ -144,7 +146,7 @@ def _sampling_params(
             f"This model's maximum context length is {n_ctx} tokens. However, you requested "
             f"{prompt_len + max_new} tokens ({prompt_len} in the {what}, {max_new} in the "
             f"completion). Please reduce the length of the {what} or completion.",
-            param="max_tokens",
+            param=limit_param,
         )
     defaults = SamplingParams(max_tokens=1)
 
@@ -740,12 +742,14 @@ def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> PreparedChat
             param="response_format",
         )
     tokens = _chat_prompt_tokens(model, req, tools)
+    newer_limit = req.max_completion_tokens is not None
     params = _sampling_params(
         model,
         req,
         len(tokens),
-        req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens,
+        req.max_completion_tokens if newer_limit else req.max_tokens,
         what="messages",
+        limit_param="max_completion_tokens" if newer_limit else "max_tokens",
         grammar=tools.grammar or format_grammar,
         logprobs=(req.top_logprobs or 0) if req.logprobs else None,
     )
