@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import ollama
 import pytest
 
 from hearth.models.registry import embedded_model_path
@@ -67,6 +68,16 @@ def test_ps_shows_the_loaded_model(served: HearthServer) -> None:
     health = served.health()
     assert f"{health['slots_in_use']}/{health['slots_total']}" in row
     assert str(health["n_ctx_per_slot"]) in row
+
+
+def test_api_delete_refuses_the_servers_own_model(served: HearthServer) -> None:
+    with ollama.Client(host=served.base_url) as client:
+        with pytest.raises(ollama.ResponseError) as refused:
+            client.delete(NAME)
+        assert refused.value.status_code == 409
+        assert "the model this server was started with (--model)" in refused.value.error
+        assert NAME in [m.model for m in client.list().models]
+    assert served.health()["model"] == NAME
 
 
 def test_rm_keeps_the_loaded_model_unless_forced(served: HearthServer) -> None:
