@@ -29,6 +29,7 @@ from typing import Any
 
 import llama_cpp as llama
 
+from hearth.engine.commands import Abort, AbortAll, Stop
 from hearth.engine.embed_plan import EmbedChunk, l2_normalize, merge_chunk_vectors, plan_round
 from hearth.engine.llama_runner import _FLASH_ATTN_TYPES, LlamaRunner
 from hearth.errors import EngineError, HearthError, ServerOverloadedError
@@ -72,21 +73,7 @@ class _Add:
     future: _Future
 
 
-@dataclass(frozen=True, slots=True)
-class _Abort:
-    request_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class _AbortAll:
-    error: HearthError
-
-
-class _Stop:
-    pass
-
-
-_Command = _Add | _Abort | _AbortAll | _Stop
+_Command = _Add | Abort | AbortAll | Stop
 
 
 @dataclass(slots=True, eq=False)
@@ -167,7 +154,7 @@ class Embedder:
         if self._thread is None:
             return
         self._closing.set()  # checked between steps: a long round stops within one decode
-        self._inbox.put(_Stop())
+        self._inbox.put(Stop())
         self._thread.join(timeout)
         if self._thread.is_alive():
             logger.warning("the embedder thread did not stop within %.0f s", timeout)
@@ -178,7 +165,7 @@ class Embedder:
         thread keeps running for later requests."""
         self._abort_error = error
         self._aborting.set()
-        self._inbox.put(_AbortAll(error))
+        self._inbox.put(AbortAll(error))
 
     def stats(self) -> EmbedderStats:
         # Read from another thread: a copy of plain ints, consistent enough for a gauge.
@@ -202,7 +189,7 @@ class Embedder:
         finally:
             self._in_flight -= 1
             if future.cancelled():
-                self._inbox.put(_Abort(request_id))
+                self._inbox.put(Abort(request_id))
 
     # -- the embedder thread -------------------------------------------------------------------
     # _pending, _jobs and _outcomes belong to this thread alone.
@@ -242,11 +229,11 @@ class Embedder:
             return True
         go_on = True
         while command is not None:
-            if isinstance(command, _Stop):
+            if isinstance(command, Stop):
                 go_on = False
             elif isinstance(command, _Add):
                 self._add(command)
-            elif isinstance(command, _AbortAll):
+            elif isinstance(command, AbortAll):
                 self._aborting.clear()
                 for running in list(self._jobs.values()):
                     self._fail(running, command.error)

@@ -17,6 +17,7 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from hearth.engine.commands import Abort, AbortAll, Stop
 from hearth.engine.core import EngineCore, ModelRunner
 from hearth.engine.types import (
     BatchBudget,
@@ -46,21 +47,7 @@ class _Add:
     sink: _Sink
 
 
-@dataclass(frozen=True, slots=True)
-class _Abort:
-    request_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class _AbortAll:
-    error: HearthError
-
-
-class _Stop:
-    pass
-
-
-_Command = _Add | _Abort | _AbortAll | _Stop
+_Command = _Add | Abort | AbortAll | Stop
 
 
 class Engine:
@@ -92,13 +79,13 @@ class Engine:
     def shutdown(self, timeout: float = 10.0) -> None:
         if self._thread is None:
             return
-        self._inbox.put(_Stop())
+        self._inbox.put(Stop())
         self._thread.join(timeout)
         self._thread = None
 
     def abort_all(self, error: HearthError) -> None:
         """End every request, running or queued, with `error`; the engine keeps running."""
-        self._inbox.put(_AbortAll(error))
+        self._inbox.put(AbortAll(error))
 
     @property
     def in_flight(self) -> int:
@@ -140,7 +127,7 @@ class Engine:
         finally:
             self._in_flight -= 1
             if not finished:
-                self._inbox.put(_Abort(request.request_id))
+                self._inbox.put(Abort(request.request_id))
 
     # -- the engine thread ---------------------------------------------------------------------
 
@@ -156,11 +143,11 @@ class Engine:
             stop = False
             outputs: list[tuple[_Sink, RequestOutput]] = []
             while command is not None:
-                if isinstance(command, _Stop):
+                if isinstance(command, Stop):
                     stop = True
                 elif isinstance(command, _Add):
                     core.add(command.request, command.sink)
-                elif isinstance(command, _AbortAll):
+                elif isinstance(command, AbortAll):
                     outputs.extend(core.abort_all(command.error))
                 else:
                     outputs.extend(core.abort(command.request_id))
