@@ -22,7 +22,13 @@ from typing import Any, BinaryIO, cast
 
 from hearth.models.gguf_info import NotAGGUFError, read_gguf_info
 from hearth.models.registry import BUNDLED_IDS, store
-from hearth.models.store import InvalidModelNameError, ModelStore, StoredModel, check_model_name
+from hearth.models.store import (
+    InvalidModelNameError,
+    ModelStore,
+    StoredModel,
+    check_model_name,
+    file_sha256,
+)
 
 __all__ = [
     "DEFAULT_QUANT",
@@ -229,14 +235,6 @@ def _check_new_name(name: str) -> str:
     return name
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while block := file.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _check_gguf(path: Path, what: str) -> None:
     try:
         read_gguf_info(path)
@@ -416,7 +414,7 @@ def _pull_from_hub(
             raise PullBusyError(f"another pull is downloading {chosen.filename}") from exc
         _download(url, file, size, chosen.filename, reporter, endpoint)
         reporter.verifying()
-        actual = _sha256_of(partial)
+        actual = file_sha256(partial, _HASH_BLOCK)
         if actual != sha256:
             partial.unlink(missing_ok=True)
             raise PullError(

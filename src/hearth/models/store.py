@@ -14,6 +14,7 @@ is listed only when both exist, so a broken pull or a crash leaves no half entry
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ __all__ = [
     "ModelStore",
     "StoredModel",
     "check_model_name",
+    "file_sha256",
 ]
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,14 @@ class StoredModel:
     sha256: str
     size_bytes: int
     pulled_at: datetime
+
+
+def file_sha256(path: Path, block_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while block := file.read(block_size):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _key(name: str) -> str:
