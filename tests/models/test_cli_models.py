@@ -167,6 +167,28 @@ def test_show_an_unknown_model() -> None:
     assert "unknown model 'nope:1b'. Available: smollm2:135m, gemma3:270m" in result.output
 
 
+# --- cp -------------------------------------------------------------------------------------
+
+
+def test_cp_copies_under_a_new_name(imported: str) -> None:
+    size = humanize.size(registry.find(imported).size_bytes)
+    result = invoke("cp", imported, "tiny:copy")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"Copied tiny:q8 to tiny:copy ({size})."
+    assert registry.find("tiny:copy").sha256 == registry.find(imported).sha256
+    assert [row[0] for row in rows(invoke("list").output)[3:]] == ["tiny:copy", "tiny:q8"]
+
+
+def test_cp_refusals_exit_1_and_say_why(imported: str) -> None:
+    taken = invoke("cp", "smollm2:135m", imported)
+    assert taken.exit_code == 1
+    assert "cannot copy smollm2:135m: 'tiny:q8' already names a model" in taken.output
+    unknown = invoke("cp", "nope:1b", "x")
+    assert unknown.exit_code == 1 and "unknown model 'nope:1b'" in unknown.output
+    assert invoke("cp", imported, "bad name").exit_code == 1
+    assert registry.available_ids() == ["smollm2:135m", "gemma3:270m", imported]
+
+
 # --- rm -------------------------------------------------------------------------------------
 
 

@@ -1,5 +1,5 @@
-"""Ollama's POST /api/pull and DELETE /api/delete through the official `ollama` client, against
-the real server pulling from the loopback hub (HF_ENDPOINT); never the internet.
+"""Ollama's POST /api/pull, POST /api/copy and DELETE /api/delete through the official `ollama`
+client, against the real server pulling from the loopback hub (HF_ENDPOINT); never the internet.
 
 One server for the module, started with an API key (both routes need it) and a preset whose
 base is a model already in the store, so a delete can be refused for it.
@@ -235,7 +235,40 @@ def test_delete_refuses_bundled_unknown_and_needed_models(pulling: Pulling) -> N
     assert PRESET_BASE in pulling.tags()
 
 
-def test_pull_and_delete_need_the_api_key(pulling: Pulling) -> None:
+@pytest.mark.timeout(600)  # it generates: slow when the machine's cores are busy elsewhere
+def test_copy_serves_the_model_under_a_second_name(pulling: Pulling) -> None:
+    with pulling.client() as client:
+        assert client.copy("smollm2:135m", "smol:copy").status == "success"
+        assert "smol:copy" in pulling.tags()
+        reply = client.chat(
+            model="smol:copy",
+            messages=[{"role": "user", "content": "Say hello."}],
+            options={"num_predict": 4},
+        )
+        assert reply.model == "smol:copy" and reply.message.content
+        assert client.delete("smol:copy").status == "success"
+    assert "smol:copy" not in pulling.tags()
+    assert "smollm2:135m" in pulling.tags()
+
+
+def test_copy_refuses_unknown_sources_and_names_in_use(pulling: Pulling) -> None:
+    cases = [
+        ("nope:1b", "x:1", 404, "model 'nope:1b' not found"),
+        ("smollm2:135m", "tiny", 409, "'tiny' already names a model on this server"),  # preset
+        ("smollm2:135m", "SMOLLM2:135M", 409, "already names a model"),
+        (PRESET_BASE, "bad name", 400, "invalid model name 'bad name'"),
+    ]
+    before = pulling.tags()
+    with pulling.client() as client:
+        for source, destination, status, message in cases:
+            with pytest.raises(ollama.ResponseError) as error:
+                client.copy(source, destination)
+            assert error.value.status_code == status, destination
+            assert message in error.value.error, destination
+    assert pulling.tags() == before
+
+
+def test_pull_copy_and_delete_need_the_api_key(pulling: Pulling) -> None:
     for key in (None, "wrong-key"):
         with pulling.client(key) as client:
             with pytest.raises(ollama.ResponseError) as pull:
@@ -244,8 +277,12 @@ def test_pull_and_delete_need_the_api_key(pulling: Pulling) -> None:
             with pytest.raises(ollama.ResponseError) as delete:
                 client.delete(PRESET_BASE)
             assert delete.value.status_code == 401
+            with pytest.raises(ollama.ResponseError) as copy:
+                client.copy(PRESET_BASE, "tiny:copy")
+            assert copy.value.status_code == 401
     assert PRESET_BASE in pulling.tags()
     assert f"hf.co/{TINY_REPO}:Q8_0" not in pulling.tags()
+    assert "tiny:copy" not in pulling.tags()
 
 
 def test_a_server_stop_ends_a_running_pull_with_an_error_line(hub: FakeHub, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from hearth.models import registry
 from hearth.models.pull import PullError, pull
-from hearth.models.store import ModelStore
+from hearth.models.store import InvalidModelNameError, ModelStore
 from hearth.settings import hearth_home
 from tests.models.fake_hub import tiny_gguf
 
@@ -110,3 +110,50 @@ def test_import_refuses_bundled_names_and_missing_files(tmp_path: Path) -> None:
         pull(str(source), name="bad name")
     with pytest.raises(PullError, match="no such file"):
         pull(str(tmp_path / "absent.gguf"))
+
+
+def test_a_copy_is_a_second_name_for_the_same_file(tmp_path: Path) -> None:
+    source = tiny_gguf(tmp_path / "Tiny-Q8_0.gguf", seed=8)
+    original = pull(str(source), name="tiny:q8").model
+    copied = registry.copy_model("TINY:Q8", "tiny:backup")
+    assert (copied.name, copied.sha256, copied.size_bytes) == (
+        "tiny:backup",
+        original.sha256,
+        original.size_bytes,
+    )
+    assert copied.source == "copy of tiny:q8"
+    assert copied.path.read_bytes() == source.read_bytes()
+    assert registry.available_ids() == [*BUNDLED, "tiny:backup", "tiny:q8"]
+    assert list((hearth_home() / "models" / ".partial").iterdir()) == []
+    # Either name goes without the other.
+    ModelStore(hearth_home()).remove("tiny:q8")
+    assert registry.resolve("tiny:backup").path.read_bytes() == source.read_bytes()
+
+
+def test_the_bundled_models_can_be_copied_into_the_store() -> None:
+    smol = registry.copy_model("smollm2:135m", "my-smol")
+    embedded = registry.embedded_model_path()
+    assert smol.path.read_bytes() == embedded.read_bytes()
+    assert smol.sha256 == hashlib.sha256(embedded.read_bytes()).hexdigest()
+    assert registry.find("smollm2:135m").path == embedded  # the bundled one stays as it was
+    # Gemma is assembled first, then copied.
+    copied = registry.copy_model("gemma3:270m", "my-gemma")
+    assert copied.sha256 == gemma.EXPECTED_SHA256
+    assert hashlib.sha256(copied.path.read_bytes()).hexdigest() == gemma.EXPECTED_SHA256
+    assert registry.find("gemma3:270m").path is not None
+
+
+def test_a_copy_refuses_unknown_sources_and_taken_or_bad_names(tmp_path: Path) -> None:
+    pull(str(tiny_gguf(tmp_path / "t.gguf", seed=9)), name="tiny:q8")
+    with pytest.raises(
+        registry.UnknownModelError, match=re.escape("unknown model 'nope:1b'. Available: ")
+    ):
+        registry.copy_model("nope:1b", "x")
+    for taken in ("tiny:q8", "Tiny:Q8", "smollm2:135m", "gemma3:270m"):
+        with pytest.raises(registry.ModelExistsError, match="already names a model"):
+            registry.copy_model("smollm2:135m", taken)
+    for bad in ("bad name", "x.gguf", ""):
+        with pytest.raises(InvalidModelNameError):
+            registry.copy_model("tiny:q8", bad)
+    assert registry.available_ids() == [*BUNDLED, "tiny:q8"]
+    assert registry.find("gemma3:270m").path is None  # nothing was assembled for a refusal

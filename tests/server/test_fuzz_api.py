@@ -63,6 +63,7 @@ OPERATIONS = [
     # Only bundled, served and unknown names: the store here is empty, the hub has no repos.
     ("POST", "/api/pull"),
     ("DELETE", "/api/delete"),
+    ("POST", "/api/copy"),
     ("GET", "/api/version"),
     ("GET", "/api/ps"),
     ("POST", "/admin/models/load"),
@@ -130,6 +131,11 @@ SEEDS: dict[tuple[str, str], list[dict[str, Any]]] = {
         {"model": "hf.co/hearth-test/Nope:Q4_K_M"},
     ],
     ("DELETE", "/api/delete"): [{"model": MODEL}, {"model": "hf.co/hearth-test/Nope:Q4_K_M"}],
+    ("POST", "/api/copy"): [
+        {"source": MODEL, "destination": "fuzz:copy"},
+        {"source": MODEL, "destination": MODEL},
+        {"source": "nope:1b", "destination": "fuzz:other"},
+    ],
 }
 
 CHECKS = [

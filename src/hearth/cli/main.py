@@ -16,6 +16,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("hearth.cli.list_models", "List the models Hearth can serve."),
     "show": ("hearth.cli.show", "Show a model's metadata and chat template."),
     "rm": ("hearth.cli.rm", "Remove a pulled model."),
+    "cp": ("hearth.cli.cp", "Copy a model under a new name."),
     "ps": ("hearth.cli.ps", "Show the models the running server has loaded."),
     "devices": ("hearth.cli.devices", "List the devices llama.cpp can use."),
 }

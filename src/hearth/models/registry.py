@@ -11,21 +11,25 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hearth.models.store import ModelStore, StoredModel
+from hearth.models.store import ModelStore, StoredModel, check_model_name, file_sha256
 
 __all__ = [
     "DEFAULT_MODEL_ID",
     "GEMMA_MODEL_ID",
     "ModelEntry",
+    "ModelExistsError",
     "ModelRef",
     "NotRemovableError",
     "UnknownModelError",
     "assemble_gemma",
     "available_ids",
+    "copy_model",
     "embedded_model_path",
     "find",
     "list_models",
@@ -54,6 +58,10 @@ class UnknownModelError(LookupError):
 
 class NotRemovableError(ValueError):
     """A bundled model with nothing in the store to remove."""
+
+
+class ModelExistsError(ValueError):
+    """A copy's destination already names a model."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +241,38 @@ def removable(name: str) -> ModelEntry:
             f"{entry.name} is bundled and not assembled: there is nothing to remove"
         )
     return entry
+
+
+def copy_model(source: str, destination: str) -> StoredModel:
+    """`hearth cp` and POST /api/copy: the model `source` (bundled or in the store) in the store
+    again, as `destination`. A hard link where the file system allows one, so no second copy
+    takes disk space (store files are only ever replaced, never written in place); else a copy.
+
+    Raises UnknownModelError, InvalidModelNameError for a name the store refuses, and
+    ModelExistsError when `destination` already names a model (delete that one first)."""
+    known = list_models()
+    entry = next((e for e in known if e.name.lower() == source.lower()), None)
+    if entry is None:
+        raise UnknownModelError(
+            f"unknown model {source!r}. Available: {', '.join(e.name for e in known) or 'none'}"
+            " (`hearth pull FILE.gguf --name NAME` imports a file)."
+        )
+    check_model_name(destination)
+    taken = [e.name for e in known] + list(BUNDLED_IDS)
+    if destination.lower() in (name.lower() for name in taken):
+        raise ModelExistsError(f"{destination!r} already names a model; remove it first")
+    path = entry.path if entry.path is not None else assemble_gemma().path
+    models = store()
+    staged = models.temp_path(".gguf")
+    try:
+        try:
+            os.link(path, staged)
+        except OSError:  # another file system, or links not allowed there
+            shutil.copyfile(path, staged)
+        sha256 = entry.sha256 or file_sha256(staged)
+        return models.install(destination, staged, source=f"copy of {entry.name}", sha256=sha256)
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def _unknown(name: str) -> UnknownModelError:

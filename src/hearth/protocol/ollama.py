@@ -245,6 +245,13 @@ class DeleteRequest(_ModelRequest):
     model: str
 
 
+class CopyRequest(_Request):
+    """POST /api/copy"""
+
+    source: str
+    destination: str
+
+
 class PullRequest(_ModelRequest):
     """POST /api/pull"""
 

@@ -1,4 +1,4 @@
-"""Ollama's POST /api/pull and DELETE /api/delete over Hearth's model store.
+"""Ollama's POST /api/pull, POST /api/copy and DELETE /api/delete over Hearth's model store.
 
 A pull is `hearth pull`'s own machinery (`models/pull.py`: the Hugging Face hub through
 huggingface_hub, resumable, sha256-checked) run on a thread of its own, since it blocks for as
@@ -7,6 +7,8 @@ long as the download lasts. Its reporter hands each event to the event loop with
 the file to be found on the hub before its headers go out, so an unknown repo is a real 404 and
 a bad name a 400, as with /api/chat. A client that leaves stops the download at its next chunk;
 what arrived stays in `.partial/`, and the next pull of the file resumes from it.
+
+A copy is `hearth cp`'s (`registry.copy_model`), under a name no request uses yet.
 
 A delete is `hearth rm`'s: `registry.removable` decides what may go, and a model this server
 has loaded is unloaded first when idle, refused while requests use it.
@@ -53,7 +55,7 @@ from hearth.protocol import ollama as wire
 from hearth.server.serving import until_disconnect
 from hearth.server.state import ServerState
 
-__all__ = ["PullJob", "delete_model", "serve_pull"]
+__all__ = ["PullJob", "copy_model", "delete_model", "serve_pull"]
 
 logger = logging.getLogger(__name__)
 
@@ -331,6 +333,31 @@ async def _progress(job: PullJob, first: _Event) -> AsyncIterator[bytes]:
             yield json.dumps({"error": event.error.message}).encode() + b"\n"
             return
         event = await job.next()
+
+
+# -- POST /api/copy ---------------------------------------------------------------------------
+
+
+async def copy_model(state: ServerState, source: str, destination: str) -> None:
+    """Copy a model in the store under a new name, as `hearth cp` does. The new name may not be
+    one that requests already use: a model, a preset, or this server's --model."""
+    if destination.lower() in (name.lower() for name in state.catalog.names()):
+        raise ConflictError(
+            f"'{destination}' already names a model on this server; delete it first, or copy "
+            "to another name.",
+            param="destination",
+        )
+    try:
+        copied = await asyncio.to_thread(registry.copy_model, source, destination)
+    except registry.UnknownModelError as exc:
+        raise ModelNotFoundError(f"model '{source}' not found: {exc}", param="source") from exc
+    except InvalidModelNameError as exc:
+        raise InvalidRequestError(str(exc), param="destination") from exc
+    except registry.ModelExistsError as exc:
+        raise ConflictError(str(exc), param="destination") from exc
+    except OSError as exc:  # the disk is full, or the store not writable
+        raise HearthError(f"The copy failed: {exc}") from exc
+    logger.info("Copied %s to %s", source, copied.name)
 
 
 # -- DELETE /api/delete ------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from hearth.server.ollama import (
     serve_ollama_generate,
     show_model,
 )
-from hearth.server.ollama_models import delete_model, serve_pull
+from hearth.server.ollama_models import copy_model, delete_model, serve_pull
 from hearth.server.openapi import json_or_event_stream, json_or_ndjson
 from hearth.server.serving import check_token_ids, serve_chat, serve_completion
 from hearth.server.state import ServerState
@@ -60,7 +60,7 @@ extensions_router = APIRouter(
     dependencies=[Depends(require_api_key)], responses=error_responses(*_STATUSES)
 )
 # Ollama's native API: https://github.com/ollama/ollama/blob/main/docs/api.md
-# Every route needs the API key when keys are set, /api/pull and /api/delete included.
+# Every route needs the API key when keys are set, the store-changing ones included.
 ollama_router = APIRouter(
     prefix="/api",
     dependencies=[Depends(require_api_key)],
@@ -275,6 +275,19 @@ async def ollama_show(body: ollama.ShowRequest, request: Request) -> ollama.Show
 )
 async def ollama_delete(body: ollama.DeleteRequest, request: Request) -> Response:
     await delete_model(_state(request), body.model)
+    return Response()
+
+
+@ollama_router.post(
+    "/copy",
+    response_class=Response,
+    responses={
+        200: {"description": "Copied; the body is empty, as Ollama's.", "content": {}},
+        **error_responses(409, ollama=True),
+    },
+)
+async def ollama_copy(body: ollama.CopyRequest, request: Request) -> Response:
+    await copy_model(_state(request), body.source, body.destination)
     return Response()
 
 
