@@ -57,6 +57,26 @@ def test_one_batch_mixes_decode_tokens_and_prompt_chunks() -> None:
     assert prefill.seq_id != decode.seq_id
 
 
+def test_rows_go_in_ascending_sequence_order_whatever_the_admission_order() -> None:
+    # llama.cpp keeps split-KV sequences in one ubatch only while their ids ascend by one.
+    scheduler = Scheduler(3, BatchBudget(max_batch_tokens=64, max_prefill_tokens=64))
+    first, second, third = seq("a", [1, 2]), seq("b", [3, 4]), seq("c", [5, 6])
+    for sequence in (first, second, third):
+        scheduler.add(sequence)
+    scheduler.commit(scheduler.schedule())
+    scheduler.release(first)  # slot 0 frees up; the next request takes it
+    for sequence in (second, third):
+        sequence.next_token = 7
+    scheduler.add(seq("d", [8, 9, 10]))
+    plan = scheduler.schedule()
+    assert [s.request_id for s in scheduler.running] == ["b", "c", "d"]
+    assert [(c.sequence.request_id, c.seq_id) for c in plan.chunks] == [
+        ("d", 0),
+        ("b", 1),
+        ("c", 2),
+    ]
+
+
 def test_prompt_alone_gets_the_whole_step_budget() -> None:
     scheduler = Scheduler(1, BatchBudget(max_batch_tokens=8, max_prefill_tokens=2))
     scheduler.add(seq("a", list(range(1, 20))))

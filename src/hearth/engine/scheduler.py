@@ -11,7 +11,7 @@ Design (llama.cpp server's slots):
     used), and if another slot, busy or free, shares a long prefix with the prompt (a common
     system prompt), that slot's KV is copied in (`llama_memory_seq_cp`) instead of recomputed.
 - Every step carries the pending token of each generating sequence, then prompt chunks of newly
-  admitted ones, under the named budgets in `BatchBudget`.
+  admitted ones, under the named budgets in `BatchBudget`; its rows go in ascending seq_id order.
 - Requests beyond the slots wait in arrival order.
 - A request for n choices waits for n free slots. Its prompt is decoded once, in the first; the
   others (`forks`) get a copy of that KV cache when the prompt is done (`fork()`).
@@ -203,6 +203,10 @@ class Scheduler:
             chunks.append(Chunk(seq, slot.seq_id, start, take, done))
             prefill_budget -= len(take)
             prompt_tokens += len(take)
+        # With split KV, llama.cpp puts sequences in one ubatch only while their ids ascend by
+        # one from row to row (split_equal, sequential); rows in any other order cost one more
+        # pass over the weights per break.
+        chunks.sort(key=_chunk_seq_id)
         return StepPlan(chunks=chunks, kv_ops=kv_ops, prompt_tokens=prompt_tokens)
 
     def commit(self, plan: StepPlan) -> None:
@@ -271,6 +275,10 @@ class Scheduler:
         if donor is not target and gain >= MIN_COPY_TOKENS:
             return target, prefix[donor.seq_id], donor
         return target, prefix[target.seq_id], None
+
+
+def _chunk_seq_id(chunk: Chunk) -> int:
+    return chunk.seq_id
 
 
 def _slot_of(seq: Sequence) -> Slot:
