@@ -414,7 +414,7 @@ def _pull_from_hub(
             raise PullBusyError(f"another pull is downloading {chosen.filename}") from exc
         _download(url, file, size, chosen.filename, reporter, endpoint)
         reporter.verifying()
-        actual = file_sha256(partial, _HASH_BLOCK)
+        actual = file_sha256(partial)
         if actual != sha256:
             partial.unlink(missing_ok=True)
             raise PullError(

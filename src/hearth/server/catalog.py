@@ -83,6 +83,11 @@ class ServerCatalog:
         names.extend(alias for alias in self._presets if alias not in names)
         return names
 
+    def own_names(self) -> list[str]:
+        """The names this server adds to the registry's: its --model's, then the preset
+        aliases. Reads nothing from the store."""
+        return [self.default_name, *self._presets]
+
     def check(self, name: str) -> None:
         if name in self._presets or name == self.default_name:
             return

@@ -50,7 +50,7 @@ from hearth.models.pull import (
     parse_source,
     pull,
 )
-from hearth.models.store import InvalidModelNameError, StoredModel, check_model_name
+from hearth.models.store import InvalidModelNameError, check_model_name
 from hearth.protocol import ollama as wire
 from hearth.server.serving import until_disconnect
 from hearth.server.state import ServerState
@@ -340,9 +340,16 @@ async def _progress(job: PullJob, first: _Event) -> AsyncIterator[bytes]:
 
 async def copy_model(state: ServerState, source: str, destination: str) -> None:
     """Copy a model in the store under a new name, as `hearth cp` does. The new name may not be
-    one that requests already use: a model, a preset, or this server's --model."""
+    one that requests already use: a model (the registry checks those), a preset, or this
+    server's --model."""
+    if destination.lower() in (name.lower() for name in state.catalog.own_names()):
+        raise ConflictError(
+            f"'{destination}' already names a model on this server; delete it first, or copy "
+            "to another name.",
+            param="destination",
+        )
     try:
-        copied = await asyncio.to_thread(_copy, state, source, destination)
+        copied = await asyncio.to_thread(registry.copy_model, source, destination)
     except registry.UnknownModelError as exc:
         raise ModelNotFoundError(f"model '{source}' not found: {exc}", param="source") from exc
     except InvalidModelNameError as exc:
@@ -352,16 +359,6 @@ async def copy_model(state: ServerState, source: str, destination: str) -> None:
     except OSError as exc:  # the disk is full, or the store not writable
         raise HearthError(f"The copy failed: {exc}") from exc
     logger.info("Copied %s to %s", source, copied.name)
-
-
-def _copy(state: ServerState, source: str, destination: str) -> StoredModel:
-    """Blocking: reads the store's manifests, then links or copies the file."""
-    if destination.lower() in (name.lower() for name in state.catalog.names()):
-        raise registry.ModelExistsError(
-            f"'{destination}' already names a model on this server; delete it first, or copy "
-            "to another name."
-        )
-    return registry.copy_model(source, destination)
 
 
 # -- DELETE /api/delete ------------------------------------------------------------------------
