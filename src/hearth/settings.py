@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -13,10 +14,20 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hearth.models.keep_alive import parse_keep_alive
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ServeSettings", "hearth_home", "physical_cores"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "ServeSettings",
+    "hearth_home",
+    "parse_duration",
+    "physical_cores",
+]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8642
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd])")
 
 
 def hearth_home() -> Path:
@@ -25,6 +36,33 @@ def hearth_home() -> Path:
         return Path(home).expanduser()
     data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data).expanduser() / "hearth"
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds in a positive duration: a number of seconds, or units like '30d', '12h', '1h30m',
+    '90s'."""
+    problem = f"invalid duration {value!r}: give seconds, or a duration like '30d', '12h', '10m'"
+    if isinstance(value, bool):
+        raise ValueError(problem)
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = value.strip().lower()
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds, position = 0.0, 0
+            while position < len(text):
+                match = _DURATION_PART.match(text, position)
+                if match is None:
+                    raise ValueError(problem) from None
+                seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+                position = match.end()
+            if not text:
+                raise ValueError(problem) from None
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"a duration must be more than 0 and finite, not {value!r}")
+    return seconds
 
 
 @cache
@@ -114,6 +152,11 @@ class ServeSettings(BaseSettings):
         description="Memory the loaded models may take, by their estimates (bytes, or '4GiB', "
         "'512MB'); the least recently used idle one makes room. Default: no limit.",
     )
+    responses_max_age: str = Field(
+        "30d",
+        description="How long /v1/responses keeps a stored response (and its conversation, for "
+        "previous_response_id) in the Hearth home: seconds or a duration ('30d', '12h', '10m').",
+    )
     config: Path | None = Field(
         None, description="Presets file (default: hearth.toml in the Hearth home, if present)."
     )
@@ -126,6 +169,19 @@ class ServeSettings(BaseSettings):
             parse_keep_alive(value)
             return str(value).strip()
         return value
+
+    @field_validator("responses_max_age", mode="before")
+    @classmethod
+    def _valid_max_age(cls, value: object) -> object:
+        if isinstance(value, int | float | str):
+            parse_duration(value)
+            return str(value).strip()
+        return value
+
+    @property
+    def responses_max_age_s(self) -> float:
+        """`responses_max_age` in seconds."""
+        return parse_duration(self.responses_max_age)
 
     @field_validator("api_key", "cors_origin", mode="before")
     @classmethod

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import click
 import pytest
+from pydantic import ValidationError
 
 from hearth.cli.serve import command as serve_command
 from hearth.errors import ContextLengthExceededError, ModelNotFoundError
@@ -72,3 +73,18 @@ def test_every_setting_has_a_flag_and_a_description() -> None:
     for name, field in ServeSettings.model_fields.items():
         assert name in flags, f"--{name.replace('_', '-')} is missing from `hearth serve`"
         assert field.description, f"setting {name} has no description"
+
+
+@pytest.mark.parametrize(
+    ("given", "seconds"),
+    [("30d", 30 * 86400.0), ("12h", 43200.0), ("1h30m", 5400.0), ("90", 90.0), (3600, 3600.0)],
+)
+def test_responses_max_age_takes_seconds_or_durations(given: str | int, seconds: float) -> None:
+    assert ServeSettings().responses_max_age_s == 30 * 86400.0  # the default
+    assert ServeSettings(responses_max_age=given).responses_max_age_s == seconds
+
+
+@pytest.mark.parametrize("given", ["0", "-1d", "soon", "", "10 days", "inf", True])
+def test_responses_max_age_must_be_a_positive_duration(given: object) -> None:
+    with pytest.raises(ValidationError, match="responses_max_age"):
+        ServeSettings(responses_max_age=given)
