@@ -50,7 +50,7 @@ def test_malformed_json_is_a_400(server: HearthServer) -> None:
         ({"model": MODEL, "messages": CHAT, "max_tokens": -5}, "max_tokens"),
         ({"model": MODEL, "messages": CHAT, "max_tokens": "many"}, "max_tokens"),
         ({"model": MODEL, "messages": "hello"}, "messages"),
-        ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0]"),
+        ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
         ({"model": MODEL, "messages": [{"role": "user"}]}, "messages[0].content"),
         ({"model": MODEL}, "messages"),
         ({"messages": CHAT}, "model"),

@@ -12,10 +12,10 @@ import pytest
 from pydantic import BaseModel
 
 from hearth.errors import QueueTimeoutError
-from hearth.protocol import ollama
+from hearth.protocol import anthropic, ollama
 from hearth.protocol import openai as wire
 from hearth.server.app import create_app
-from hearth.server.errors import sse_error_event
+from hearth.server.errors import is_anthropic_path, sse_error_event
 from hearth.settings import ServeSettings
 
 
@@ -36,15 +36,26 @@ def test_validation_failures_are_documented_as_400_not_422(openapi: dict[str, An
     assert "HTTPValidationError" not in openapi["components"]["schemas"]
 
 
+def _component_names(model: type[BaseModel]) -> set[str]:
+    # A class name that two protocol modules share is qualified by its module in the document.
+    qualified = f"{model.__module__.replace('.', '__')}__{model.__name__}"
+    return {f"#/components/schemas/{name}" for name in (model.__name__, qualified)}
+
+
 def test_errors_are_documented_in_the_shape_each_route_answers(openapi: dict[str, Any]) -> None:
     for path, operation in operations(openapi):
         for status, response in operation["responses"].items():
             if int(status) < 400:
                 continue
             ref = response["content"]["application/json"]["schema"]["$ref"]
-            # /api/... answers as Ollama does, everything else as OpenAI does (server/errors.py).
-            expected = "ErrorResponse" if path.startswith("/api/") else "ErrorBody"
-            assert ref == f"#/components/schemas/{expected}", (path, status)
+            # /api/... answers as Ollama does, /v1/messages... as Anthropic does, everything else
+            # as OpenAI does (server/errors.py).
+            expected: type[BaseModel] = wire.ErrorBody
+            if path.startswith("/api/"):
+                expected = ollama.ErrorResponse
+            elif is_anthropic_path(path):
+                expected = anthropic.ErrorResponse
+            assert ref in _component_names(expected), (path, status)
 
 
 def _validator(openapi: dict[str, Any], schema: dict[str, Any]) -> jsonschema.Draft202012Validator:

@@ -1,4 +1,8 @@
-"""Bearer-token auth for /v1 routes, on when at least one API key is configured."""
+"""API-key auth for /v1, /api and the extension routes, on when at least one key is configured.
+
+The key comes as a Bearer token (`Authorization: Bearer KEY`, OpenAI's clients and Ollama's) or
+in `x-api-key` (Anthropic's clients), on every route alike.
+"""
 
 from __future__ import annotations
 
@@ -11,19 +15,34 @@ from hearth.errors import AuthenticationError
 __all__ = ["require_api_key"]
 
 
+def _presented_keys(request: Request) -> list[str]:
+    presented = []
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        presented.append(token.strip())
+    # Anthropic's SDK sends x-api-key (and Authorization only when given an auth token; a client
+    # may send both, each from its own setting: either one may hold the key).
+    key = request.headers.get("x-api-key", "").strip()
+    if key:
+        presented.append(key)
+    return presented
+
+
 async def require_api_key(request: Request) -> None:
     keys: list[str] = request.app.state.hearth.settings.api_key
     if not keys:
         return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    presented = _presented_keys(request)
+    if not presented:
         raise AuthenticationError(
             "You didn't provide an API key. Provide it as a Bearer token in the Authorization "
-            "header (Authorization: Bearer YOUR_KEY).",
+            "header (Authorization: Bearer YOUR_KEY) or in the x-api-key header "
+            "(x-api-key: YOUR_KEY).",
             code="missing_api_key",
         )
-    token = token.strip()
-    # Compare against every key, in constant time, so timing reveals nothing.
-    matches = [hmac.compare_digest(token.encode(), key.encode()) for key in keys]
+    # Compare every presented key against every key, in constant time, so timing reveals nothing.
+    matches = [
+        hmac.compare_digest(token.encode(), key.encode()) for token in presented for key in keys
+    ]
     if not any(matches):
         raise AuthenticationError("Incorrect API key provided.")
