@@ -51,6 +51,12 @@ OPERATIONS = [
     ("GET", "/v1/models/{model_id}"),
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/completions"),
+    ("POST", "/v1/responses"),
+    ("GET", "/v1/responses/{response_id}"),
+    ("DELETE", "/v1/responses/{response_id}"),
+    ("GET", "/v1/responses/{response_id}/input_items"),
+    ("POST", "/v1/messages"),
+    ("POST", "/v1/messages/count_tokens"),
     ("POST", "/v1/embeddings"),
     ("POST", "/tokenize"),
     ("POST", "/detokenize"),
@@ -111,6 +117,37 @@ SEEDS: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("POST", "/v1/embeddings"): [
         {"model": MODEL, "input": ["Hi", "there"], "encoding_format": "base64"},
     ],
+    ("POST", "/v1/responses"): [
+        {"model": MODEL, "input": "Hi", "max_output_tokens": 8, "stream": True},
+        {
+            "model": MODEL,
+            "input": [{"role": "user", "content": "Hi"}],
+            "tools": [{"type": "function", **WEATHER["function"]}],
+            "tool_choice": "required",
+            "max_output_tokens": 24,
+            "stream": True,
+        },
+        {
+            "model": MODEL,
+            "input": "Hi",
+            "text": {"format": {"type": "json_object"}},
+            "max_output_tokens": 9,
+            "store": False,
+        },
+    ],
+    ("POST", "/v1/messages"): [
+        {"model": MODEL, "messages": HI, "max_tokens": 8, "stream": True},
+        {
+            "model": MODEL,
+            "messages": HI,
+            "max_tokens": 24,
+            "tools": [{"name": "get_weather", "input_schema": WEATHER["function"]["parameters"]}],
+            "tool_choice": {"type": "any"},
+            "stream": True,
+        },
+        {"model": MODEL, "messages": HI, "max_tokens": 8, "stop_sequences": ["e"]},
+    ],
+    ("POST", "/v1/messages/count_tokens"): [{"model": MODEL, "messages": HI}],
     ("POST", "/api/chat"): [
         {"model": MODEL, "messages": HI, "options": {"num_predict": 8}},
         {"model": MODEL, "messages": HI, "tools": [WEATHER], "options": {"num_predict": 24}},
@@ -227,6 +264,12 @@ def cap_generation(path: str, body: Any) -> Any:
         if capped.get("max_completion_tokens") is not None:
             capped["max_completion_tokens"] = _capped(capped["max_completion_tokens"])
         return capped
+    if path == "/v1/responses":
+        return {**body, "max_output_tokens": _capped(body.get("max_output_tokens"))}
+    if path == "/v1/messages":  # max_tokens is required there
+        if "max_tokens" in body:
+            return {**body, "max_tokens": _capped(body["max_tokens"])}
+        return body
     if path == "/v1/completions":  # an absent max_tokens is 16, as in the spec
         return {**body, "max_tokens": _capped(body["max_tokens"])} if "max_tokens" in body else body
     if path in ("/api/chat", "/api/generate"):
@@ -245,10 +288,16 @@ def error_shape(
     ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
 ) -> bool | None:
     """An error is OpenAI's {"error": {"message", "type", "param", "code"}}, except on /api/,
-    which answers as Ollama does: {"error": "<message>"}."""
+    which answers as Ollama does: {"error": "<message>"}, and on /v1/messages, which answers as
+    Anthropic does: {"type": "error", "error": {"type", "message"}}."""
     if response.status_code < 400:
         return None
     body = response.json()
+    if case.operation.path.startswith("/v1/messages"):
+        assert isinstance(body, dict) and body.get("type") == "error", body
+        assert set(body["error"]) == {"type", "message"}, f"not Anthropic's shape: {body}"
+        assert body["error"]["type"] and body["error"]["message"], body
+        return None
     assert isinstance(body, dict) and set(body) == {"error"}, f"not an error body: {body}"
     error = body["error"]
     if case.operation.path.startswith("/api/"):
@@ -292,14 +341,23 @@ def ndjson_lines(
 def event_stream_ends(
     ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
 ) -> bool | None:
-    """An SSE stream ends with `data: [DONE]`, or with the error event that cut it short."""
+    """An SSE stream ends with `data: [DONE]` (OpenAI's chat and completions), with its final
+    named event (`response.completed`/`.incomplete`, Anthropic's `message_stop`), or with the
+    error event that cut it short."""
     if not response.headers.get("content-type", [""])[0].startswith("text/event-stream"):
         return None
     assert not response.stream_cut_short, "read only part of the stream: raise max-stream-events"
     events = [part for part in response.text.split("\n\n") if part.strip()]
     assert events, "an empty event stream"
     last = events[-1]
-    assert last == "data: [DONE]" or last.startswith('data: {"error"'), f"cut short: {last}"
+    endings = (
+        "event: response.completed\n",
+        "event: response.incomplete\n",
+        "event: message_stop\n",
+        "event: error\n",
+    )
+    named_end = last.startswith(endings)
+    assert last == "data: [DONE]" or last.startswith('data: {"error"') or named_end, last
     return None
 
 

@@ -280,6 +280,9 @@ class EngineCore(Generic[SinkT]):
         if choice.logprobs:
             logprobs = tuple(choice.logprobs)
             choice.logprobs.clear()
+        stop_sequence = None
+        if reason is FinishReason.STOP and choice.stops is not None:
+            stop_sequence = choice.stops.matched
         return RequestOutput(
             text=text,
             prompt_tokens=len(gen.request.prompt_tokens),
@@ -289,6 +292,7 @@ class EngineCore(Generic[SinkT]):
             error=error,
             index=choice.sequence.index,
             logprobs=logprobs,
+            stop_sequence=stop_sequence,
         )
 
     # -- failures and bookkeeping ------------------------------------------------------------

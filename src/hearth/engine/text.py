@@ -29,20 +29,22 @@ class StopMatcher:
     waits until the next piece decides; so a stop string split across tokens is never sent.
     """
 
-    __slots__ = ("_held", "_max_len", "_stops", "stopped")
+    __slots__ = ("_held", "_max_len", "_stops", "matched", "stopped")
 
     def __init__(self, stops: tuple[str, ...]) -> None:
         self._stops = tuple(s for s in stops if s)
         self._max_len = max((len(s) for s in self._stops), default=0)
         self._held = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text
 
     def push(self, text: str) -> str:
         if not self._stops:
             return text
         buffer = self._held + text
-        first = min((i for i in (buffer.find(s) for s in self._stops) if i >= 0), default=-1)
-        if first >= 0:
+        found = [(i, s) for s in self._stops if (i := buffer.find(s)) >= 0]
+        if found:
+            first, self.matched = min(found)
             self.stopped = True
             self._held = ""
             return buffer[:first]

@@ -101,6 +101,7 @@ class RequestOutput:
     error: HearthError | None = None  # set with FinishReason.ERROR
     index: int = 0  # which of the request's n choices
     logprobs: tuple[TokenLogprob, ...] = ()  # for the tokens behind `text`, when asked for
+    stop_sequence: str | None = None  # the stop string that ended it, with FinishReason.STOP
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from hearth.server.errors import drop_validation_responses, install_error_handle
 from hearth.server.limits import BodySizeLimit
 from hearth.server.model_routes import models_router
 from hearth.server.routes import (
+    anthropic_router,
     extensions_router,
     health_router,
     ollama_router,
@@ -170,6 +171,8 @@ def create_app(settings: ServeSettings, state: ServerState | None = None) -> Fas
             yield
         finally:
             await loaded.models.close()
+            if loaded.responses is not None:
+                loaded.responses.close()
 
     app = _HearthAPI(
         title="Hearth",
@@ -180,6 +183,7 @@ def create_app(settings: ServeSettings, state: ServerState | None = None) -> Fas
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(openai_router)
+    app.include_router(anthropic_router)
     app.include_router(extensions_router)
     app.include_router(ollama_router)
     app.include_router(models_router)
@@ -188,7 +192,7 @@ def create_app(settings: ServeSettings, state: ServerState | None = None) -> Fas
             CORSMiddleware,
             allow_origins=settings.cors_origin,
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type"],
+            allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version"],
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

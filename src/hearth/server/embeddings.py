@@ -22,8 +22,9 @@ from fastapi import Request, Response
 
 from hearth.errors import ContextLengthExceededError, InvalidRequestError, UnsupportedParameterError
 from hearth.protocol.embeddings import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
-from hearth.server.serving import check_token_ids, until_disconnect
+from hearth.server.prepare import check_token_ids
 from hearth.server.state import LoadedModel, ServerState
+from hearth.server.turns import until_disconnect
 
 if TYPE_CHECKING:
     from hearth.engine.embedder import Embedder

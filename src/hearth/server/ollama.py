@@ -1,9 +1,11 @@
 """Ollama's native API on the same engine.
 
-An Ollama request is translated into the OpenAI wire type, then parsed by the same
-`prepare_chat` / `prepare_completion` / `embed_inputs` as /v1: one place decides templates,
-tools, grammars, limits and presets. Replies go back in Ollama's shape: NDJSON when streaming
-(Ollama's default), durations in nanoseconds, `{"error": "..."}` bodies (see `server/errors.py`).
+An Ollama request is translated into the OpenAI wire type (whose validation and preset rules it
+shares), which becomes the same protocol-free `Conversation` as every API's (`prepare_turn`), or
+a raw prompt (`prepare_completion`) or embedding inputs (`embed_inputs`): one place decides
+templates, tools, grammars and limits. Its output is read back through `turns` as every API's.
+Replies go back in Ollama's shape: NDJSON when streaming (Ollama's default), durations in
+nanoseconds, `{"error": "..."}` bodies (see `server/errors.py`).
 Pulling and deleting models is in `server/ollama_models.py`.
 """
 
@@ -28,20 +30,24 @@ from hearth.models.presets import apply_preset
 from hearth.protocol import ollama as wire
 from hearth.protocol.embeddings import EmbeddingRequest
 from hearth.protocol.openai import ChatCompletionRequest, CompletionRequest
+from hearth.server.conversation import ToolCall
 from hearth.server.embeddings import embed_inputs, max_input_tokens
 from hearth.server.errors import validation_error
-from hearth.server.serving import (
+from hearth.server.openai_chat import chat_conversation
+from hearth.server.openai_completions import prepare_completion
+from hearth.server.prepare import prepare_turn
+from hearth.server.state import LoadedModel, ServerState
+from hearth.server.turns import (
     CollectedChoice,
+    Finish,
+    Step,
     collect,
+    collect_turn,
+    decode_steps,
     merged_outputs,
-    prepare_chat,
-    prepare_completion,
-    split_tool_calls,
     started,
     until_disconnect,
 )
-from hearth.server.state import LoadedModel, ServerState
-from hearth.server.tools import ToolCallParser
 
 __all__ = [
     "list_tags",
@@ -232,16 +238,14 @@ def _logprobs(entries: Sequence[TokenLogprob]) -> list[wire.Logprob]:
     ]
 
 
-def _tool_calls(text: str) -> tuple[str, list[wire.ToolCall] | None]:
-    content, calls = split_tool_calls(text)
-    # A call cut short by num_predict has arguments that do not parse; Ollama's shape (an
-    # object) cannot carry them, so it is dropped and done_reason says "length".
+def _tool_calls(calls: Sequence[ToolCall]) -> list[wire.ToolCall] | None:
+    """Ollama's calls carry arguments as an object; `turns` passes on only whole calls."""
     parsed = [
         wire.ToolCall(function=wire.ToolCallFunction(name=call.name, arguments=arguments))
         for call in calls
         if (arguments := _arguments(call.arguments)) is not None
     ]
-    return content or "", parsed or None
+    return parsed or None
 
 
 def _arguments(text: str) -> dict[str, Any] | None:
@@ -278,6 +282,11 @@ class _Clock:
 
 def _done_reason(reason: FinishReason | None) -> str:
     return "length" if reason is FinishReason.LENGTH else "stop"
+
+
+def _finish_reason(finish: Finish) -> str:
+    # Ollama has no "tool_calls" reason: a turn that ends in calls is a "stop".
+    return "length" if finish == "length" else "stop"
 
 
 def _loaded(model: str, *, chat: bool) -> JSONResponse:
@@ -337,26 +346,25 @@ async def serve_ollama_chat(
         body["logprobs"] = True
         body["top_logprobs"] = req.top_logprobs
     request = _with_preset(_validated(ChatCompletionRequest, body), model, req.options)
-    chat = prepare_chat(state, request)
+    turn = prepare_turn(state, chat_conversation(request), id_prefix="chatcmpl")
     clock = _Clock()
 
     if req.stream:
-        outputs = await started(http_request, merged_outputs(chat.model, [chat.request]))
-        return _ndjson_response(
-            _stream_chat(outputs, req.model, clock, parse_tools=chat.parse_tools)
-        )
+        outputs = await started(http_request, merged_outputs(turn.model, [turn.request]))
+        steps = decode_steps(outputs, turn.request.request_id, parse_tools=turn.parse_tools)
+        return _ndjson_response(_stream_chat(steps, req.model, clock))
 
     choices, totals = await until_disconnect(
-        http_request, collect(chat.model, [chat.request], clock.tick)
+        http_request,
+        collect_turn(turn.model, turn.request, parse_tools=turn.parse_tools, on_output=clock.tick),
     )
     choice = choices[0]
-    content, calls = _tool_calls(choice.text) if chat.parse_tools else (choice.text, None)
     reply = wire.ChatResponse(
         model=req.model,
         created_at=_now(),
-        message=wire.ResponseMessage(content=content, tool_calls=calls),
+        message=wire.ResponseMessage(content=choice.text, tool_calls=_tool_calls(choice.calls)),
         done=True,
-        done_reason=_done_reason(choice.finish_reason),
+        done_reason=_finish_reason(choice.finish),
         logprobs=_logprobs(choice.logprobs) if req.logprobs else None,
         **clock.timings(totals.prompt_tokens, totals.cached_tokens, choice.completion_tokens),
     )
@@ -364,14 +372,8 @@ async def serve_ollama_chat(
 
 
 async def _stream_chat(
-    outputs: AsyncIterator[tuple[int, RequestOutput]],
-    model: str,
-    clock: _Clock,
-    *,
-    parse_tools: bool,
+    steps: AsyncIterator[Step], model: str, clock: _Clock
 ) -> AsyncIterator[bytes]:
-    parser = ToolCallParser()
-
     def line(content: str, **extra: Any) -> bytes:
         return _ndjson(
             wire.ChatResponse(
@@ -382,30 +384,21 @@ async def _stream_chat(
             )
         )
 
-    async for _, output in outputs:
+    calls: list[ToolCall] = []
+    async for step in steps:
         clock.tick()
-        text = output.text
-        if parse_tools:
-            events = list(parser.feed(text))
-            if output.finish_reason is not None:
-                events += parser.finish()
-            text = "".join(value for kind, value in events if kind == "content")
+        output = step.output
+        calls += step.calls
         logprobs = _logprobs(output.logprobs) if output.logprobs else None
-        if text or logprobs:
-            yield line(text, done=False, logprobs=logprobs)
-        if output.finish_reason is not None:
-            if parser.calls:  # Ollama sends finished calls in one message
-                calls = [
-                    wire.ToolCall(function=wire.ToolCallFunction(name=call.name, arguments=args))
-                    for call in parser.calls
-                    if (args := _arguments(call.arguments)) is not None
-                ]
-                if calls:
-                    yield line("", done=False, calls=calls)
+        if step.text or logprobs:
+            yield line(step.text, done=False, logprobs=logprobs)
+        if step.finish is not None:
+            if calls:  # Ollama sends finished calls in one message
+                yield line("", done=False, calls=_tool_calls(calls))
             timings = clock.timings(
                 output.prompt_tokens, output.cached_tokens, output.completion_tokens
             )
-            yield line("", done=True, done_reason=_done_reason(output.finish_reason), **timings)
+            yield line("", done=True, done_reason=_finish_reason(step.finish), **timings)
 
 
 # -- /api/generate -----------------------------------------------------------------------------
@@ -459,8 +452,8 @@ async def serve_ollama_generate(
         chat_request = _with_preset(
             _validated(ChatCompletionRequest, chat_body), model, req.options
         )
-        chat = prepare_chat(state, chat_request)
-        engine_model, request = chat.model, chat.request
+        turn = prepare_turn(state, chat_conversation(chat_request), id_prefix="chatcmpl")
+        engine_model, request = turn.model, turn.request
     clock = _Clock()
 
     if req.stream:

@@ -52,8 +52,8 @@ from hearth.models.pull import (
 )
 from hearth.models.store import InvalidModelNameError, check_model_name
 from hearth.protocol import ollama as wire
-from hearth.server.serving import until_disconnect
 from hearth.server.state import ServerState
+from hearth.server.turns import until_disconnect
 
 __all__ = ["PullJob", "copy_model", "delete_model", "serve_pull"]
 

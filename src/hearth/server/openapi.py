@@ -10,18 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from hearth.protocol import ollama
 from hearth.protocol.openai import ErrorBody
 
-__all__ = ["json_or_event_stream", "json_or_ndjson"]
+__all__ = ["json_or_event_stream", "json_or_named_events", "json_or_ndjson"]
 
 
-def _inlined(model: type[BaseModel]) -> dict[str, Any]:
-    """The model's JSON schema (as serialized) with its `$defs` inlined: a stream's schema is not
+def _inlined(model: Any) -> dict[str, Any]:
+    """The type's JSON schema (as serialized) with its `$defs` inlined: a stream's schema is not
     a component, so a `#/$defs/...` reference would point nowhere in the document."""
-    schema = model.model_json_schema(mode="serialization")
+    schema = TypeAdapter(model).json_schema(mode="serialization")
     defs: dict[str, Any] = schema.pop("$defs", {})
 
     def resolve(node: Any) -> Any:
@@ -61,6 +61,25 @@ def json_or_event_stream(
         },
     }
     return {200: {"model": body, "content": {"text/event-stream": {"schema": event}}}}
+
+
+def json_or_named_events(body: type[BaseModel], event: Any, error: Any) -> dict[int | str, Any]:
+    """The Responses and Messages APIs' 200: `body` as JSON, or with `stream: true` server-sent
+    events, each named by an `event:` line, whose data is one `event` (a union of the API's
+    event types) or the API's `error` event; there is no `[DONE]`."""
+    item = {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string"},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"anyOf": [_inlined(event), _inlined(error)]},
+            },
+        },
+    }
+    return {200: {"model": body, "content": {"text/event-stream": {"schema": item}}}}
 
 
 def json_or_ndjson(body: type[BaseModel]) -> dict[int | str, dict[str, Any]]:

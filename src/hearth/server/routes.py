@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from hearth import __version__
 from hearth.engine.types import EngineStats
 from hearth.models.presets import apply_preset
+from hearth.protocol import anthropic as anthropic_wire
 from hearth.protocol import ollama
+from hearth.protocol import responses as responses_wire
 from hearth.protocol.embeddings import EmbeddingList, EmbeddingRequest
 from hearth.protocol.extensions import (
     DetokenizeRequest,
@@ -29,6 +32,7 @@ from hearth.protocol.openai import (
     ModelList,
     TextCompletion,
 )
+from hearth.server.anthropic_messages import count_tokens, serve_messages
 from hearth.server.auth import require_api_key
 from hearth.server.embeddings import serve_embeddings
 from hearth.server.errors import error_responses
@@ -44,17 +48,37 @@ from hearth.server.ollama import (
     show_model,
 )
 from hearth.server.ollama_models import copy_model, delete_model, serve_pull
-from hearth.server.openapi import json_or_event_stream, json_or_ndjson
-from hearth.server.serving import check_token_ids, serve_chat, serve_completion
+from hearth.server.openai_chat import serve_chat
+from hearth.server.openai_completions import serve_completion
+from hearth.server.openai_responses import (
+    delete_response,
+    list_input_items,
+    retrieve_response,
+    serve_response,
+)
+from hearth.server.openapi import json_or_event_stream, json_or_named_events, json_or_ndjson
+from hearth.server.prepare import check_token_ids
 from hearth.server.state import ServerState
 
-__all__ = ["extensions_router", "health_router", "ollama_router", "openai_router"]
+__all__ = [
+    "anthropic_router",
+    "extensions_router",
+    "health_router",
+    "ollama_router",
+    "openai_router",
+]
 
 _STATUSES = (400, 401, 404, 413, 429, 500, 503)
 
 health_router = APIRouter()
 openai_router = APIRouter(
     prefix="/v1", dependencies=[Depends(require_api_key)], responses=error_responses(*_STATUSES)
+)
+# Anthropic's Messages API, with its own error shape: https://docs.anthropic.com/en/api/messages
+anthropic_router = APIRouter(
+    prefix="/v1",
+    dependencies=[Depends(require_api_key)],
+    responses=error_responses(*_STATUSES, anthropic=True),
 )
 extensions_router = APIRouter(
     dependencies=[Depends(require_api_key)], responses=error_responses(*_STATUSES)
@@ -151,18 +175,51 @@ def _model_card(state: ServerState, name: str) -> Model:
     return Model(id=name, created=loaded.created if loaded is not None else state.started)
 
 
-@openai_router.get("/models", response_model=ModelList)
-async def list_models(request: Request) -> ModelList:
-    """Every model a request may name, loaded or not (a request loads it on demand)."""
+def _anthropic_card(state: ServerState, name: str) -> anthropic_wire.ModelInfo:
+    card = _model_card(state, name)
+    return anthropic_wire.ModelInfo(
+        id=name, display_name=name, created_at=datetime.fromtimestamp(card.created, UTC)
+    )
+
+
+def _wants_anthropic(request: Request) -> bool:
+    # Anthropic's clients always send `anthropic-version`; OpenAI's never do.
+    return "anthropic-version" in request.headers
+
+
+@openai_router.get(
+    "/models",
+    response_model=None,
+    responses={200: {"model": ModelList | anthropic_wire.ModelListPage}},
+)
+async def list_models(request: Request) -> JSONResponse:
+    """Every model a request may name, loaded or not (a request loads it on demand). In
+    Anthropic's shape when the request carries `anthropic-version`, else OpenAI's."""
     state = _state(request)
-    return ModelList(data=[_model_card(state, name) for name in state.catalog.names()])
+    names = state.catalog.names()
+    if _wants_anthropic(request):
+        page = anthropic_wire.ModelListPage(
+            data=[_anthropic_card(state, name) for name in names],
+            has_more=False,
+            first_id=names[0] if names else None,
+            last_id=names[-1] if names else None,
+        )
+        return JSONResponse(page.model_dump(mode="json"))
+    listing = ModelList(data=[_model_card(state, name) for name in names])
+    return JSONResponse(listing.model_dump(mode="json"))
 
 
-@openai_router.get("/models/{model_id:path}", response_model=Model)
-async def get_model(model_id: str, request: Request) -> Model:
+@openai_router.get(
+    "/models/{model_id:path}",
+    response_model=None,
+    responses={200: {"model": Model | anthropic_wire.ModelInfo}},
+)
+async def get_model(model_id: str, request: Request) -> JSONResponse:
     state = _state(request)
     state.catalog.check(model_id)
-    return _model_card(state, model_id)
+    if _wants_anthropic(request):
+        return JSONResponse(_anthropic_card(state, model_id).model_dump(mode="json"))
+    return JSONResponse(_model_card(state, model_id).model_dump(mode="json"))
 
 
 @openai_router.post(
@@ -199,12 +256,81 @@ async def completions(
     )
 
 
+@openai_router.post(
+    "/responses",
+    response_model=None,
+    responses=json_or_named_events(
+        responses_wire.Response, responses_wire.ResponseStreamEvent, responses_wire.ErrorEvent
+    ),
+)
+async def create_response(
+    body: responses_wire.ResponseCreateRequest, request: Request
+) -> JSONResponse | StreamingResponse:
+    state = _state(request)
+    return await with_model(
+        state, body.model, body.keep_alive, lambda model: serve_response(state, body, request)
+    )
+
+
+@openai_router.get(
+    "/responses/{response_id}",
+    response_model=None,
+    responses={200: {"model": responses_wire.Response}},
+)
+async def get_response(response_id: str, request: Request) -> JSONResponse:
+    return await retrieve_response(_state(request), response_id)
+
+
+@openai_router.delete("/responses/{response_id}")
+async def remove_response(response_id: str, request: Request) -> responses_wire.DeletedResponse:
+    return await delete_response(_state(request), response_id)
+
+
+@openai_router.get("/responses/{response_id}/input_items")
+async def response_input_items(
+    response_id: str,
+    request: Request,
+    after: str | None = None,
+    before: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Literal["asc", "desc"] = "desc",
+) -> responses_wire.InputItemList:
+    return await list_input_items(
+        _state(request), response_id, after=after, before=before, limit=limit, order=order
+    )
+
+
 @openai_router.post("/embeddings", response_model=None, responses={200: {"model": EmbeddingList}})
 async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
     state = _state(request)
     return await with_model(
         state, body.model, None, lambda model: serve_embeddings(state, body, request)
     )
+
+
+@anthropic_router.post(
+    "/messages",
+    response_model=None,
+    responses=json_or_named_events(
+        anthropic_wire.Message, anthropic_wire.StreamEvent, anthropic_wire.ErrorResponse
+    ),
+)
+async def messages(
+    body: anthropic_wire.MessagesRequest, request: Request
+) -> JSONResponse | StreamingResponse:
+    state = _state(request)
+    return await with_model(
+        state, body.model, body.keep_alive, lambda model: serve_messages(state, body, request)
+    )
+
+
+@anthropic_router.post("/messages/count_tokens")
+async def messages_count_tokens(
+    body: anthropic_wire.CountTokensRequest, request: Request
+) -> anthropic_wire.CountTokensResponse:
+    state = _state(request)
+    with await state.acquire(body.model):
+        return await count_tokens(state, body)
 
 
 @extensions_router.post("/tokenize")

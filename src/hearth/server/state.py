@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from hearth.engine.engine import Engine
     from hearth.engine.llama_runner import LlamaRunner, ModelInfo
     from hearth.server.ollama_models import PullJob
+    from hearth.server.response_store import ResponseStore
 
 __all__ = ["LoadedModel", "ServerState"]
 
@@ -77,6 +78,9 @@ class ServerState:
     started: int = field(default_factory=lambda: int(time.time()))
     # Downloads running for POST /api/pull (hearth.server.ollama_models).
     pulls: set[PullJob] = field(default_factory=set)
+    # /v1/responses' stored responses, opened on first use (hearth.server.openai_responses).
+    responses: ResponseStore | None = None
+    responses_expired_at: float = 0.0
 
     @property
     def model_id(self) -> str:

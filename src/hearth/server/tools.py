@@ -55,7 +55,10 @@ def render_call(name: str, arguments: str) -> str:
     return f"{CALL_OPEN}{_NAME_OPEN}{name}{_ARGUMENTS_OPEN}{arguments}{CALL_CLOSE}"
 
 
-def tool_system_prompt(tools: list[ToolSpec], forced: str | None) -> str:
+def tool_system_prompt(tools: list[ToolSpec]) -> str:
+    """The same text whatever the tool choice: the grammar, not the prompt, makes a model call
+    when it must, so an agent's turns (tool_choice "required", then "auto") share their prompt's
+    first tokens and the KV cache that holds them."""
     signatures = "\n".join(
         json.dumps(
             {
@@ -70,16 +73,13 @@ def tool_system_prompt(tools: list[ToolSpec], forced: str | None) -> str:
         )
         for t in tools
     )
-    must = (
-        f"You must call the function {forced}."
-        if forced
-        else "Call a function when it helps to answer; otherwise answer directly."
-    )
     return (
         "You can call functions. Their signatures, in JSON Schema, are within <tools></tools>:\n"
         f"<tools>\n{signatures}\n</tools>\n"
         "To call a function, write a JSON object with its name and arguments within "
-        "<tool_call></tool_call> tags:\n" + render_call("function-name", "{...}") + f"\n{must}"
+        "<tool_call></tool_call> tags:\n"
+        + render_call("function-name", "{...}")
+        + "\nCall a function when it helps to answer; otherwise answer directly."
     )
 
 
@@ -168,6 +168,11 @@ class ToolCallParser:
                 if emit:
                     self.calls[-1].arguments += emit
                     yield "arguments", emit
+
+    @property
+    def in_call(self) -> bool:
+        """A call is open: its name or arguments are still arriving."""
+        return self._state != "content"
 
     def finish(self) -> Iterator[tuple[str, Any]]:
         """The end of the output: whatever was held back (a call cut short stays cut short)."""

@@ -1,0 +1,118 @@
+"""The protocol-free form every API converts into: a conversation, its tools, its output format,
+its sampling and its limits. No wire type appears here, and nothing here knows which API a
+request came in on; `server/prepare.py` turns a `Conversation` into an engine request.
+
+Each value that can be refused carries `param`: the wire path the API's adapter read it from,
+so an error names the field the client sent (`tools[0].function.parameters` on chat
+completions, `tools[0].input_schema` on Anthropic's Messages).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "Conversation",
+    "Message",
+    "OutputFormat",
+    "Role",
+    "Sampling",
+    "Tool",
+    "ToolCall",
+    "ToolChoice",
+]
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call the assistant made: `arguments` is the JSON text of the arguments object."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One turn. A `tool` message is one call's result (`tool_call_id`, and `tool_name` where the
+    API says it); an `assistant` message may carry the calls it made."""
+
+    role: Role
+    text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call; `parameters` is its arguments' JSON Schema."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    param: str = "tools"  # the tool's wire path ("tools[0].function"), for errors
+    schema_field: str = "parameters"  # the schema's field name there ("input_schema")
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    """`none`: tools are not offered; `auto`: the model may call; `required`: it must call one;
+    `named`: it must call `name`."""
+
+    mode: Literal["none", "auto", "required", "named"] = "auto"
+    name: str | None = None
+    parallel: bool = True  # more than one call in a turn
+    param: str = "tool_choice"
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFormat:
+    """`json_object`: any JSON object; `json_schema`: JSON valid under `schema` (a grammar)."""
+
+    kind: Literal["text", "json_object", "json_schema"] = "text"
+    schema: Any = None  # as sent: a non-object is refused where the grammar is made
+    param: str = "response_format"  # the field that asked for it, for errors
+    schema_param: str = "response_format.json_schema"  # where `schema` sits, for errors
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """Sampling overrides; None keeps the engine's default (`SamplingParams`)."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    typical_p: float | None = None
+    repeat_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    mirostat: int | None = None
+    mirostat_tau: float | None = None
+    mirostat_eta: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logit_bias: dict[str, float] | None = None
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """Everything one generation needs, whatever API asked for it."""
+
+    model: str
+    messages: tuple[Message, ...]
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    output_format: OutputFormat = field(default_factory=OutputFormat)
+    sampling: Sampling = field(default_factory=Sampling)
+    max_tokens: int | None = None  # None: until the slot's context is full
+    limit_param: str = "max_tokens"  # the field that set max_tokens, for errors
+    n: int = 1
+    logprobs: int | None = None  # None: off; k: the sampled token's and k alternatives'
+    user: str | None = None  # logged with the request id
+    messages_param: str = "messages"  # where the messages came from, for errors

@@ -1,0 +1,412 @@
+"""One path from a conversation to an engine request, whatever API it came in on.
+
+`prepare_turn` renders the model's chat template, plans the tools and the grammar, resolves
+sampling and limits against the slot's context, and builds the `GenerationRequest`. The
+engine sees nothing else. API adapters (`openai_chat.py`, `ollama.py`, `responses.py`,
+`anthropic.py`) only convert their wire types into a `Conversation`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+from hearth.engine.grammar import SchemaNotSupportedError, check_schema, json_schema_grammar
+from hearth.engine.types import GenerationRequest, Grammar, SamplingParams
+from hearth.errors import ContextLengthExceededError, InvalidRequestError
+from hearth.models.presets import Preset
+from hearth.server.conversation import Conversation, Message, OutputFormat, Sampling, Tool
+from hearth.server.state import LoadedModel, ServerState
+from hearth.server.tools import ToolSpec, render_call, tool_grammar, tool_system_prompt
+
+__all__ = [
+    "PreparedTurn",
+    "check_token_ids",
+    "choice_count",
+    "count_prompt_tokens",
+    "new_id",
+    "prepare_turn",
+    "prompt_tokens",
+    "sampling_params",
+    "with_preset",
+]
+
+logger = logging.getLogger(__name__)
+
+_FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+T = TypeVar("T")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedTurn:
+    """A conversation made ready: the model to run it on, the engine request, and what the
+    output may hold (tool calls to parse)."""
+
+    model: LoadedModel
+    request: GenerationRequest
+    parse_tools: bool  # the model was offered tools, so its output may hold calls
+    tool_names: frozenset[str] = frozenset()
+
+
+def prepare_turn(state: ServerState, conversation: Conversation, *, id_prefix: str) -> PreparedTurn:
+    """Template, tools, grammar, sampling and limits: the one place a turn is prepared."""
+    model = state.model_for(conversation.model)
+    n = choice_count(model, conversation.n)
+    plan = _tool_plan(conversation)
+    format_grammar = _format_grammar(conversation.output_format)
+    if plan.grammar is not None and format_grammar is not None:
+        raise InvalidRequestError(
+            f"'{conversation.output_format.param}' cannot be combined with tools the model may "
+            "call; turn the tools off, or describe the format in the function's parameters.",
+            param=conversation.output_format.param,
+        )
+    tokens = prompt_tokens(model, conversation, plan)
+    params = sampling_params(
+        model,
+        conversation.sampling,
+        len(tokens),
+        conversation.max_tokens,
+        what=conversation.messages_param,
+        limit_param=conversation.limit_param,
+        grammar=plan.grammar or format_grammar,
+        grammar_param=conversation.output_format.param,
+        logprobs=conversation.logprobs,
+    )
+    request_id = new_id(id_prefix)
+    if conversation.user is not None:
+        logger.info("%s for user %r (n=%d)", request_id, conversation.user, n)
+    return PreparedTurn(
+        model,
+        GenerationRequest(request_id, tuple(tokens), params, n=n),
+        parse_tools=plan.offered,
+        tool_names=frozenset(t.name for t in plan.specs),
+    )
+
+
+def with_preset(conversation: Conversation, preset: Preset | None) -> Conversation:
+    """The preset's system prompt and sampling defaults where the conversation has none (the
+    Responses and Messages APIs; chat completions and Ollama apply it to their wire request)."""
+    if preset is None:
+        return conversation
+    params = preset.params
+    sampling = conversation.sampling
+    filled = replace(
+        sampling,
+        temperature=params.temperature if sampling.temperature is None else sampling.temperature,
+        top_p=params.top_p if sampling.top_p is None else sampling.top_p,
+        top_k=params.top_k if sampling.top_k is None else sampling.top_k,
+        min_p=params.min_p if sampling.min_p is None else sampling.min_p,
+        presence_penalty=(
+            params.presence_penalty
+            if sampling.presence_penalty is None
+            else sampling.presence_penalty
+        ),
+        frequency_penalty=(
+            params.frequency_penalty
+            if sampling.frequency_penalty is None
+            else sampling.frequency_penalty
+        ),
+        seed=params.seed if sampling.seed is None else sampling.seed,
+        stop=sampling.stop or _preset_stops(params.stop),
+    )
+    messages = conversation.messages
+    if preset.system and not any(m.role == "system" for m in messages):
+        messages = (Message("system", preset.system), *messages)
+    max_tokens = conversation.max_tokens
+    if max_tokens is None:
+        max_tokens = params.max_tokens
+    return replace(conversation, sampling=filled, messages=messages, max_tokens=max_tokens)
+
+
+def _preset_stops(stop: str | list[str] | None) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    return (stop,) if isinstance(stop, str) else tuple(stop)
+
+
+# -- limits and sampling -----------------------------------------------------------------------
+
+
+def choice_count(model: LoadedModel, n: int, param: str = "n") -> int:
+    """Choices decode side by side, one slot each, so at most one per slot."""
+    if n > model.runner.n_slots:
+        raise InvalidRequestError(
+            f"'{param}' is {n}, but this server decodes at most {model.runner.n_slots} "
+            f"choices at once (its --parallel slots).",
+            param=param,
+        )
+    return n
+
+
+def sampling_params(
+    model: LoadedModel,
+    sampling: Sampling,
+    prompt_len: int,
+    max_new: int | None,
+    *,
+    what: str,
+    limit_param: str = "max_tokens",
+    grammar: Grammar | None = None,
+    grammar_param: str = "response_format",
+    logprobs: int | None = None,
+) -> SamplingParams:
+    """Resolve limits against the slot's context: refuse, never truncate silently. `what`
+    names the prompt's field ("messages", "prompt", "input") and `limit_param` the field that
+    set `max_new`, for the errors."""
+    n_ctx = model.n_ctx_per_slot
+    if prompt_len >= n_ctx:
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {n_ctx} tokens. However, your {what} "
+            f"resulted in {prompt_len} tokens. Please reduce the length of the {what}.",
+            param=what,
+        )
+    if max_new is not None and prompt_len + max_new > n_ctx:
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {n_ctx} tokens. However, you requested "
+            f"{prompt_len + max_new} tokens ({prompt_len} in the {what}, {max_new} in the "
+            f"completion). Please reduce the length of the {what} or completion.",
+            param=limit_param,
+        )
+    defaults = SamplingParams(max_tokens=1)
+
+    def pick(value: T | None, default: T) -> T:
+        return default if value is None else value
+
+    if grammar is not None and not model.runner.check_grammar(grammar):
+        raise InvalidRequestError(
+            "llama.cpp could not compile the grammar made from this schema.", param=grammar_param
+        )
+    return SamplingParams(
+        max_tokens=max_new if max_new is not None else n_ctx - prompt_len,
+        temperature=pick(sampling.temperature, defaults.temperature),
+        top_p=pick(sampling.top_p, defaults.top_p),
+        top_k=pick(sampling.top_k, defaults.top_k),
+        min_p=pick(sampling.min_p, defaults.min_p),
+        typical_p=pick(sampling.typical_p, defaults.typical_p),
+        repeat_penalty=pick(sampling.repeat_penalty, defaults.repeat_penalty),
+        presence_penalty=sampling.presence_penalty or 0.0,
+        frequency_penalty=sampling.frequency_penalty or 0.0,
+        mirostat=pick(sampling.mirostat, defaults.mirostat),
+        mirostat_tau=pick(sampling.mirostat_tau, defaults.mirostat_tau),
+        mirostat_eta=pick(sampling.mirostat_eta, defaults.mirostat_eta),
+        seed=sampling.seed,
+        stop=tuple(s for s in sampling.stop if s),
+        logit_bias=_logit_bias(model, sampling.logit_bias),
+        grammar=grammar,
+        logprobs=logprobs,
+        ignore_eos=sampling.ignore_eos,
+    )
+
+
+def _logit_bias(
+    model: LoadedModel, logit_bias: dict[str, float] | None
+) -> tuple[tuple[int, float], ...]:
+    if not logit_bias:
+        return ()
+    n_vocab = model.runner.n_vocab
+    biases = []
+    for key, bias in logit_bias.items():
+        if not key.lstrip("-").isdigit() or not 0 <= int(key) < n_vocab:
+            raise InvalidRequestError(
+                f"Invalid key in 'logit_bias': {key!r} is not a token id (0 to {n_vocab - 1}).",
+                param="logit_bias",
+            )
+        if not -100.0 <= bias <= 100.0:
+            raise InvalidRequestError(
+                f"Invalid value in 'logit_bias' for token {key}: {bias} is outside -100 to 100.",
+                param="logit_bias",
+            )
+        biases.append((int(key), float(bias)))
+    return tuple(biases)
+
+
+def check_token_ids(model: LoadedModel, tokens: Sequence[int], *, param: str) -> None:
+    n_vocab = model.runner.n_vocab
+    bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
+    if bad is not None:
+        raise InvalidRequestError(
+            f"Token id {bad} is outside the vocabulary (0 to {n_vocab - 1}).", param=param
+        )
+
+
+# -- tools and output formats ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _ToolPlan:
+    """What the conversation's tools and tool choice mean for the prompt and the grammar."""
+
+    specs: list[ToolSpec]
+    offered: bool  # the model is told about the tools (tool choice is not "none")
+    grammar: Grammar | None
+
+
+def _tool_specs(tools: Sequence[Tool]) -> list[ToolSpec]:
+    specs = []
+    for tool in tools:
+        if not _FUNCTION_NAME.match(tool.name):
+            raise InvalidRequestError(
+                "A function name must be 1 to 64 letters, digits, underscores or dashes.",
+                param=f"{tool.param}.name",
+            )
+        specs.append(ToolSpec(tool.name, tool.description, tool.parameters))
+    if len({s.name for s in specs}) != len(specs):
+        raise InvalidRequestError("Function names must be unique.", param="tools")
+    return specs
+
+
+def _tool_plan(conversation: Conversation) -> _ToolPlan:
+    if not conversation.tools:
+        return _ToolPlan([], offered=False, grammar=None)
+    specs = _tool_specs(conversation.tools)
+    choice = conversation.tool_choice
+    if choice.mode == "none":
+        return _ToolPlan(specs, offered=False, grammar=None)
+    callable_specs = specs
+    if choice.mode == "named":
+        callable_specs = [s for s in specs if s.name == choice.name]
+        if not callable_specs:
+            raise InvalidRequestError(
+                f"'{choice.param}' names the function {choice.name!r}, which is not in 'tools'.",
+                param=choice.param,
+            )
+    for tool, spec in zip(conversation.tools, specs, strict=True):
+        if spec in callable_specs:
+            try:
+                check_schema(spec.parameters)
+            except SchemaNotSupportedError as exc:
+                raise InvalidRequestError(
+                    f"The {tool.schema_field} schema of {spec.name!r} cannot be enforced: {exc}",
+                    param=f"{tool.param}.{tool.schema_field}",
+                ) from exc
+    try:
+        grammar = tool_grammar(
+            callable_specs,
+            lazy=choice.mode == "auto",
+            parallel=choice.parallel and choice.mode != "named",
+        )
+    except SchemaNotSupportedError as exc:  # the converter itself failed on a checked schema
+        raise InvalidRequestError(
+            f"A function's parameters schema cannot be enforced: {exc}", param="tools"
+        ) from exc
+    return _ToolPlan(specs, offered=True, grammar=grammar)
+
+
+def _format_grammar(output_format: OutputFormat) -> Grammar | None:
+    if output_format.kind == "text":
+        return None
+    if output_format.kind == "json_object":
+        return json_schema_grammar({"type": "object"})
+    try:
+        schema = output_format.schema
+        return json_schema_grammar({"type": "object"} if schema is None else schema)
+    except SchemaNotSupportedError as exc:
+        raise InvalidRequestError(
+            f"The schema cannot be enforced: {exc}",
+            param=f"{output_format.schema_param}.{exc.path}",
+        ) from exc
+
+
+# -- the prompt --------------------------------------------------------------------------------
+
+
+def _template_messages(
+    messages: Sequence[Message], model: LoadedModel, tools: _ToolPlan, messages_param: str
+) -> list[dict[str, object]]:
+    if not messages:
+        raise InvalidRequestError(
+            f"'{messages_param}' must contain at least one message.",
+            param=messages_param,
+            code="empty_array",
+        )
+    native = model.chat_template.renders_tool_calls
+    rendered: list[dict[str, object]] = []
+    for message in messages:
+        if message.role == "tool":
+            if native:
+                rendered.append(
+                    {"role": "tool", "content": message.text, "tool_call_id": message.tool_call_id}
+                )
+                continue
+            # Hermes' layout: a tool's answer comes back in the user's turn.
+            response = f"<tool_response>\n{message.text}\n</tool_response>"
+            last = rendered[-1] if rendered else None
+            if last is not None and last["role"] == "user":
+                last["content"] = f"{last['content']}\n{response}"
+            else:
+                rendered.append({"role": "user", "content": response})
+            continue
+        if message.role == "assistant" and message.tool_calls:
+            if native:
+                rendered.append(
+                    {
+                        "role": "assistant",
+                        "content": message.text,
+                        "tool_calls": [
+                            {
+                                "type": "function",
+                                "function": {"name": c.name, "arguments": _loads(c.arguments)},
+                            }
+                            for c in message.tool_calls
+                        ],
+                    }
+                )
+            else:
+                written = "\n".join(render_call(c.name, c.arguments) for c in message.tool_calls)
+                rendered.append(
+                    {"role": "assistant", "content": (message.text + "\n" + written).strip()}
+                )
+            continue
+        rendered.append({"role": message.role, "content": message.text})
+    if tools.offered and not native:
+        prompt = tool_system_prompt(tools.specs)
+        if rendered[0]["role"] == "system":
+            rendered[0]["content"] = f"{prompt}\n\n{rendered[0]['content']}"
+        else:
+            rendered.insert(0, {"role": "system", "content": prompt})
+    return rendered
+
+
+def _loads(arguments: str) -> object:
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments
+
+
+def prompt_tokens(model: LoadedModel, conversation: Conversation, plan: _ToolPlan) -> list[int]:
+    """The conversation through the model's chat template, tokenized."""
+    messages = _template_messages(conversation.messages, model, plan, conversation.messages_param)
+    native_tools = None
+    if plan.offered and model.chat_template.renders_tool_calls:
+        native_tools = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": t.parameters,
+                },
+            }
+            for t in plan.specs
+        ]
+    text = model.chat_template.render(messages, add_generation_prompt=True, tools=native_tools)
+    info = model.model_info
+    if info.add_bos and text.startswith(info.bos_text):
+        text = text[len(info.bos_text) :]  # tokenize adds it; never two
+    return model.runner.tokenize(text, add_special=True, parse_special=True)
+
+
+def count_prompt_tokens(state: ServerState, conversation: Conversation) -> int:
+    """The exact prompt length `prepare_turn` would send (Anthropic's count_tokens)."""
+    model = state.model_for(conversation.model)
+    return len(prompt_tokens(model, conversation, _tool_plan(conversation)))

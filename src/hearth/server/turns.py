@@ -1,0 +1,365 @@
+"""Running a prepared request, and reading its output back as text and whole tool calls.
+
+Every API's renderer reads the same `Step`s: per choice, the text to show, the tool calls that
+completed, and at the end a protocol-free `Finish`. Two rules hold here for every API:
+- a call identical (name and arguments) to one the model already made in this turn ends the
+  turn there, as a tool call: small models loop, and a client would run the call twice;
+- a call cut short by the token limit is never passed on (its arguments are not JSON); the
+  finish still says `length`, and the log says what was dropped.
+Calls are passed on whole, once their closing marker arrived, so a repeat can still be dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+from fastapi import Request
+
+from hearth.engine.types import FinishReason, GenerationRequest, RequestOutput, TokenLogprob
+from hearth.errors import ClientDisconnectedError
+from hearth.server.conversation import ToolCall
+from hearth.server.state import LoadedModel
+from hearth.server.tools import ToolCallParser
+
+__all__ = [
+    "ChoiceResult",
+    "CollectedChoice",
+    "Finish",
+    "Step",
+    "TurnDecoder",
+    "UsageTotals",
+    "collect",
+    "collect_turn",
+    "decode_steps",
+    "merged_outputs",
+    "started",
+    "until_disconnect",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Finish = Literal["stop", "length", "tool_calls"]
+
+
+# -- running -----------------------------------------------------------------------------------
+
+
+async def merged_outputs(
+    model: LoadedModel, requests: Sequence[GenerationRequest]
+) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """Outputs of several engine requests as one stream, as (prompt index, output) with each
+    output's index made unique across the requests. Leaving early aborts them all."""
+    if len(requests) == 1:
+        async for output in model.engine.generate(requests[0]):
+            yield 0, output
+        return
+    queue: asyncio.Queue[tuple[int, RequestOutput] | BaseException | None] = asyncio.Queue()
+
+    async def pump(prompt_index: int, request: GenerationRequest) -> None:
+        try:
+            offset = sum(r.n for r in requests[:prompt_index])
+            async for output in model.engine.generate(request):
+                output.index += offset
+                await queue.put((prompt_index, output))
+            await queue.put(None)
+        except Exception as exc:
+            await queue.put(exc)
+
+    tasks = [asyncio.ensure_future(pump(i, r)) for i, r in enumerate(requests)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def until_disconnect(http_request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it (and so aborting its engine request) if the client leaves."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        # The body is already read, so the next ASGI message is the client leaving.
+        while (await http_request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()  # the handler itself was cancelled (a server stop): never orphan the work
+        raise
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()  # aborts the engine request
+        raise ClientDisconnectedError("The client closed the connection.")
+    return task.result()
+
+
+async def started(http_request: Request, outputs: AsyncIterator[T]) -> AsyncIterator[T]:
+    """Wait for a stream's first output before sending headers, so that a refusal (429, a queue
+    timeout's 503, an engine error) is a real HTTP status, not an event in a 200 stream."""
+    first = await until_disconnect(http_request, anext(outputs))
+
+    async def chained() -> AsyncIterator[T]:
+        yield first
+        async for output in outputs:
+            yield output
+
+    return chained()
+
+
+# -- usage -------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class UsageTotals:
+    """Usage over a request's choices (and its prompts, for a list of prompts)."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: dict[int, int] = field(default_factory=dict)  # by choice index
+    prompts_seen: set[int] = field(default_factory=set)
+
+    def add(self, output: RequestOutput, prompt_index: int = 0) -> None:
+        if prompt_index not in self.prompts_seen:
+            self.prompts_seen.add(prompt_index)
+            self.prompt_tokens += output.prompt_tokens
+            self.cached_tokens += output.cached_tokens
+        self.completion_tokens[output.index] = output.completion_tokens
+
+    @property
+    def total_completion_tokens(self) -> int:
+        return sum(self.completion_tokens.values())
+
+
+# -- raw text (completions, raw generate) ------------------------------------------------------
+
+
+@dataclass(slots=True)
+class CollectedChoice:
+    """One choice's raw output, gathered for a reply that is not streamed."""
+
+    pieces: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    completion_tokens: int = 0
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+async def collect(
+    model: LoadedModel,
+    requests: Sequence[GenerationRequest],
+    on_output: Callable[[], None] | None = None,
+) -> tuple[dict[int, CollectedChoice], UsageTotals]:
+    """Every output of the requests, gathered per choice, as raw text. `on_output` runs as each
+    arrives (the Ollama API times its first token with it)."""
+    choices: dict[int, CollectedChoice] = {}
+    totals = UsageTotals()
+    async for prompt_index, output in merged_outputs(model, requests):
+        if on_output is not None:
+            on_output()
+        choice = choices.setdefault(output.index, CollectedChoice())
+        choice.pieces.append(output.text)
+        choice.logprobs.extend(output.logprobs)
+        choice.completion_tokens = output.completion_tokens
+        if output.finish_reason is not None:
+            choice.finish_reason = output.finish_reason
+        totals.add(output, prompt_index)
+    return choices, totals
+
+
+# -- a turn: text and whole tool calls ---------------------------------------------------------
+
+
+class TurnDecoder:
+    """One choice's output as text and whole tool calls (see the module's rules)."""
+
+    __slots__ = ("_emitted", "_parser", "_request_id", "_seen", "calls", "ended")
+
+    def __init__(self, request_id: str, *, parse_tools: bool) -> None:
+        self._request_id = request_id
+        self._parser = ToolCallParser() if parse_tools else None
+        self._emitted = 0  # parser calls passed on or dropped
+        self._seen: set[tuple[str, str]] = set()
+        self.calls: list[ToolCall] = []
+        self.ended = False  # a repeated call ended the turn
+
+    def feed(self, text: str) -> tuple[str, list[ToolCall]]:
+        """The text to show and the calls completed by this piece of output."""
+        parser = self._parser
+        if parser is None:
+            return text, []
+        if self.ended:
+            return "", []
+        shown = "".join(value for kind, value in parser.feed(text) if kind == "content")
+        return shown, self._completed(parser)
+
+    def finish(self, reason: FinishReason) -> tuple[str, list[ToolCall], Finish]:
+        """The rest of the output at its end, and how the turn ended."""
+        parser = self._parser
+        if parser is None:
+            return "", [], "length" if reason is FinishReason.LENGTH else "stop"
+        shown, calls = "", []
+        if not self.ended:
+            cut = parser.in_call
+            shown = "".join(value for kind, value in parser.finish() if kind == "content")
+            if cut:
+                open_call = parser.calls[-1]
+                logger.warning(
+                    "%s: dropped the tool call %r cut short at %s (arguments %r)",
+                    self._request_id,
+                    open_call.name,
+                    reason.value,
+                    open_call.arguments,
+                )
+                self._emitted = len(parser.calls)
+            calls = self._completed(parser)
+        if reason is FinishReason.LENGTH and not self.ended:
+            return shown, calls, "length"
+        return shown, calls, "tool_calls" if self.calls else "stop"
+
+    def _completed(self, parser: ToolCallParser) -> list[ToolCall]:
+        done = len(parser.calls) - (1 if parser.in_call else 0)
+        completed = []
+        while self._emitted < done and not self.ended:
+            call = parser.calls[self._emitted]
+            self._emitted += 1
+            try:
+                key = (call.name, json.dumps(json.loads(call.arguments), sort_keys=True))
+            except ValueError:
+                logger.warning(
+                    "%s: dropped the tool call %r, whose arguments are not JSON: %r",
+                    self._request_id,
+                    call.name,
+                    call.arguments,
+                )
+                continue
+            if key in self._seen:
+                logger.info(
+                    "%s: the model repeated the call %r; its turn ends there",
+                    self._request_id,
+                    call.name,
+                )
+                self.ended = True
+                break
+            self._seen.add(key)
+            whole = ToolCall(call.id, call.name, call.arguments)
+            self.calls.append(whole)
+            completed.append(whole)
+        return completed
+
+
+@dataclass(slots=True)
+class Step:
+    """What one engine output means for one choice: the text to show, the tool calls that
+    completed, and on the choice's last step how it finished."""
+
+    index: int
+    prompt_index: int
+    output: RequestOutput
+    text: str
+    calls: list[ToolCall]
+    finish: Finish | None = None
+
+    @property
+    def stop_sequence(self) -> str | None:
+        return self.output.stop_sequence
+
+
+async def decode_steps(
+    outputs: AsyncIterator[tuple[int, RequestOutput]],
+    request_id: str,
+    *,
+    parse_tools: bool,
+    n: int = 1,
+) -> AsyncIterator[Step]:
+    """The engine's outputs as `Step`s. A choice that repeats a call finishes at once; when all
+    `n` choices have finished, the rest of the output is not read and the request is aborted."""
+    decoders: dict[int, TurnDecoder] = {}
+    finished: set[int] = set()
+    try:
+        async for prompt_index, output in outputs:
+            index = output.index
+            if index in finished:
+                continue  # a choice that ended on a repeated call; its rest is discarded
+            decoder = decoders.get(index)
+            if decoder is None:
+                decoder = decoders[index] = TurnDecoder(request_id, parse_tools=parse_tools)
+            text, calls = decoder.feed(output.text)
+            finish: Finish | None = None
+            if output.finish_reason is not None:
+                tail, more, finish = decoder.finish(output.finish_reason)
+                text, calls = text + tail, calls + more
+            elif decoder.ended:
+                finish = "tool_calls"
+            yield Step(index, prompt_index, output, text, calls, finish)
+            if finish is not None:
+                finished.add(index)
+                if len(finished) == n:
+                    return
+    finally:
+        aclose = getattr(outputs, "aclose", None)
+        if aclose is not None:
+            await aclose()  # aborts what is still running
+
+
+@dataclass(slots=True)
+class ChoiceResult:
+    """One choice of a turn that is not streamed."""
+
+    text: str = ""
+    calls: list[ToolCall] = field(default_factory=list)
+    finish: Finish = "stop"
+    stop_sequence: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    completion_tokens: int = 0
+
+
+async def collect_turn(
+    model: LoadedModel,
+    request: GenerationRequest,
+    *,
+    parse_tools: bool,
+    on_output: Callable[[], None] | None = None,
+) -> tuple[dict[int, ChoiceResult], UsageTotals]:
+    """A whole turn, per choice: text, calls and finish."""
+    results: dict[int, ChoiceResult] = {}
+    totals = UsageTotals()
+    texts: dict[int, list[str]] = {}
+    steps = decode_steps(
+        merged_outputs(model, [request]), request.request_id, parse_tools=parse_tools, n=request.n
+    )
+    async for step in steps:
+        if on_output is not None:
+            on_output()
+        result = results.setdefault(step.index, ChoiceResult())
+        texts.setdefault(step.index, []).append(step.text)
+        result.calls.extend(step.calls)
+        result.logprobs.extend(step.output.logprobs)
+        result.completion_tokens = step.output.completion_tokens
+        totals.add(step.output, step.prompt_index)
+        if step.finish is not None:
+            result.finish = step.finish
+            result.stop_sequence = step.stop_sequence
+    for index, result in results.items():
+        result.text = "".join(texts[index])
+    return results, totals
