@@ -22,10 +22,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, model_validator
 
 from hearth.models.keep_alive import KeepAlive
-from hearth.protocol.base import StrictRequest
+from hearth.protocol.base import ClosedObject, ClosedRequest, OpenObject
 
 __all__ = [
     "CacheControl",
@@ -78,23 +78,19 @@ __all__ = [
 ]
 
 
-class _Request(StrictRequest):
-    # Anthropic answers an unknown field with a 400 naming it ("Extra inputs are not permitted");
-    # so does Hearth.
-    model_config = ConfigDict(extra="forbid")
+# Anthropic answers an unknown field with a 400 naming it ("Extra inputs are not permitted").
+class _Request(ClosedRequest):
+    pass
 
 
-class _Block(BaseModel):
-    # A message, or a content block the server honours in full: an unknown key is refused by
-    # name. Not a StrictRequest: a discriminator takes no before-validator, and none of these
-    # fields is a number.
-    model_config = ConfigDict(extra="forbid", strict=True)
+# A message, or a content block the server honours in full.
+class _Block(ClosedObject):
+    pass
 
 
-class _Lenient(BaseModel):
-    # A block declared only so that the server can refuse it by its `type`: its other keys are
-    # kept as sent, unchecked.
-    model_config = ConfigDict(extra="allow", strict=True)
+# A block declared only so that the server can refuse it by its `type`.
+class _Lenient(OpenObject):
+    pass
 
 
 def _str_or_list(value: Any) -> str | None:

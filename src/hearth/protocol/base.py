@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-__all__ = ["StrictRequest"]
+__all__ = ["ClosedObject", "ClosedRequest", "OpenObject", "StrictRequest"]
 
 
 def _whole_numbers(value: Any) -> Any:
@@ -30,3 +30,24 @@ class StrictRequest(BaseModel):
     @classmethod
     def _whole_floats_are_integers(cls, value: Any) -> Any:
         return _whole_numbers(value)
+
+
+class ClosedRequest(StrictRequest):
+    """A request body: an unknown field is a 400 naming it, as OpenAI and Anthropic answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClosedObject(BaseModel):
+    """A nested object the server honours in full (a content block, a tool, a text format): an
+    unknown key is refused by name. Not a StrictRequest: a discriminator takes no
+    before-validator, and none of these fields is a number."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class OpenObject(BaseModel):
+    """A nested object whose other keys are kept as sent: one declared only so that the server
+    can refuse it by its `type`, or an item a client sends back as it received it."""
+
+    model_config = ConfigDict(extra="allow", strict=True)

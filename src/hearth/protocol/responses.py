@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from hearth.models.keep_alive import KeepAlive
-from hearth.protocol.base import StrictRequest
+from hearth.protocol.base import ClosedObject, ClosedRequest, OpenObject
 
 __all__ = [
     "DeletedResponse",
@@ -85,22 +85,20 @@ __all__ = [
 ]
 
 
-class _Request(StrictRequest):
-    # OpenAI answers an unknown argument with a 400 naming it; so does Hearth.
-    model_config = ConfigDict(extra="forbid")
+# OpenAI answers an unknown argument with a 400 naming it.
+class _Request(ClosedRequest):
+    pass
 
 
-class _Config(BaseModel):
-    # A nested object the server must honour in full (a tool, the text format): an unknown key is
-    # refused by name. Not a StrictRequest: a discriminator takes no before-validator, and none of
-    # these fields is a number.
-    model_config = ConfigDict(extra="forbid", strict=True)
+# A nested object the server must honour in full (a tool, the text format).
+class _Config(ClosedObject):
+    pass
 
 
-class _Lenient(BaseModel):
-    # Input items and content parts: strict too, but other keys are kept, since clients send back
-    # output items as they received them (ids, statuses, annotations, logprobs, phase…).
-    model_config = ConfigDict(extra="allow", strict=True)
+# Input items and content parts: other keys are kept, since clients send back output items as
+# they received them (ids, statuses, annotations, logprobs, phase…).
+class _Lenient(OpenObject):
+    pass
 
 
 def _tag(value: Any, known: frozenset[str]) -> str | None:
@@ -510,8 +508,10 @@ class Response(BaseModel):
     store: bool = True
     temperature: float | None = None
     text: ResponseTextConfig = Field(default_factory=_text_format_text)
-    tool_choice: ToolChoice = "auto"
-    tools: list[Tool] = Field(default_factory=list)
+    # Only what Hearth serves comes back: function tools, and no hosted tool choice. (The
+    # request's unions, with their catch-all members, would be ambiguous in /openapi.json.)
+    tool_choice: Literal["none", "auto", "required"] | ToolChoiceFunction = "auto"
+    tools: list[FunctionTool] = Field(default_factory=list)
     top_logprobs: int | None = None
     top_p: float | None = None
     truncation: Literal["auto", "disabled"] = "disabled"

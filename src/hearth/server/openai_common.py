@@ -18,6 +18,7 @@ __all__ = [
     "check_stream_options",
     "openai_sampling",
     "piece_text",
+    "stop_sequences",
     "unsupported",
     "wire_usage",
 ]
@@ -30,7 +31,7 @@ def unsupported(param: str, why: str) -> UnsupportedParameterError:
     return UnsupportedParameterError(f"'{param}' is not supported: {why}", param=param)
 
 
-def _stop_sequences(stop: str | list[str] | None) -> tuple[str, ...]:
+def stop_sequences(stop: str | list[str] | None) -> tuple[str, ...]:
     if stop is None:
         return ()
     stops = [stop] if isinstance(stop, str) else stop
@@ -55,7 +56,7 @@ def openai_sampling(req: ChatCompletionRequest | CompletionRequest) -> Sampling:
         mirostat_tau=req.mirostat_tau,
         mirostat_eta=req.mirostat_eta,
         seed=req.seed,
-        stop=_stop_sequences(req.stop),
+        stop=stop_sequences(req.stop),
         logit_bias=req.logit_bias,
         ignore_eos=bool(req.ignore_eos),
     )

@@ -32,7 +32,7 @@ from hearth.server.conversation import (
     ToolCall,
     ToolChoice,
 )
-from hearth.server.openai_common import MAX_STOP_SEQUENCES, unsupported
+from hearth.server.openai_common import stop_sequences, unsupported
 from hearth.server.prepare import PreparedTurn, prepare_turn, with_preset
 from hearth.server.response_store import DB_FILENAME, ResponseStore, StoredResponse
 from hearth.server.sse import named_event, streaming_response
@@ -68,6 +68,7 @@ _REFUSED_FIELDS = {
     "image": "this model produces text only.",
     "access_programs": "a local server has no access programs.",
     "background_options": "background responses are not served.",
+    "prompt_cache_options": "Hearth caches every prompt by its content; no options apply.",
 }
 
 
@@ -135,6 +136,10 @@ def _refuse_unservable_fields(req: wire.ResponseCreateRequest) -> None:
         raise unsupported("reasoning", "this model does not reason before answering.")
     if req.include:
         raise unsupported("include", "no extra output data is served.")
+    if req.prompt_cache_retention not in (None, "in_memory"):
+        raise unsupported(
+            "prompt_cache_retention", "Hearth's prompt cache is its KV cache ('in_memory')."
+        )
     if req.service_tier not in (None, "auto", "default"):
         raise unsupported("service_tier", "a local server has one tier ('default').")
     if req.text is not None and req.text.verbosity not in (None, "medium"):
@@ -285,15 +290,6 @@ def _output_format(req: wire.ResponseCreateRequest) -> OutputFormat:
     return OutputFormat()
 
 
-def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
-    stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
-    if len(stops) > MAX_STOP_SEQUENCES:
-        raise InvalidRequestError(
-            f"'stop' takes at most {MAX_STOP_SEQUENCES} sequences, got {len(stops)}.", param="stop"
-        )
-    return tuple(stops)
-
-
 @dataclass(slots=True)
 class _Turn:
     """A request made ready: the conversation, its history to store, and its input items."""
@@ -326,7 +322,7 @@ async def _conversation(state: ServerState, req: wire.ResponseCreateRequest) -> 
             top_k=req.top_k,
             min_p=req.min_p,
             seed=req.seed,
-            stop=_stops(req.stop),
+            stop=stop_sequences(req.stop),
         ),
         max_tokens=req.max_output_tokens,
         limit_param="max_output_tokens",
@@ -407,8 +403,13 @@ class _Responder:
             store=req.store is not False,
             temperature=1.0 if req.temperature is None else req.temperature,
             text=req.text or wire.ResponseTextConfig(format=wire.TextFormatText(type="text")),
-            tool_choice=req.tool_choice or "auto",
-            tools=req.tools or [],
+            # Hosted tools and tool choices were refused: what is left is what was used.
+            tool_choice=(
+                req.tool_choice
+                if isinstance(req.tool_choice, str | wire.ToolChoiceFunction)
+                else "auto"
+            ),
+            tools=[t for t in req.tools or [] if isinstance(t, wire.FunctionTool)],
             top_p=1.0 if req.top_p is None else req.top_p,
             truncation="disabled",
             usage=usage,
@@ -659,7 +660,13 @@ class _Stream:
 # -- stored responses --------------------------------------------------------------------------
 
 
-async def retrieve_response(state: ServerState, response_id: str) -> JSONResponse:
+async def retrieve_response(
+    state: ServerState, response_id: str, *, stream: bool, include: list[str]
+) -> JSONResponse:
+    if stream:
+        raise unsupported("stream", "there are no background responses to replay.")
+    if include:
+        raise unsupported("include", "no extra output data is served.")
     record = await _stored(state, response_id, "response_id")
     return JSONResponse(record.response)
 

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from hearth import __version__
 from hearth.engine.types import EngineStats
+from hearth.errors import UnsupportedParameterError
 from hearth.models.presets import apply_preset
 from hearth.protocol import anthropic as anthropic_wire
 from hearth.protocol import ollama
@@ -277,8 +278,15 @@ async def create_response(
     response_model=None,
     responses={200: {"model": responses_wire.Response}},
 )
-async def get_response(response_id: str, request: Request) -> JSONResponse:
-    return await retrieve_response(_state(request), response_id)
+async def get_response(
+    response_id: str,
+    request: Request,
+    stream: bool = False,
+    include: Annotated[list[str] | None, Query()] = None,
+) -> JSONResponse:
+    return await retrieve_response(
+        _state(request), response_id, stream=stream, include=include or []
+    )
 
 
 @openai_router.delete("/responses/{response_id}")
@@ -294,7 +302,12 @@ async def response_input_items(
     before: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Literal["asc", "desc"] = "desc",
+    include: Annotated[list[str] | None, Query()] = None,
 ) -> responses_wire.InputItemList:
+    if include:
+        raise UnsupportedParameterError(
+            "'include' is not supported: no extra output data is served.", param="include"
+        )
     return await list_input_items(
         _state(request), response_id, after=after, before=before, limit=limit, order=order
     )
