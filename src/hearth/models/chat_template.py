@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from hearth.errors import InvalidRequestError
+from hearth.models.reasoning import ReasoningFormat, detect_reasoning
 
-__all__ = ["FALLBACK_TEMPLATE", "GEMMA_TEMPLATE", "ChatTemplate"]
+__all__ = ["FALLBACK_TEMPLATE", "GEMMA_TEMPLATE", "RENDER_VARIABLES", "ChatTemplate"]
 
 FALLBACK_TEMPLATE = (
     "{% for message in messages %}"
@@ -43,6 +45,11 @@ GEMMA_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
+# The variables `ChatTemplate.render` sets itself; `extra` may not override them.
+RENDER_VARIABLES = frozenset(
+    {"messages", "add_generation_prompt", "bos_token", "eos_token", "tools"}
+)
+
 # Templates for models whose GGUF has none, by llama.cpp's architecture name.
 _BY_ARCHITECTURE = {"gemma": GEMMA_TEMPLATE, "gemma2": GEMMA_TEMPLATE, "gemma3": GEMMA_TEMPLATE}
 
@@ -87,15 +94,31 @@ class ChatTemplate:
         in the system prompt (`hearth.server.tools`)."""
         return "tools" in self.source and "<tool_call>" in self.source
 
+    @cached_property
+    def reasoning(self) -> ReasoningFormat | None:
+        """How the model marks its reasoning (`<think>…</think>`), from this template; None for
+        a model that does not reason. Worked out on first use (it renders the template)."""
+        return detect_reasoning(self)
+
     def render(
         self,
         messages: list[dict[str, Any]],
         *,
         add_generation_prompt: bool = True,
         tools: list[dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> str:
+        """Render the conversation. `extra` holds further template variables (a request's
+        `chat_template_kwargs`, say `enable_thinking`); it may not set RENDER_VARIABLES."""
+        clashing = sorted(RENDER_VARIABLES.intersection(extra or {}))
+        if clashing:
+            raise InvalidRequestError(
+                f"chat_template_kwargs may not set {', '.join(clashing)}: Hearth sets them",
+                param="chat_template_kwargs",
+            )
         try:
             text = self._template.render(
+                **(extra or {}),
                 messages=messages,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
