@@ -152,6 +152,12 @@ class ServeSettings(BaseSettings):
         description="Memory the loaded models may take, by their estimates (bytes, or '4GiB', "
         "'512MB'); the least recently used idle one makes room. Default: no limit.",
     )
+    reasoning_budget: int = Field(
+        -1,
+        ge=-1,
+        description="Most tokens a reasoning model may think before Hearth closes its thinking "
+        "block itself and it answers, when the request sets no budget (-1: no limit).",
+    )
     responses_max_age: str = Field(
         "30d",
         description="How long /v1/responses keeps a stored response (and its conversation, for "

@@ -20,6 +20,7 @@ class FakeSampler:
     params: SamplingParams
     script: list[int] | None = None  # bound on the first sample: it depends on the row
     position: int = 0
+    accepted: list[int] = field(default_factory=list)  # tokens the engine wrote itself
 
 
 @dataclass
@@ -55,6 +56,10 @@ class FakeRunner:
         position = sampler.position
         sampler.position += 1
         return sampler.script[position] if position < len(sampler.script) else ord("x")
+
+    def accept(self, sampler: object, token: int) -> None:
+        assert isinstance(sampler, FakeSampler)
+        sampler.accepted.append(token)
 
     def token_logprob(self, batch_row: int, token: int, top_k: int) -> TokenLogprob:
         # Every token is as likely as 1/e: enough to check the plumbing.

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from hearth.engine.types import FinishReason, RequestOutput
+from hearth.engine.types import FinishReason, ReasoningBudget, RequestOutput
 from hearth.server.tools import render_call
-from hearth.server.turns import Step, TurnDecoder, decode_steps
+from hearth.server.turns import ReasoningSplitter, Step, TurnDecoder, decode_steps
 
 WEATHER = render_call("get_weather", json.dumps({"city": "Paris"}))
 TIME = render_call("get_time", json.dumps({"zone": "CET"}))
@@ -20,18 +20,18 @@ TIME = render_call("get_time", json.dumps({"zone": "CET"}))
 def feed_all(decoder: TurnDecoder, text: str, reason: FinishReason, piece: int = 3) -> tuple:
     shown, calls = "", []
     for start in range(0, len(text), piece):
-        more_text, more_calls = decoder.feed(text[start : start + piece])
+        _, more_text, more_calls = decoder.feed(text[start : start + piece])
         shown += more_text
         calls += more_calls
-    tail, last_calls, finish = decoder.finish(reason)
+    _, tail, last_calls, finish = decoder.finish(reason)
     return shown + tail, calls + last_calls, finish
 
 
 def test_plain_text_passes_through() -> None:
     decoder = TurnDecoder("r", parse_tools=False)
-    assert decoder.feed("Hello") == ("Hello", [])
-    assert decoder.finish(FinishReason.STOP) == ("", [], "stop")
-    assert decoder.finish(FinishReason.LENGTH)[2] == "length"
+    assert decoder.feed("Hello") == ("", "Hello", [])
+    assert decoder.finish(FinishReason.STOP) == ("", "", [], "stop")
+    assert decoder.finish(FinishReason.LENGTH)[3] == "length"
 
 
 @pytest.mark.parametrize("piece", [1, 2, 5, 1000])
@@ -97,3 +97,43 @@ def test_decode_steps_stops_reading_after_a_repeat() -> None:
     assert sum(len(s.calls) for s in steps) == 1
     assert read == [0, 1, 2]  # nothing after the repeat was read: the request was aborted
     assert closed == [True]
+
+
+REASONING = ReasoningBudget("<think>", "</think>", (), -1, starts_open=True)
+THOUGHT = "\nLet me think: <b> is bold.\n</think>\n\nThe answer."
+
+
+@pytest.mark.parametrize("piece", range(1, len(THOUGHT) + 1))
+def test_thinking_is_split_from_the_answer_at_any_cut(piece: int) -> None:
+    splitter = ReasoningSplitter("<think>", "</think>", starts_inside=True)
+    thinking, answer = "", ""
+    for start in range(0, len(THOUGHT), piece):
+        more_thinking, more_answer = splitter.feed(THOUGHT[start : start + piece])
+        thinking, answer = thinking + more_thinking, answer + more_answer
+    more_thinking, more_answer = splitter.finish()
+    assert thinking + more_thinking == "Let me think: <b> is bold.\n"
+    assert answer + more_answer == "The answer."
+
+
+@pytest.mark.parametrize("piece", [1, 3, 100])
+def test_an_open_tag_the_model_writes_is_found(piece: int) -> None:
+    splitter = ReasoningSplitter("<think>", "</think>", starts_inside=False)
+    text = "\n<think>hmm</think>Yes."
+    parts = [splitter.feed(text[i : i + piece]) for i in range(0, len(text), piece)]
+    parts.append(splitter.finish())
+    assert "".join(t for t, _ in parts) == "hmm"
+    assert "".join(a for _, a in parts) == "Yes."
+
+
+def test_an_answer_without_thinking_passes_through() -> None:
+    splitter = ReasoningSplitter("<think>", "</think>", starts_inside=False)
+    assert splitter.feed("<th") == ("", "")  # may still be the open tag
+    assert splitter.feed("ere") == ("", "<there")
+
+
+def test_calls_after_thinking_are_parsed_and_thinking_is_not() -> None:
+    decoder = TurnDecoder("r", parse_tools=True, reasoning=REASONING)
+    thinking, text, calls = decoder.feed(f"I could write {WEATHER} here.</think>\n{TIME}")
+    assert "<tool_call>" in thinking and text == ""
+    _, _, more, finish = decoder.finish(FinishReason.STOP)
+    assert [c.name for c in calls + more] == ["get_time"] and finish == "tool_calls"

@@ -47,6 +47,7 @@ def command(name: str, template_only: bool) -> None:
         ("layers", str(info.block_count) if info.block_count else None),
         ("vocabulary", f"{info.vocab_size:,} tokens" if info.vocab_size else None),
         ("size", humanize.size(entry.size_bytes)),
+        ("reasoning", _reasoning(info.chat_template, info.architecture)),
         ("license", info.license or "not stated in the file"),
         ("source", entry.source),
         ("path", str(entry.path) if entry.path else "assembled on first use"),
@@ -63,3 +64,16 @@ def command(name: str, template_only: bool) -> None:
         console.print(Text(info.chat_template), soft_wrap=True)
     else:
         console.print(Text("none in the file; Hearth formats chats as ChatML", style="dim"))
+
+
+def _reasoning(template_source: str | None, architecture: str) -> str:
+    """Whether the model thinks before answering, as its chat template says."""
+    # Imported here: jinja2 is only needed when a template is read.
+    from hearth.models.chat_template import ChatTemplate
+
+    fmt = ChatTemplate(template_source, architecture=architecture).reasoning
+    if fmt is None:
+        return "no"
+    how = "the prompt opens the block" if fmt.opens_in_prompt else "the model opens the block"
+    switch = f"; on/off with {fmt.switch}" if fmt.switch else ""
+    return f"yes: {fmt.open_tag}…{fmt.close_tag} ({how}{switch})"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Generic, Protocol, TypeVar
 
 from hearth.engine.scheduler import Chunk, KvCopy, Scheduler, Sequence, StepPlan
-from hearth.engine.text import StopMatcher, Utf8Stream
+from hearth.engine.text import StopMatcher, ThinkingTracker, Utf8Stream
 from hearth.engine.types import (
     BatchBudget,
     EngineStats,
@@ -49,6 +49,10 @@ class ModelRunner(Protocol):
         """Sample (and accept) a token from the logits at `batch_row` of the last batch."""
         ...
 
+    def accept(self, sampler: object, token: int) -> None:
+        """Accept a token the engine wrote itself into the sampler chain (grammar, penalties)."""
+        ...
+
     def token_logprob(self, batch_row: int, token: int, top_k: int) -> TokenLogprob:
         """`token`'s log-probability at `batch_row` of the last batch, and the top_k best."""
         ...
@@ -75,6 +79,7 @@ class _Choice:
     sampler: object | None = None
     utf8: Utf8Stream | None = None
     stops: StopMatcher | None = None
+    thinking: ThinkingTracker | None = None  # a reasoning model's block, kept in budget
     completion_tokens: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet sent with text
     done: bool = False
@@ -211,6 +216,8 @@ class EngineCore(Generic[SinkT]):
             choice.sampler = self.runner.new_sampler(choice.params)
             choice.utf8 = Utf8Stream()
             choice.stops = StopMatcher(choice.params.stop)
+            if choice.params.reasoning is not None:
+                choice.thinking = ThinkingTracker(choice.params.reasoning)
         self.stats.prompt_tokens_total += len(gen.request.prompt_tokens)
         self.stats.prompt_tokens_cached_total += gen.first.cached_tokens
 
@@ -219,7 +226,15 @@ class EngineCore(Generic[SinkT]):
     ) -> list[tuple[SinkT, RequestOutput]]:
         params = choice.params
         assert choice.stops is not None and choice.utf8 is not None
-        token = self.runner.sample(choice.sampler, row)
+        thinking = choice.thinking
+        written = thinking is not None and bool(thinking.forced or thinking.force_close())
+        if written:
+            # The budget ran out: the engine writes the close of the block, token by token.
+            assert thinking is not None
+            token = thinking.forced.pop(0)
+            self.runner.accept(choice.sampler, token)
+        else:
+            token = self.runner.sample(choice.sampler, row)
         choice.completion_tokens += 1
         self.stats.generated_tokens_total += 1
 
@@ -228,7 +243,10 @@ class EngineCore(Generic[SinkT]):
             return self._finish(gen, choice, text, FinishReason.STOP)
         if params.logprobs is not None:
             choice.logprobs.append(self.runner.token_logprob(row, token, params.logprobs))
-        text = choice.stops.push(choice.utf8.push(self.runner.token_bytes(token)))
+        piece = choice.utf8.push(self.runner.token_bytes(token))
+        if thinking is not None:
+            thinking.observe(piece, written=written)
+        text = choice.stops.push(piece)
         if choice.stops.stopped:
             return self._finish(gen, choice, text, FinishReason.STOP)
         slot = choice.sequence.slot
@@ -293,6 +311,7 @@ class EngineCore(Generic[SinkT]):
             index=choice.sequence.index,
             logprobs=logprobs,
             stop_sequence=stop_sequence,
+            reasoning_tokens=choice.thinking.tokens if choice.thinking is not None else 0,
         )
 
     # -- failures and bookkeeping ------------------------------------------------------------

@@ -223,6 +223,9 @@ class LlamaRunner:
         # llama_sampler_sample also accepts the token into the chain (penalties, grammar).
         return int(llama.llama_sampler_sample(sampler, self._ctx, batch_row))
 
+    def accept(self, sampler: object, token: int) -> None:
+        llama.llama_sampler_accept(sampler, token)
+
     def token_logprob(self, batch_row: int, token: int, top_k: int) -> TokenLogprob:
         # The model's own distribution: the raw logits, which sampling only reads.
         pointer = llama.llama_get_logits_ith(self._ctx, batch_row)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import codecs
 
-__all__ = ["StopMatcher", "Utf8Stream"]
+from hearth.engine.types import ReasoningBudget
+
+__all__ = ["StopMatcher", "ThinkingTracker", "Utf8Stream"]
 
 
 class Utf8Stream:
@@ -64,3 +66,56 @@ class StopMatcher:
             if any(s.startswith(tail) for s in self._stops):
                 return length
         return 0
+
+
+class ThinkingTracker:
+    """Where a generation is in its reasoning block, from its text as it is produced, and the
+    close the engine writes when the budget runs out. One block per generation: once closed,
+    the rest is the answer."""
+
+    __slots__ = ("_budget", "_tail", "closed", "forced", "inside", "tokens")
+
+    def __init__(self, budget: ReasoningBudget) -> None:
+        self._budget = budget
+        self._tail = ""
+        self.inside = budget.starts_open
+        self.closed = False
+        self.tokens = 0  # generated inside the block
+        self.forced: list[int] = []  # close tokens still to write
+
+    def force_close(self) -> bool:
+        """Whether the budget ran out: if so, the close tokens are queued in `forced`. A close
+        the model has begun to write itself is let finish."""
+        budget = self._budget.budget
+        if self.inside and not self.forced and 0 <= budget <= self.tokens and not self._closing():
+            self.forced = list(self._budget.close_tokens)
+            return True
+        return False
+
+    def _closing(self) -> bool:
+        close, tail = self._budget.close_text, self._tail
+        return any(close.startswith(tail[-n:]) for n in range(1, len(tail) + 1))
+
+    def observe(self, piece: str, *, written: bool = False) -> None:
+        """The text of one more token: the model's, or `written` by the engine (the close,
+        which is not thinking)."""
+        if self.closed:
+            return
+        if self.inside and not written:
+            self.tokens += 1
+        text = self._tail + piece
+        if not self.inside:
+            opened = text.find(self._budget.open_text)
+            if opened < 0:
+                self._tail = _last(text, len(self._budget.open_text) - 1)
+                return
+            self.inside = True
+            text = text[opened + len(self._budget.open_text) :]
+        if self._budget.close_text in text:
+            self.inside, self.closed, self._tail = False, True, ""
+        else:
+            self._tail = _last(text, len(self._budget.close_text) - 1)
+
+
+def _last(text: str, n: int) -> str:
+    return text[-n:] if n > 0 else ""

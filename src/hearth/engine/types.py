@@ -14,6 +14,7 @@ __all__ = [
     "GenerationRequest",
     "Grammar",
     "QueuePolicy",
+    "ReasoningBudget",
     "RequestOutput",
     "SamplingParams",
     "TokenLogprob",
@@ -39,6 +40,19 @@ class Grammar:
 
 
 @dataclass(frozen=True, slots=True)
+class ReasoningBudget:
+    """A reasoning model's thinking, kept within `budget` tokens: once that many were generated
+    inside the block, the engine writes `close_tokens` itself (they go through the sampler
+    chain, so a lazy grammar sees the close) and the model goes on to answer. -1: no budget."""
+
+    open_text: str  # "<think>"
+    close_text: str  # "</think>"
+    close_tokens: tuple[int, ...]  # what the engine writes: the close tag
+    budget: int = -1
+    starts_open: bool = False  # the prompt opened the block: the output starts inside it
+
+
+@dataclass(frozen=True, slots=True)
 class SamplingParams:
     """What one request asks of the sampler. temperature 0 means greedy."""
 
@@ -60,6 +74,7 @@ class SamplingParams:
     grammar: Grammar | None = None
     logprobs: int | None = None  # None: off; k: the sampled token's and the top k alternatives'
     ignore_eos: bool = False  # generate through end-of-generation tokens (benchmarks)
+    reasoning: ReasoningBudget | None = None  # a reasoning model's thinking, kept in budget
 
     @property
     def greedy(self) -> bool:
@@ -102,6 +117,7 @@ class RequestOutput:
     index: int = 0  # which of the request's n choices
     logprobs: tuple[TokenLogprob, ...] = ()  # for the tokens behind `text`, when asked for
     stop_sequence: str | None = None  # the stop string that ended it, with FinishReason.STOP
+    reasoning_tokens: int = 0  # of completion_tokens, those generated inside a thinking block
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,8 +64,10 @@ __all__ = [
     "TextBlock",
     "TextBlockParam",
     "TextDelta",
+    "ThinkingBlock",
     "ThinkingBlockParam",
     "ThinkingConfig",
+    "ThinkingDelta",
     "Tool",
     "ToolChoice",
     "ToolParam",
@@ -282,7 +284,8 @@ class ThinkingConfig(_Request):
     `thinking` or `thinking.budget_tokens` rather than a union branch."""
 
     type: Literal["enabled", "disabled", "adaptive", "between_tools"]
-    budget_tokens: int | None = Field(None, ge=1024)
+    # Anthropic asks for at least 1024; Hearth takes any budget from 1 (small local models).
+    budget_tokens: int | None = Field(None, ge=1)
     display: Literal["summarized", "omitted"] | None = None
 
     @model_validator(mode="after")
@@ -433,7 +436,16 @@ class ToolUseBlock(BaseModel):
     input: dict[str, Any]
 
 
-ContentBlock = Annotated[TextBlock | ToolUseBlock, Field(discriminator="type")]
+class ThinkingBlock(BaseModel):
+    """A reasoning model's thinking, before the answer. Hearth signs nothing: `signature` is
+    empty, and a thinking block sent back in a later turn is dropped from the prompt."""
+
+    type: Literal["thinking"] = "thinking"
+    thinking: str
+    signature: str = ""
+
+
+ContentBlock = Annotated[TextBlock | ToolUseBlock | ThinkingBlock, Field(discriminator="type")]
 
 StopReason = Literal[
     "end_turn",
@@ -513,10 +525,15 @@ class InputJSONDelta(BaseModel):
     partial_json: str
 
 
+class ThinkingDelta(BaseModel):
+    type: Literal["thinking_delta"] = "thinking_delta"
+    thinking: str
+
+
 class ContentBlockDeltaEvent(BaseModel):
     type: Literal["content_block_delta"] = "content_block_delta"
     index: int
-    delta: Annotated[TextDelta | InputJSONDelta, Field(discriminator="type")]
+    delta: Annotated[TextDelta | InputJSONDelta | ThinkingDelta, Field(discriminator="type")]
 
 
 class ContentBlockStopEvent(BaseModel):

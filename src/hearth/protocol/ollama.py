@@ -164,6 +164,7 @@ class _Timings(BaseModel):
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
+    thinking: str | None = None  # a reasoning model's thinking, with `think`
     tool_calls: list[ToolCall] | None = None
 
 
@@ -180,6 +181,7 @@ class GenerateResponse(_Timings):
     model: str
     created_at: str
     response: str
+    thinking: str | None = None  # a reasoning model's thinking, with `think`
     done: bool
     done_reason: str | None = None
     logprobs: list[Logprob] | None = None

@@ -187,6 +187,9 @@ class ChatCompletionRequest(_Request):
     mirostat_tau: float | None = Field(None, gt=0.0, le=20.0)
     mirostat_eta: float | None = Field(None, gt=0.0, le=1.0)
     ignore_eos: bool | None = None
+    # extension, not in the spec: variables for the model's chat template, as llama-server and
+    # vLLM take them ({"enable_thinking": false}); a key the template never reads is refused
+    chat_template_kwargs: dict[str, Any] | None = None
     # extension, not in the spec: Ollama's keep_alive (seconds, or "10m"; 0 unloads the model
     # after this request, -1 keeps it loaded)
     keep_alive: KeepAlive | None = None
@@ -262,12 +265,16 @@ class ResponseMessage(BaseModel):
     refusal: str | None = None
     role: Literal["assistant"] = "assistant"
     tool_calls: list[ToolCall] | None = None
+    # extension, not in the spec: a reasoning model's thinking, as llama-server, vLLM and
+    # DeepSeek's API return it
+    reasoning_content: str | None = None
 
     @model_serializer(mode="wrap")
     def _omit_no_tool_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         body: dict[str, Any] = handler(self)
-        if body.get("tool_calls") is None:
-            body.pop("tool_calls", None)
+        for name in ("tool_calls", "reasoning_content"):
+            if body.get(name) is None:
+                body.pop(name, None)
         return body
 
 
@@ -337,6 +344,7 @@ class ChunkDelta(BaseModel):
     refusal: str | None = None
     role: Literal["assistant"] | None = None
     tool_calls: list[ToolCallDelta] | None = None
+    reasoning_content: str | None = None  # extension, not in the spec: see ResponseMessage
 
     @model_serializer(mode="wrap")
     def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

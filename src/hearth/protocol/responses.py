@@ -56,6 +56,10 @@ __all__ = [
     "OutputTextPart",
     "OutputTokensDetails",
     "Reasoning",
+    "ReasoningItem",
+    "ReasoningText",
+    "ReasoningTextDeltaEvent",
+    "ReasoningTextDoneEvent",
     "RefusalPart",
     "Response",
     "ResponseCompletedEvent",
@@ -440,7 +444,25 @@ class FunctionToolCall(BaseModel):
     status: Literal["in_progress", "completed", "incomplete"]
 
 
-OutputItem = Annotated[OutputMessage | FunctionToolCall, Field(discriminator="type")]
+class ReasoningText(BaseModel):
+    type: Literal["reasoning_text"] = "reasoning_text"
+    text: str
+
+
+class ReasoningItem(BaseModel):
+    """A reasoning model's thinking, before the message: its whole text in `content` (Hearth
+    writes no summaries)."""
+
+    type: Literal["reasoning"] = "reasoning"
+    id: str
+    summary: list[dict[str, Any]] = Field(default_factory=list)
+    content: list[ReasoningText] = Field(default_factory=list)
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
+OutputItem = Annotated[
+    OutputMessage | FunctionToolCall | ReasoningItem, Field(discriminator="type")
+]
 
 ResponseStatus = Literal["completed", "failed", "in_progress", "cancelled", "queued", "incomplete"]
 
@@ -602,6 +624,24 @@ class ResponseContentPartDoneEvent(BaseModel):
     part: Annotated[OutputText | OutputRefusal, Field(discriminator="type")]
 
 
+class ReasoningTextDeltaEvent(BaseModel):
+    type: Literal["response.reasoning_text.delta"] = "response.reasoning_text.delta"
+    sequence_number: int
+    item_id: str
+    output_index: int
+    content_index: int
+    delta: str
+
+
+class ReasoningTextDoneEvent(BaseModel):
+    type: Literal["response.reasoning_text.done"] = "response.reasoning_text.done"
+    sequence_number: int
+    item_id: str
+    output_index: int
+    content_index: int
+    text: str
+
+
 class FunctionCallArgumentsDeltaEvent(BaseModel):
     type: Literal["response.function_call_arguments.delta"] = (
         "response.function_call_arguments.delta"
@@ -664,6 +704,8 @@ ResponseStreamEvent = Annotated[
     | OutputTextDeltaEvent
     | OutputTextDoneEvent
     | ResponseContentPartDoneEvent
+    | ReasoningTextDeltaEvent
+    | ReasoningTextDoneEvent
     | FunctionCallArgumentsDeltaEvent
     | FunctionCallArgumentsDoneEvent
     | ResponseOutputItemDoneEvent

@@ -20,6 +20,7 @@ from hearth.protocol import anthropic as wire
 from hearth.server.conversation import (
     Conversation,
     Message,
+    Reasoning,
     Sampling,
     Tool,
     ToolCall,
@@ -57,8 +58,8 @@ def _refuse_unservable_fields(req: wire.MessagesRequest | wire.CountTokensReques
     for name, why in _REFUSED_FIELDS.items():
         if getattr(req, name, None) is not None:
             raise unsupported(name, why)
-    if req.thinking is not None and req.thinking.type != "disabled":
-        raise unsupported("thinking", "this model does not think before answering.")
+    if req.thinking is not None and req.thinking.type == "between_tools":
+        raise unsupported("thinking.type", "thinking between tool calls is not served.")
     if req.speed not in (None, "standard"):
         raise unsupported("speed", "a local server has one speed ('standard').")
 
@@ -100,6 +101,10 @@ def _messages(req: wire.MessagesRequest | wire.CountTokensRequest) -> list[Messa
             where = f"{param}.content[{j}]"
             if isinstance(block, wire.TextBlockParam):
                 texts.append(block.text)
+            elif isinstance(block, wire.ThinkingBlockParam | wire.RedactedThinkingBlockParam) and (
+                message.role == "assistant"
+            ):
+                continue  # earlier thinking: dropped from the prompt, as chat templates drop it
             elif isinstance(block, wire.ToolUseBlockParam) and message.role == "assistant":
                 calls.append(ToolCall(block.id, block.name, json.dumps(block.input)))
             elif isinstance(block, wire.ToolResultBlockParam) and message.role == "user":
@@ -155,6 +160,15 @@ def _tool_choice(choice: wire.ToolChoice | None, has_tools: bool) -> ToolChoice:
     return ToolChoice(mode, parallel=parallel)  # type: ignore[arg-type]
 
 
+def _reasoning(thinking: wire.ThinkingConfig | None) -> Reasoning:
+    """`enabled` with its budget, `disabled`, or `adaptive` (on, with the server's budget)."""
+    if thinking is None:
+        return Reasoning(param="thinking")
+    if thinking.type == "disabled":
+        return Reasoning(enabled=False, param="thinking")
+    return Reasoning(enabled=True, budget=thinking.budget_tokens, param="thinking")
+
+
 def _conversation(req: wire.MessagesRequest | wire.CountTokensRequest) -> Conversation:
     _refuse_unservable_fields(req)
     tools = _tools(req)
@@ -163,6 +177,7 @@ def _conversation(req: wire.MessagesRequest | wire.CountTokensRequest) -> Conver
         "messages": tuple(_messages(req)),
         "tools": tools,
         "tool_choice": _tool_choice(req.tool_choice, bool(tools)),
+        "reasoning": _reasoning(req.thinking),
     }
     if isinstance(req, wire.CountTokensRequest):
         return Conversation(**common)
@@ -224,7 +239,12 @@ async def serve_messages(
 
     if req.stream:
         outputs = await started(http_request, merged_outputs(turn.model, [turn.request]))
-        steps = decode_steps(outputs, turn.request.request_id, parse_tools=turn.parse_tools)
+        steps = decode_steps(
+            outputs,
+            turn.request.request_id,
+            parse_tools=turn.parse_tools,
+            reasoning=turn.request.params.reasoning,
+        )
         return streaming_response(
             _stream(steps, message_id, req.model), on_error=anthropic_error_event
         )
@@ -234,7 +254,9 @@ async def serve_messages(
     )
     choice: ChoiceResult = choices[0]
     content: list[Any] = []
-    if choice.text or not choice.calls:
+    if choice.reasoning:
+        content.append(wire.ThinkingBlock(thinking=choice.reasoning))
+    if choice.text or not (choice.calls or choice.reasoning):
         content.append(wire.TextBlock(text=choice.text))
     content += [_tool_use(call) for call in choice.calls]
     body = wire.Message(
@@ -256,6 +278,7 @@ async def _stream(steps: AsyncIterator[Any], message_id: str, model: str) -> Asy
     totals = UsageTotals()
     blocks = 0  # content blocks started
     text_open = False
+    thinking_open = False
     started_message = False
     async for step in steps:
         totals.add(step.output, step.prompt_index)
@@ -266,6 +289,17 @@ async def _stream(steps: AsyncIterator[Any], message_id: str, model: str) -> Asy
             start = wire.Message(id=message_id, content=[], model=model, usage=usage)
             yield _event(wire.MessageStartEvent(message=start))
             yield _event(wire.PingEvent())
+        if step.reasoning:
+            if not thinking_open:
+                thinking_open = True
+                block = wire.ThinkingBlock(thinking="")
+                yield _event(wire.ContentBlockStartEvent(index=blocks, content_block=block))
+            delta = wire.ThinkingDelta(thinking=step.reasoning)
+            yield _event(wire.ContentBlockDeltaEvent(index=blocks, delta=delta))
+        if thinking_open and (step.text or step.calls or step.finish is not None):
+            thinking_open = False
+            yield _event(wire.ContentBlockStopEvent(index=blocks))
+            blocks += 1
         if step.text:
             if not text_open:
                 text_open = True

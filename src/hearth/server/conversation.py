@@ -12,10 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from hearth.errors import InvalidRequestError
+
 __all__ = [
+    "EFFORT_BUDGETS",
     "Conversation",
     "Message",
     "OutputFormat",
+    "Reasoning",
     "Role",
     "Sampling",
     "Tool",
@@ -100,6 +104,36 @@ class Sampling:
     ignore_eos: bool = False
 
 
+# Thinking tokens per effort level, for APIs that name a level rather than a budget
+# (reasoning_effort, reasoning.effort, Ollama's think). None: the server's --reasoning-budget.
+EFFORT_BUDGETS: dict[str, int | None] = {"low": 512, "medium": 2048, "high": None}
+
+
+@dataclass(frozen=True, slots=True)
+class Reasoning:
+    """What the request asks of a reasoning model's thinking. `enabled` None: the model's
+    default (thinking on); `budget` None: the server's --reasoning-budget."""
+
+    enabled: bool | None = None
+    budget: int | None = None
+    param: str = "reasoning_effort"  # the field that asked, for errors
+
+    @classmethod
+    def from_effort(cls, effort: str | None, param: str) -> Reasoning:
+        """An effort level: `none`/`minimal` turn thinking off, `low`/`medium`/`high` on with
+        EFFORT_BUDGETS' budget."""
+        if effort is None:
+            return cls(param=param)
+        if effort in ("none", "minimal"):
+            return cls(enabled=False, param=param)
+        if effort not in EFFORT_BUDGETS:
+            raise InvalidRequestError(
+                f"Invalid '{param}' {effort!r}: use 'none', 'minimal', 'low', 'medium' or 'high'.",
+                param=param,
+            )
+        return cls(enabled=True, budget=EFFORT_BUDGETS[effort], param=param)
+
+
 @dataclass(frozen=True, slots=True)
 class Conversation:
     """Everything one generation needs, whatever API asked for it."""
@@ -116,3 +150,5 @@ class Conversation:
     logprobs: int | None = None  # None: off; k: the sampled token's and k alternatives'
     user: str | None = None  # logged with the request id
     messages_param: str = "messages"  # where the messages came from, for errors
+    reasoning: Reasoning = field(default_factory=Reasoning)
+    template_kwargs: dict[str, Any] | None = None  # checked against what the template reads

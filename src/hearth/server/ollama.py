@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -22,7 +23,7 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from hearth.engine.types import FinishReason, RequestOutput, TokenLogprob
+from hearth.engine.types import FinishReason, TokenLogprob
 from hearth.errors import HearthError, InvalidRequestError, UnsupportedParameterError
 from hearth.models import registry
 from hearth.models.gguf_info import read_gguf_info
@@ -30,7 +31,7 @@ from hearth.models.presets import apply_preset
 from hearth.protocol import ollama as wire
 from hearth.protocol.embeddings import EmbeddingRequest
 from hearth.protocol.openai import ChatCompletionRequest, CompletionRequest
-from hearth.server.conversation import ToolCall
+from hearth.server.conversation import Reasoning, ToolCall
 from hearth.server.embeddings import embed_inputs, max_input_tokens
 from hearth.server.errors import validation_error
 from hearth.server.openai_chat import chat_conversation
@@ -38,10 +39,8 @@ from hearth.server.openai_completions import prepare_completion
 from hearth.server.prepare import prepare_turn
 from hearth.server.state import LoadedModel, ServerState
 from hearth.server.turns import (
-    CollectedChoice,
     Finish,
     Step,
-    collect,
     collect_turn,
     decode_steps,
     merged_outputs,
@@ -163,11 +162,11 @@ def _with_preset(
     return applied
 
 
-def _refuse_common(req: wire.ChatRequest | wire.GenerateRequest) -> None:
-    if req.think:
-        raise UnsupportedParameterError(
-            "This model does not think before answering.", param="think"
-        )
+def _reasoning(think: bool | str | None) -> Reasoning:
+    """Ollama's `think`: true or false, or an effort level ("low", "medium", "high")."""
+    if think is None or isinstance(think, bool):
+        return Reasoning(enabled=think, param="think")
+    return Reasoning.from_effort(think, "think")
 
 
 def _format(value: str | dict[str, Any] | None) -> dict[str, Any] | None:
@@ -326,7 +325,6 @@ async def _guarded(lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 async def serve_ollama_chat(
     state: ServerState, req: wire.ChatRequest, http_request: Request
 ) -> JSONResponse | StreamingResponse:
-    _refuse_common(req)
     model = state.model_for(req.model)
     _check_num_ctx(model, req.options)
     if not req.messages:
@@ -346,12 +344,18 @@ async def serve_ollama_chat(
         body["logprobs"] = True
         body["top_logprobs"] = req.top_logprobs
     request = _with_preset(_validated(ChatCompletionRequest, body), model, req.options)
-    turn = prepare_turn(state, chat_conversation(request), id_prefix="chatcmpl")
+    conversation = replace(chat_conversation(request), reasoning=_reasoning(req.think))
+    turn = prepare_turn(state, conversation, id_prefix="chatcmpl")
     clock = _Clock()
 
     if req.stream:
         outputs = await started(http_request, merged_outputs(turn.model, [turn.request]))
-        steps = decode_steps(outputs, turn.request.request_id, parse_tools=turn.parse_tools)
+        steps = decode_steps(
+            outputs,
+            turn.request.request_id,
+            parse_tools=turn.parse_tools,
+            reasoning=turn.request.params.reasoning,
+        )
         return _ndjson_response(_stream_chat(steps, req.model, clock))
 
     choices, totals = await until_disconnect(
@@ -362,7 +366,11 @@ async def serve_ollama_chat(
     reply = wire.ChatResponse(
         model=req.model,
         created_at=_now(),
-        message=wire.ResponseMessage(content=choice.text, tool_calls=_tool_calls(choice.calls)),
+        message=wire.ResponseMessage(
+            content=choice.text,
+            thinking=choice.reasoning or None,
+            tool_calls=_tool_calls(choice.calls),
+        ),
         done=True,
         done_reason=_finish_reason(choice.finish),
         logprobs=_logprobs(choice.logprobs) if req.logprobs else None,
@@ -375,14 +383,12 @@ async def _stream_chat(
     steps: AsyncIterator[Step], model: str, clock: _Clock
 ) -> AsyncIterator[bytes]:
     def line(content: str, **extra: Any) -> bytes:
-        return _ndjson(
-            wire.ChatResponse(
-                model=model,
-                created_at=_now(),
-                message=wire.ResponseMessage(content=content, tool_calls=extra.pop("calls", None)),
-                **extra,
-            )
+        message = wire.ResponseMessage(
+            content=content,
+            thinking=extra.pop("thinking", None),
+            tool_calls=extra.pop("calls", None),
         )
+        return _ndjson(wire.ChatResponse(model=model, created_at=_now(), message=message, **extra))
 
     calls: list[ToolCall] = []
     async for step in steps:
@@ -390,8 +396,9 @@ async def _stream_chat(
         output = step.output
         calls += step.calls
         logprobs = _logprobs(output.logprobs) if output.logprobs else None
-        if step.text or logprobs:
-            yield line(step.text, done=False, logprobs=logprobs)
+        if step.text or logprobs or step.reasoning:
+            thinking = step.reasoning or None
+            yield line(step.text, done=False, logprobs=logprobs, thinking=thinking)
         if step.finish is not None:
             if calls:  # Ollama sends finished calls in one message
                 yield line("", done=False, calls=_tool_calls(calls))
@@ -407,7 +414,6 @@ async def _stream_chat(
 async def serve_ollama_generate(
     state: ServerState, req: wire.GenerateRequest, http_request: Request
 ) -> JSONResponse | StreamingResponse:
-    _refuse_common(req)
     model = state.model_for(req.model)
     _check_num_ctx(model, req.options)
     if req.images:
@@ -431,6 +437,10 @@ async def serve_ollama_generate(
     if req.logprobs:
         fields["logprobs"] = req.top_logprobs or 0
     if req.raw or req.suffix is not None:
+        if req.think:
+            raise UnsupportedParameterError(
+                "'think' needs the chat template; drop raw and suffix to use it.", param="think"
+            )
         if req.format:
             raise UnsupportedParameterError(
                 "'format' needs the chat template; drop raw and suffix to use it.", param="format"
@@ -452,25 +462,31 @@ async def serve_ollama_generate(
         chat_request = _with_preset(
             _validated(ChatCompletionRequest, chat_body), model, req.options
         )
-        turn = prepare_turn(state, chat_conversation(chat_request), id_prefix="chatcmpl")
+        conversation = replace(chat_conversation(chat_request), reasoning=_reasoning(req.think))
+        turn = prepare_turn(state, conversation, id_prefix="chatcmpl")
         engine_model, request = turn.model, turn.request
     clock = _Clock()
 
     if req.stream:
         outputs = await started(http_request, merged_outputs(engine_model, [request]))
+        steps = decode_steps(
+            outputs, request.request_id, parse_tools=False, reasoning=request.params.reasoning
+        )
         return _ndjson_response(
-            _stream_generate(outputs, req.model, clock, logprobs=bool(req.logprobs))
+            _stream_generate(steps, req.model, clock, logprobs=bool(req.logprobs))
         )
     choices, totals = await until_disconnect(
-        http_request, collect(engine_model, [request], clock.tick)
+        http_request,
+        collect_turn(engine_model, request, parse_tools=False, on_output=clock.tick),
     )
-    choice: CollectedChoice = choices[0]
+    choice = choices[0]
     reply = wire.GenerateResponse(
         model=req.model,
         created_at=_now(),
         response=choice.text,
+        thinking=choice.reasoning or None,
         done=True,
-        done_reason=_done_reason(choice.finish_reason),
+        done_reason=_finish_reason(choice.finish),
         logprobs=_logprobs(choice.logprobs) if req.logprobs else None,
         **clock.timings(totals.prompt_tokens, totals.cached_tokens, choice.completion_tokens),
     )
@@ -478,29 +494,31 @@ async def serve_ollama_generate(
 
 
 async def _stream_generate(
-    outputs: AsyncIterator[tuple[int, RequestOutput]], model: str, clock: _Clock, *, logprobs: bool
+    steps: AsyncIterator[Step], model: str, clock: _Clock, *, logprobs: bool
 ) -> AsyncIterator[bytes]:
-    async for _, output in outputs:
+    async for step in steps:
         clock.tick()
+        output = step.output
         entries = _logprobs(output.logprobs) if logprobs and output.logprobs else None
-        if output.text or entries:
+        if step.text or entries or step.reasoning:
             yield _ndjson(
                 wire.GenerateResponse(
                     model=model,
                     created_at=_now(),
-                    response=output.text,
+                    response=step.text,
+                    thinking=step.reasoning or None,
                     done=False,
                     logprobs=entries,
                 )
             )
-        if output.finish_reason is not None:
+        if step.finish is not None:
             yield _ndjson(
                 wire.GenerateResponse(
                     model=model,
                     created_at=_now(),
                     response="",
                     done=True,
-                    done_reason=_done_reason(output.finish_reason),
+                    done_reason=_finish_reason(step.finish),
                     **clock.timings(
                         output.prompt_tokens, output.cached_tokens, output.completion_tokens
                     ),
@@ -606,6 +624,8 @@ def show_model(model: LoadedModel) -> wire.ShowResponse:
     capabilities = ["completion", "tools"]
     if info.fim_tokens is not None:
         capabilities.append("insert")
+    if model.chat_template.reasoning is not None:
+        capabilities.append("thinking")
     return wire.ShowResponse(
         modelfile=f"# Served by Hearth\nFROM {model.model_id}\n",
         parameters="",

@@ -29,6 +29,7 @@ from hearth.server.conversation import (
     Conversation,
     Message,
     OutputFormat,
+    Reasoning,
     Tool,
     ToolCall,
     ToolChoice,
@@ -75,8 +76,6 @@ def _refuse_unservable_fields(req: ChatCompletionRequest) -> None:
         raise unsupported("prediction", "predicted outputs are not served.")
     if req.web_search_options is not None:
         raise unsupported("web_search_options", "a local server does not search the web.")
-    if req.reasoning_effort is not None:
-        raise unsupported("reasoning_effort", "this model does not reason before answering.")
     if req.verbosity not in (None, "medium"):
         raise unsupported("verbosity", "this model has no verbosity control.")
     if req.store:
@@ -251,6 +250,8 @@ def chat_conversation(req: ChatCompletionRequest) -> Conversation:
         n=1 if req.n is None else req.n,
         logprobs=(req.top_logprobs or 0) if req.logprobs else None,
         user=req.user or req.safety_identifier,
+        reasoning=Reasoning.from_effort(req.reasoning_effort, "reasoning_effort"),
+        template_kwargs=req.chat_template_kwargs,
     )
 
 
@@ -267,7 +268,13 @@ async def serve_chat(
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         outputs = await started(http_request, merged_outputs(turn.model, [turn.request]))
-        steps = decode_steps(outputs, completion_id, parse_tools=turn.parse_tools, n=turn.request.n)
+        steps = decode_steps(
+            outputs,
+            completion_id,
+            parse_tools=turn.parse_tools,
+            n=turn.request.n,
+            reasoning=turn.request.params.reasoning,
+        )
         events = _stream_chat(
             steps, completion_id, created, req.model, include_usage, parse_tools=turn.parse_tools
         )
@@ -300,6 +307,7 @@ def _chat_choice(index: int, choice: ChoiceResult, *, logprobs: bool) -> wire.Ch
         index=index,
         logprobs=chat_logprobs(choice.logprobs) if logprobs else None,
         message=wire.ResponseMessage(
+            reasoning_content=choice.reasoning or None,
             content=choice.text if choice.text or not choice.calls else None,
             tool_calls=[
                 wire.ToolCall(
@@ -362,6 +370,8 @@ async def _stream_chat(
         if index not in calls_sent:
             calls_sent[index] = 0
             yield chunk(index, wire.ChunkDelta(role="assistant", content=""))
+        if step.reasoning:
+            yield chunk(index, wire.ChunkDelta(reasoning_content=step.reasoning))
         if parse_tools:
             if step.text:
                 yield chunk(index, wire.ChunkDelta(content=step.text))

@@ -26,6 +26,7 @@ from hearth.server.conversation import (
     Conversation,
     Message,
     OutputFormat,
+    Reasoning,
     Role,
     Sampling,
     Tool,
@@ -130,10 +131,14 @@ def _refuse_unservable_fields(req: wire.ResponseCreateRequest) -> None:
             "Hearth never cuts a conversation silently; a prompt that does not fit its context "
             "is refused. Send 'disabled' or leave it out.",
         )
-    if req.reasoning is not None and any(
-        value is not None for value in req.reasoning.model_dump().values()
-    ):
-        raise unsupported("reasoning", "this model does not reason before answering.")
+    if req.reasoning is not None:
+        for name, value in req.reasoning.model_dump().items():
+            if name != "effort" and value is not None:
+                raise unsupported(
+                    f"reasoning.{name}",
+                    "Hearth returns a reasoning model's whole thinking in a reasoning item; it "
+                    "writes no summaries.",
+                )
     if req.include:
         raise unsupported("include", "no extra output data is served.")
     if req.prompt_cache_retention not in (None, "in_memory"):
@@ -233,6 +238,11 @@ def _input_messages(
                     "status": item.status or "completed",
                 }
             )
+        elif getattr(item, "type", None) == "reasoning":
+            # Earlier thinking sent back (as agents do): dropped, as chat templates drop it.
+            listed_items.append(
+                {**item.model_dump(), "id": getattr(item, "id", None) or _new_id("rs")}
+            )
         else:
             kind = getattr(item, "type", "unknown")
             raise unsupported(
@@ -328,6 +338,9 @@ async def _conversation(state: ServerState, req: wire.ResponseCreateRequest) -> 
         limit_param="max_output_tokens",
         user=req.user or req.safety_identifier,
         messages_param="input",
+        reasoning=Reasoning.from_effort(
+            req.reasoning.effort if req.reasoning is not None else None, "reasoning.effort"
+        ),
     )
     return _Turn(conversation, history, input_items)
 
@@ -344,6 +357,9 @@ def _usage(totals: UsageTotals) -> wire.ResponseUsage:
             cache_write_tokens=totals.prompt_tokens - totals.cached_tokens,
         ),
         output_tokens=output,
+        output_tokens_details=wire.OutputTokensDetails(
+            reasoning_tokens=totals.total_reasoning_tokens
+        ),
         total_tokens=totals.prompt_tokens + output,
     )
 
@@ -354,6 +370,10 @@ def _message_item(item_id: str, text: str, status: str) -> wire.OutputMessage:
         status=status,
         content=[wire.OutputText(text=text)],
     )
+
+
+def _reasoning_item(item_id: str, text: str, status: str) -> wire.ReasoningItem:
+    return wire.ReasoningItem(id=item_id, content=[wire.ReasoningText(text=text)], status=status)
 
 
 def _call_item(item_id: str, call: ToolCall, status: str) -> wire.FunctionToolCall:
@@ -398,7 +418,7 @@ class _Responder:
             parallel_tool_calls=req.parallel_tool_calls is not False,
             previous_response_id=req.previous_response_id,
             prompt_cache_key=req.prompt_cache_key,
-            reasoning=None,
+            reasoning=req.reasoning,
             safety_identifier=req.safety_identifier,
             store=req.store is not False,
             temperature=1.0 if req.temperature is None else req.temperature,
@@ -458,6 +478,8 @@ async def serve_response(
     choice: ChoiceResult = choices[0]
     status = _final_status(choice.finish)
     output: list[Any] = []
+    if choice.reasoning:
+        output.append(_reasoning_item(_new_id("rs"), choice.reasoning, status))
     if choice.text or not choice.calls:
         output.append(_message_item(_new_id("msg"), choice.text, status))
     output += [_call_item(_new_id("fc"), call, "completed") for call in choice.calls]
@@ -511,7 +533,44 @@ class _Stream:
         totals = UsageTotals()
         finish: Finish = "stop"
         request = self.prepared.request
-        steps = decode_steps(outputs, request.request_id, parse_tools=self.prepared.parse_tools)
+        steps = decode_steps(
+            outputs,
+            request.request_id,
+            parse_tools=self.prepared.parse_tools,
+            reasoning=request.params.reasoning,
+        )
+        thought_parts: list[str] = []
+        thought: tuple[str, int] | None = None  # the open reasoning item: its id and index
+
+        def open_reasoning() -> bytes:
+            nonlocal thought
+            thought = (_new_id("rs"), len(output))
+            output.append("reasoning")  # filled when the reasoning is done
+            item = wire.ReasoningItem(id=thought[0], status="in_progress")
+            return self.event(
+                wire.ResponseOutputItemAddedEvent(
+                    sequence_number=n(), output_index=thought[1], item=item
+                )
+            )
+
+        def close_reasoning(status: str) -> list[bytes]:
+            nonlocal thought
+            assert thought is not None
+            (item_id, index), thought = thought, None
+            text = "".join(thought_parts)
+            item = _reasoning_item(item_id, text, status)
+            output[index] = item
+            done = wire.ReasoningTextDoneEvent(
+                sequence_number=n(), item_id=item_id, output_index=index, content_index=0, text=text
+            )
+            return [
+                self.event(done),
+                self.event(
+                    wire.ResponseOutputItemDoneEvent(
+                        sequence_number=n(), output_index=index, item=item
+                    )
+                ),
+            ]
 
         def open_message() -> list[bytes]:
             nonlocal message_id
@@ -614,6 +673,23 @@ class _Stream:
         message_open = False
         async for step in steps:
             totals.add(step.output, step.prompt_index)
+            if step.reasoning:
+                if thought is None and not thought_parts:
+                    yield open_reasoning()
+                if thought is not None:
+                    thought_parts.append(step.reasoning)
+                    yield self.event(
+                        wire.ReasoningTextDeltaEvent(
+                            sequence_number=n(),
+                            item_id=thought[0],
+                            output_index=thought[1],
+                            content_index=0,
+                            delta=step.reasoning,
+                        )
+                    )
+            if thought is not None and (step.text or step.calls):
+                for event in close_reasoning("completed"):
+                    yield event
             if step.text:
                 if message_id is None:
                     for event in open_message():
@@ -640,6 +716,9 @@ class _Stream:
             if step.finish is not None:
                 finish = step.finish
         status = _final_status(finish)
+        if thought is not None:
+            for event in close_reasoning(status):
+                yield event
         if message_id is None and not calls:
             for event in open_message():
                 yield event

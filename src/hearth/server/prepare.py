@@ -14,12 +14,17 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from hearth.engine.grammar import SchemaNotSupportedError, check_schema, json_schema_grammar
-from hearth.engine.types import GenerationRequest, Grammar, SamplingParams
-from hearth.errors import ContextLengthExceededError, InvalidRequestError
+from hearth.engine.types import GenerationRequest, Grammar, ReasoningBudget, SamplingParams
+from hearth.errors import (
+    ContextLengthExceededError,
+    InvalidRequestError,
+    UnsupportedParameterError,
+)
 from hearth.models.presets import Preset
+from hearth.models.reasoning import ReasoningFormat, template_variables
 from hearth.server.conversation import Conversation, Message, OutputFormat, Sampling, Tool
 from hearth.server.state import LoadedModel, ServerState
 from hearth.server.tools import ToolSpec, render_call, tool_grammar, tool_system_prompt
@@ -69,7 +74,13 @@ def prepare_turn(state: ServerState, conversation: Conversation, *, id_prefix: s
             "call; turn the tools off, or describe the format in the function's parameters.",
             param=conversation.output_format.param,
         )
-    tokens = prompt_tokens(model, conversation, plan)
+    thinking = _thinking(model, conversation)
+    text = _render(model, conversation, plan, thinking.template_kwargs)
+    tokens = _tokenize(model, text)
+    reasoning = thinking.budget(model, text, state.settings.reasoning_budget)
+    grammar = plan.grammar or format_grammar
+    if grammar is not None and reasoning is not None:
+        grammar = _after_reasoning(grammar, reasoning.close_text)
     params = sampling_params(
         model,
         conversation.sampling,
@@ -77,9 +88,10 @@ def prepare_turn(state: ServerState, conversation: Conversation, *, id_prefix: s
         conversation.max_tokens,
         what=conversation.messages_param,
         limit_param=conversation.limit_param,
-        grammar=plan.grammar or format_grammar,
+        grammar=grammar,
         grammar_param=conversation.output_format.param,
         logprobs=conversation.logprobs,
+        reasoning=reasoning,
     )
     request_id = new_id(id_prefix)
     if conversation.user is not None:
@@ -158,6 +170,7 @@ def sampling_params(
     grammar: Grammar | None = None,
     grammar_param: str = "response_format",
     logprobs: int | None = None,
+    reasoning: ReasoningBudget | None = None,
 ) -> SamplingParams:
     """Resolve limits against the slot's context: refuse, never truncate silently. `what`
     names the prompt's field ("messages", "prompt", "input") and `limit_param` the field that
@@ -204,6 +217,7 @@ def sampling_params(
         grammar=grammar,
         logprobs=logprobs,
         ignore_eos=sampling.ignore_eos,
+        reasoning=reasoning,
     )
 
 
@@ -383,8 +397,13 @@ def _loads(arguments: str) -> object:
         return arguments
 
 
-def prompt_tokens(model: LoadedModel, conversation: Conversation, plan: _ToolPlan) -> list[int]:
-    """The conversation through the model's chat template, tokenized."""
+def _render(
+    model: LoadedModel,
+    conversation: Conversation,
+    plan: _ToolPlan,
+    template_kwargs: dict[str, Any] | None = None,
+) -> str:
+    """The conversation through the model's chat template."""
     messages = _template_messages(conversation.messages, model, plan, conversation.messages_param)
     native_tools = None
     if plan.offered and model.chat_template.renders_tool_calls:
@@ -399,11 +418,99 @@ def prompt_tokens(model: LoadedModel, conversation: Conversation, plan: _ToolPla
             }
             for t in plan.specs
         ]
-    text = model.chat_template.render(messages, add_generation_prompt=True, tools=native_tools)
+    return model.chat_template.render(
+        messages, add_generation_prompt=True, tools=native_tools, extra=template_kwargs
+    )
+
+
+def _tokenize(model: LoadedModel, text: str) -> list[int]:
     info = model.model_info
     if info.add_bos and text.startswith(info.bos_text):
         text = text[len(info.bos_text) :]  # tokenize adds it; never two
     return model.runner.tokenize(text, add_special=True, parse_special=True)
+
+
+def prompt_tokens(model: LoadedModel, conversation: Conversation, plan: _ToolPlan) -> list[int]:
+    """The conversation through the model's chat template, tokenized."""
+    thinking = _thinking(model, conversation)
+    return _tokenize(model, _render(model, conversation, plan, thinking.template_kwargs))
+
+
+# -- reasoning ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Thinking:
+    """A reasoning model's thinking for one request: the template's switch, and the budget."""
+
+    format: ReasoningFormat | None
+    enabled: bool
+    requested_budget: int | None
+    template_kwargs: dict[str, Any] | None
+
+    def budget(self, model: LoadedModel, prompt: str, default: int) -> ReasoningBudget | None:
+        """What the engine keeps in budget; None when the output holds no thinking block."""
+        fmt = self.format
+        if fmt is None:
+            return None
+        starts_open = prompt.rstrip().endswith(fmt.open_tag)
+        if not self.enabled and fmt.switch is not None and not starts_open:
+            return None  # the template turned thinking off: the model answers at once
+        budget = self.requested_budget if self.requested_budget is not None else default
+        # Only the tag: a grammar that starts after it would refuse anything more written for
+        # the model (llama.cpp aborts on a token its grammar rejects).
+        close = model.runner.tokenize(fmt.close_tag, add_special=False, parse_special=True)
+        return ReasoningBudget(
+            fmt.open_tag,
+            fmt.close_tag,
+            tuple(close),
+            # Off with no switch in the template: the block is closed as soon as it opens.
+            budget if self.enabled else 0,
+            starts_open,
+        )
+
+
+def _thinking(model: LoadedModel, conversation: Conversation) -> _Thinking:
+    template = model.chat_template
+    kwargs = dict(conversation.template_kwargs or {})
+    if kwargs:
+        readable = template_variables(template)
+        for key in kwargs:
+            if key not in readable:
+                raise UnsupportedParameterError(
+                    f"The model's chat template does not read {key!r}.",
+                    param=f"chat_template_kwargs.{key}",
+                )
+    requested = conversation.reasoning
+    fmt = template.reasoning
+    if fmt is None:
+        if requested.enabled:
+            raise UnsupportedParameterError(
+                f"'{requested.param}' is not supported: this model does not reason before "
+                "answering.",
+                param=requested.param,
+            )
+        return _Thinking(None, False, None, kwargs or None)
+    enabled = requested.enabled if requested.enabled is not None else True
+    if fmt.switch is not None:
+        if fmt.switch in kwargs and requested.enabled is None:
+            enabled = bool(kwargs[fmt.switch])
+        kwargs[fmt.switch] = enabled
+    return _Thinking(fmt, enabled, requested.budget, kwargs or None)
+
+
+def _after_reasoning(grammar: Grammar, close_tag: str) -> Grammar:
+    """The grammar, applied to the answer only: llama.cpp's lazy grammar starts once the
+    thinking block is closed. Its constrained text begins at the trigger's first non-empty
+    group (an empty one would hand it the whole thinking), so a grammar that constrains the
+    whole answer starts at the close tag itself and takes a little whitespace after it."""
+    close = re.escape(close_tag)
+    if grammar.triggers:  # already lazy (tools under "auto"): its own group follows the close
+        triggers = tuple(rf"[\s\S]*?{close}{trigger}" for trigger in grammar.triggers)
+        return replace(grammar, triggers=triggers)
+    rule = "hearth-after-thinking"
+    gbnf = f"{grammar.gbnf}\n{rule} ::= {json.dumps(close_tag)} [ \\t\\n]{{0,4}} {grammar.root}\n"
+    return Grammar(gbnf, rule, (rf"[\s\S]*?({close}[\s\S]*)",))
 
 
 def count_prompt_tokens(state: ServerState, conversation: Conversation) -> int:

@@ -31,6 +31,7 @@ __all__ = [
     "ParsedCall",
     "ToolCallParser",
     "ToolSpec",
+    "partial_suffix",
     "render_call",
     "tool_grammar",
     "tool_system_prompt",
@@ -124,7 +125,7 @@ class ToolCallParser:
             if self._state == "content":
                 start = self._buffer.find(CALL_OPEN + _NAME_OPEN)
                 if start < 0:
-                    keep = _partial_suffix(self._buffer, CALL_OPEN + _NAME_OPEN)
+                    keep = partial_suffix(self._buffer, CALL_OPEN + _NAME_OPEN)
                     cut = len(self._buffer) - keep
                     if not self._buffer[:cut].strip():
                         return  # only blank so far: it may just separate two calls
@@ -152,7 +153,7 @@ class ToolCallParser:
             else:
                 end = self._buffer.find(CALL_CLOSE)
                 if end < 0:
-                    keep = _partial_suffix(self._buffer, CALL_CLOSE)
+                    keep = partial_suffix(self._buffer, CALL_CLOSE)
                     # Trailing spaces may come before the close marker; hold them too.
                     cut = len(self._buffer) - keep
                     while cut > 0 and self._buffer[cut - 1].isspace():
@@ -189,7 +190,7 @@ class ToolCallParser:
         return self._buffer[:at], self._buffer[at:]
 
 
-def _partial_suffix(text: str, marker: str) -> int:
+def partial_suffix(text: str, marker: str) -> int:
     """The length of the longest end of `text` that is a proper start of `marker`."""
     for n in range(min(len(marker) - 1, len(text)), 0, -1):
         if text.endswith(marker[:n]):

@@ -20,16 +20,23 @@ from typing import Literal, TypeVar
 
 from fastapi import Request
 
-from hearth.engine.types import FinishReason, GenerationRequest, RequestOutput, TokenLogprob
+from hearth.engine.types import (
+    FinishReason,
+    GenerationRequest,
+    ReasoningBudget,
+    RequestOutput,
+    TokenLogprob,
+)
 from hearth.errors import ClientDisconnectedError
 from hearth.server.conversation import ToolCall
 from hearth.server.state import LoadedModel
-from hearth.server.tools import ToolCallParser
+from hearth.server.tools import ToolCallParser, partial_suffix
 
 __all__ = [
     "ChoiceResult",
     "CollectedChoice",
     "Finish",
+    "ReasoningSplitter",
     "Step",
     "TurnDecoder",
     "UsageTotals",
@@ -134,6 +141,7 @@ class UsageTotals:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: dict[int, int] = field(default_factory=dict)  # by choice index
+    reasoning_tokens: dict[int, int] = field(default_factory=dict)  # by choice index
     prompts_seen: set[int] = field(default_factory=set)
 
     def add(self, output: RequestOutput, prompt_index: int = 0) -> None:
@@ -142,10 +150,15 @@ class UsageTotals:
             self.prompt_tokens += output.prompt_tokens
             self.cached_tokens += output.cached_tokens
         self.completion_tokens[output.index] = output.completion_tokens
+        self.reasoning_tokens[output.index] = output.reasoning_tokens
 
     @property
     def total_completion_tokens(self) -> int:
         return sum(self.completion_tokens.values())
+
+    @property
+    def total_reasoning_tokens(self) -> int:
+        return sum(self.reasoning_tokens.values())
 
 
 # -- raw text (completions, raw generate) ------------------------------------------------------
@@ -187,41 +200,125 @@ async def collect(
     return choices, totals
 
 
-# -- a turn: text and whole tool calls ---------------------------------------------------------
+# -- a turn: thinking, text and whole tool calls -----------------------------------------------
+
+
+class ReasoningSplitter:
+    """A reasoning model's output split into thinking and answer as it streams. A tag cut
+    across pieces is held back until the next piece decides it; the whitespace that opens the
+    thinking and the answer is dropped."""
+
+    __slots__ = ("_answer_begun", "_close", "_held", "_open", "_state", "_thinking_begun")
+
+    def __init__(self, open_tag: str, close_tag: str, *, starts_inside: bool) -> None:
+        self._open, self._close = open_tag, close_tag
+        self._state = "thinking" if starts_inside else "before"
+        self._held = ""
+        self._thinking_begun = self._answer_begun = False
+
+    def feed(self, text: str) -> tuple[str, str]:
+        """(thinking, answer) text of this piece."""
+        thinking: list[str] = []
+        answer: list[str] = []
+        buffer, self._held = self._held + text, ""
+        while buffer:
+            if self._state == "before":
+                stripped = buffer.lstrip()
+                if stripped.startswith(self._open):
+                    buffer, self._state = stripped[len(self._open) :], "thinking"
+                elif self._open.startswith(stripped):
+                    self._held = buffer  # may still become the open tag
+                    break
+                else:
+                    self._state = "answer"  # an answer with no thinking
+            elif self._state == "thinking":
+                end = buffer.find(self._close)
+                if end >= 0:
+                    thinking.append(buffer[:end])
+                    buffer, self._state = buffer[end + len(self._close) :], "answer"
+                    continue
+                keep = partial_suffix(buffer, self._close)
+                thinking.append(buffer[: len(buffer) - keep])
+                self._held = buffer[len(buffer) - keep :]
+                break
+            else:
+                answer.append(buffer)
+                break
+        return self._begin_thinking("".join(thinking)), self._begin_answer("".join(answer))
+
+    def finish(self) -> tuple[str, str]:
+        """What was held back, at the end of the output."""
+        held, self._held = self._held, ""
+        if self._state == "thinking":
+            return self._begin_thinking(held), ""
+        return "", self._begin_answer(held)
+
+    def _begin_thinking(self, text: str) -> str:
+        if not self._thinking_begun:
+            text = text.lstrip()
+            self._thinking_begun = bool(text)
+        return text
+
+    def _begin_answer(self, text: str) -> str:
+        if not self._answer_begun:
+            text = text.lstrip()
+            self._answer_begun = bool(text)
+        return text
 
 
 class TurnDecoder:
     """One choice's output as text and whole tool calls (see the module's rules)."""
 
-    __slots__ = ("_emitted", "_parser", "_request_id", "_seen", "calls", "ended")
+    __slots__ = ("_emitted", "_parser", "_request_id", "_seen", "_splitter", "calls", "ended")
 
-    def __init__(self, request_id: str, *, parse_tools: bool) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        *,
+        parse_tools: bool,
+        reasoning: ReasoningBudget | None = None,
+    ) -> None:
         self._request_id = request_id
         self._parser = ToolCallParser() if parse_tools else None
+        self._splitter = (
+            ReasoningSplitter(
+                reasoning.open_text, reasoning.close_text, starts_inside=reasoning.starts_open
+            )
+            if reasoning is not None
+            else None
+        )
         self._emitted = 0  # parser calls passed on or dropped
         self._seen: set[tuple[str, str]] = set()
         self.calls: list[ToolCall] = []
         self.ended = False  # a repeated call ended the turn
 
-    def feed(self, text: str) -> tuple[str, list[ToolCall]]:
-        """The text to show and the calls completed by this piece of output."""
+    def feed(self, text: str) -> tuple[str, str, list[ToolCall]]:
+        """The thinking, the text to show and the calls completed by this piece of output."""
+        thinking = ""
+        if self._splitter is not None:
+            thinking, text = self._splitter.feed(text)
         parser = self._parser
         if parser is None:
-            return text, []
+            return thinking, text, []
         if self.ended:
-            return "", []
+            return thinking, "", []
         shown = "".join(value for kind, value in parser.feed(text) if kind == "content")
-        return shown, self._completed(parser)
+        return thinking, shown, self._completed(parser)
 
-    def finish(self, reason: FinishReason) -> tuple[str, list[ToolCall], Finish]:
+    def finish(self, reason: FinishReason) -> tuple[str, str, list[ToolCall], Finish]:
         """The rest of the output at its end, and how the turn ended."""
+        thinking, text = "", ""
+        if self._splitter is not None:
+            thinking, text = self._splitter.finish()
         parser = self._parser
         if parser is None:
-            return "", [], "length" if reason is FinishReason.LENGTH else "stop"
+            return thinking, text, [], "length" if reason is FinishReason.LENGTH else "stop"
         shown, calls = "", []
         if not self.ended:
+            more = list(parser.feed(text)) if text else []
             cut = parser.in_call
-            shown = "".join(value for kind, value in parser.finish() if kind == "content")
+            more += parser.finish()
+            shown = "".join(value for kind, value in more if kind == "content")
             if cut:
                 open_call = parser.calls[-1]
                 logger.warning(
@@ -234,8 +331,8 @@ class TurnDecoder:
                 self._emitted = len(parser.calls)
             calls = self._completed(parser)
         if reason is FinishReason.LENGTH and not self.ended:
-            return shown, calls, "length"
-        return shown, calls, "tool_calls" if self.calls else "stop"
+            return thinking, shown, calls, "length"
+        return thinking, shown, calls, "tool_calls" if self.calls else "stop"
 
     def _completed(self, parser: ToolCallParser) -> list[ToolCall]:
         done = len(parser.calls) - (1 if parser.in_call else 0)
@@ -279,6 +376,7 @@ class Step:
     text: str
     calls: list[ToolCall]
     finish: Finish | None = None
+    reasoning: str = ""  # a reasoning model's thinking, kept apart from the answer
 
     @property
     def stop_sequence(self) -> str | None:
@@ -291,6 +389,7 @@ async def decode_steps(
     *,
     parse_tools: bool,
     n: int = 1,
+    reasoning: ReasoningBudget | None = None,
 ) -> AsyncIterator[Step]:
     """The engine's outputs as `Step`s. A choice that repeats a call finishes at once; when all
     `n` choices have finished, the rest of the output is not read and the request is aborted."""
@@ -303,15 +402,17 @@ async def decode_steps(
                 continue  # a choice that ended on a repeated call; its rest is discarded
             decoder = decoders.get(index)
             if decoder is None:
-                decoder = decoders[index] = TurnDecoder(request_id, parse_tools=parse_tools)
-            text, calls = decoder.feed(output.text)
+                decoder = decoders[index] = TurnDecoder(
+                    request_id, parse_tools=parse_tools, reasoning=reasoning
+                )
+            thinking, text, calls = decoder.feed(output.text)
             finish: Finish | None = None
             if output.finish_reason is not None:
-                tail, more, finish = decoder.finish(output.finish_reason)
-                text, calls = text + tail, calls + more
+                more_thinking, tail, more, finish = decoder.finish(output.finish_reason)
+                thinking, text, calls = thinking + more_thinking, text + tail, calls + more
             elif decoder.ended:
                 finish = "tool_calls"
-            yield Step(index, prompt_index, output, text, calls, finish)
+            yield Step(index, prompt_index, output, text, calls, finish, thinking)
             if finish is not None:
                 finished.add(index)
                 if len(finished) == n:
@@ -329,6 +430,7 @@ class ChoiceResult:
     text: str = ""
     calls: list[ToolCall] = field(default_factory=list)
     finish: Finish = "stop"
+    reasoning: str = ""
     stop_sequence: str | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
     completion_tokens: int = 0
@@ -345,14 +447,20 @@ async def collect_turn(
     results: dict[int, ChoiceResult] = {}
     totals = UsageTotals()
     texts: dict[int, list[str]] = {}
+    thoughts: dict[int, list[str]] = {}
     steps = decode_steps(
-        merged_outputs(model, [request]), request.request_id, parse_tools=parse_tools, n=request.n
+        merged_outputs(model, [request]),
+        request.request_id,
+        parse_tools=parse_tools,
+        n=request.n,
+        reasoning=request.params.reasoning,
     )
     async for step in steps:
         if on_output is not None:
             on_output()
         result = results.setdefault(step.index, ChoiceResult())
         texts.setdefault(step.index, []).append(step.text)
+        thoughts.setdefault(step.index, []).append(step.reasoning)
         result.calls.extend(step.calls)
         result.logprobs.extend(step.output.logprobs)
         result.completion_tokens = step.output.completion_tokens
@@ -362,4 +470,5 @@ async def collect_turn(
             result.stop_sequence = step.stop_sequence
     for index, result in results.items():
         result.text = "".join(texts[index])
+        result.reasoning = "".join(thoughts[index])
     return results, totals
