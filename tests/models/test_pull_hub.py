@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import resource
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,6 +140,28 @@ def test_a_broken_pull_leaves_no_model_and_the_next_one_resumes(hub: FakeHub) ->
     assert hub.downloads[-1].range_start == written and hub.downloads[-1].status == 206
     assert f"Resuming {SMOL_FILE} from {written / 1e6:.1f} MB." in reporter.notes
     assert reporter.transfers == [(registry.embedded_model_path().stat().st_size, written)]
+    assert sha256_of(result.model.path) == sha256_of(registry.embedded_model_path())
+    assert partial_files() == []
+
+
+def test_a_pull_out_of_disk_space_is_one_clear_line_and_resumes(hub: FakeHub) -> None:
+    # A file size limit (RLIMIT_FSIZE) stands in for a full disk: the write fails the same way.
+    limit = 20_000_000
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        with pytest.raises(PullError, match=r"out of disk space writing .* pull again to resume"):
+            pull(f"hf.co/{SMOL_REPO}:Q4_1")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert store_files() == []  # no model, no manifest
+    [partial] = partial_files()
+    written = partial.stat().st_size
+    assert 0 < written <= limit
+
+    reporter = Recorder()
+    result = pull(f"hf.co/{SMOL_REPO}:Q4_1", reporter=reporter)
+    assert any(note.startswith(f"Resuming {SMOL_FILE}") for note in reporter.notes)
     assert sha256_of(result.model.path) == sha256_of(registry.embedded_model_path())
     assert partial_files() == []
 

@@ -10,6 +10,7 @@ whose GGUF header is whole is renamed into the store; a mismatch deletes the par
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import hashlib
@@ -63,6 +64,8 @@ _HASH_BLOCK = 1 << 20
 # What huggingface_hub raises besides httpx2's HTTPError (see _http_error): OSError for a size
 # mismatch or a disk error (HfHubHTTPError is one too), ValueError for a malformed repo id.
 _HUB_ERRORS = (OSError, ValueError)
+# A write that fails for want of space: a full disk, a quota, a file size limit.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 class PullError(Exception):
@@ -473,6 +476,16 @@ def _download(
         )
         file.flush()
         os.fsync(file.fileno())
+    except OSError as exc:
+        if exc.errno not in _NO_SPACE:
+            raise PullError(
+                f"{_hub_error(endpoint, exc)} (pull again to resume the download)"
+            ) from exc
+        # Out of disk (or over a file size limit): what arrived stays for the next pull.
+        raise PullError(
+            f"out of disk space writing {filename} to {Path(file.name).parent}: "
+            f"{exc.strerror or exc}; free some space, then pull again to resume the download"
+        ) from exc
     except (*_HUB_ERRORS, _http_error()) as exc:
         # The partial file stays: the next pull resumes from it.
         error = _hub_error(endpoint, exc)
