@@ -20,8 +20,11 @@ __all__ = [
     "ModelsBusyError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "PermissionDeniedError",
     "QueueTimeoutError",
+    "ServerDrainingError",
     "ServerOverloadedError",
+    "ServerShuttingDownError",
     "UnsupportedParameterError",
     "UpstreamError",
 ]
@@ -78,6 +81,14 @@ class AuthenticationError(HearthError):
     status_code = 401
     error_type = "authentication_error"
     default_code = "invalid_api_key"
+
+
+class PermissionDeniedError(HearthError):
+    """The request is refused whoever sends it: a `Host` the server does not answer to."""
+
+    status_code = 403
+    error_type = "permission_error"
+    default_code = "permission_denied"
 
 
 class NotFoundError(HearthError):
@@ -145,6 +156,13 @@ class ServerShuttingDownError(HearthError):
     status_code = 503
     error_type = "server_error"
     default_code = "server_shutting_down"
+
+
+class ServerDrainingError(ServerShuttingDownError):
+    """The server is stopping: it lets running requests finish and admits no new one (503 with
+    `Retry-After`)."""
+
+    default_code = "server_draining"
 
 
 class ClientDisconnectedError(HearthError):

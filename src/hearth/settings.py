@@ -110,6 +110,14 @@ class ServeSettings(BaseSettings):
     cors_origin: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origins allowed by CORS (comma-separated). Empty: off."
     )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names a loopback-bound server answers besides localhost, 127.0.0.1 and "
+        "[::1] (comma-separated; '*': any). Others get 403, against DNS rebinding.",
+    )
+    metrics_public: bool = Field(
+        False, description="Serve /metrics without an API key even when --api-key is set."
+    )
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger gets 413."
     )
@@ -124,6 +132,12 @@ class ServeSettings(BaseSettings):
     )
     queue_timeout: float = Field(
         300.0, gt=0, description="Seconds a request may wait for a slot before a 503."
+    )
+    drain_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM or Ctrl-C, seconds running requests get to finish while new ones "
+        "get 503; those still running then end with an error. A second signal stops at once.",
     )
     flash_attn: Literal["auto", "on", "off"] = Field(
         "auto",
@@ -158,6 +172,14 @@ class ServeSettings(BaseSettings):
         description="Most tokens a reasoning model may think before Hearth closes its thinking "
         "block itself and it answers, when the request sets no budget (-1: no limit).",
     )
+    journal: Path | None = Field(
+        None,
+        description="Folder for the request journal: one JSON line per request (route, model, "
+        "status, tokens, timings), rotated by size; read it with `hearth journal`. Default: off.",
+    )
+    journal_bodies: bool = Field(
+        False, description="Also write request and response bodies (64 KiB each) to the journal."
+    )
     responses_max_age: str = Field(
         "30d",
         description="How long /v1/responses keeps a stored response (and its conversation, for "
@@ -189,7 +211,7 @@ class ServeSettings(BaseSettings):
         """`responses_max_age` in seconds."""
         return parse_duration(self.responses_max_age)
 
-    @field_validator("api_key", "cors_origin", mode="before")
+    @field_validator("api_key", "cors_origin", "allowed_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

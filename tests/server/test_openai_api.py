@@ -215,6 +215,6 @@ def test_prometheus_metrics_count_tokens(server: HearthServer, client: openai.Op
         model=MODEL, prompt="One, two,", max_tokens=5, extra_body={"ignore_eos": True}
     )
     after = scrape()
-    assert after["hearth_generated_tokens_total"] - before["hearth_generated_tokens_total"] == 5
+    assert after["hearth_generation_tokens_total"] - before["hearth_generation_tokens_total"] == 5
     assert after["hearth_requests_finished_total"] - before["hearth_requests_finished_total"] == 1
     assert after["hearth_slots"] == 4

@@ -218,3 +218,15 @@ def test_a_model_that_does_not_reason_refuses_to(tmp_path: Path, server: HearthS
     assert error.value.body["param"] == "reasoning_effort"  # type: ignore[index]
     shown = httpx.post(f"{server.base_url}/api/show", json={"model": MODEL}, timeout=30).json()
     assert "thinking" not in shown["capabilities"]
+    # GET /v1/models/{id} says it too, for a loaded model and (from its GGUF header) another.
+    for name in (MODEL, "gemma3:270m"):
+        card = httpx.get(f"{server.base_url}/v1/models/{name}", timeout=30).json()
+        assert card["capabilities"] == ["completion", "tools"]
+
+
+def test_the_model_card_reports_thinking(
+    thinker: tuple[HearthServer, str], chat: openai.OpenAI
+) -> None:
+    _, name = thinker
+    card = chat.models.retrieve(name)
+    assert card.model_extra is not None and "thinking" in card.model_extra["capabilities"]

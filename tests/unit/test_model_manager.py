@@ -28,6 +28,7 @@ class FakeModel:
         self.name = name
         self.size_bytes = size
         self.in_flight = 0
+        self.fault: str | None = None
         self.started = False
         self.closed = False
 
@@ -395,5 +396,26 @@ def test_adopted_startup_model_is_started_and_closed() -> None:
         assert startup.started and manager.get("a") is startup
         await manager.close()
         assert startup.closed and manager.snapshot() == []
+
+    run(scenario)
+
+
+def test_a_model_whose_engine_failed_is_reloaded_once_its_requests_end() -> None:
+    async def scenario() -> None:
+        manager, catalog, _ = make(wait=5)
+        holder = await manager.acquire("a")
+        broken = holder.model
+        broken.fault = "RuntimeError: boom"
+        # The next request waits while the broken copy is held (its requests are failing).
+        waiting = asyncio.create_task(manager.acquire("a"))
+        await asyncio.sleep(0.05)
+        assert not waiting.done() and not broken.closed
+        assert [s.model.fault for s in manager.snapshot()] == ["RuntimeError: boom"]
+        holder.release()
+        fresh = await waiting
+        assert broken.closed
+        assert fresh.model is not broken and fresh.model.fault is None
+        assert catalog.loads["a"] == 2
+        fresh.release()
 
     run(scenario)

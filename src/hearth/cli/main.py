@@ -18,6 +18,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "rm": ("hearth.cli.rm", "Remove a pulled model."),
     "cp": ("hearth.cli.cp", "Copy a model under a new name."),
     "ps": ("hearth.cli.ps", "Show the models the running server has loaded."),
+    "journal": ("hearth.cli.journal", "Show the latest requests from a server's --journal."),
     "devices": ("hearth.cli.devices", "List the devices llama.cpp can use."),
 }
 

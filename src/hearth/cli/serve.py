@@ -18,11 +18,12 @@ __all__ = ["command", "serve"]
 
 logger = logging.getLogger("hearth")
 
-# On SIGTERM/Ctrl-C, running requests get this long to finish. Those still running then are
-# ended through their engines, so each gets a 503 or a final error event; uvicorn's own deadline
-# (cancelling tasks: a traceback, and a stream cut mid-event) comes only later, with a wide
-# margin for a decode step on a loaded machine, which cannot be interrupted.
-_END_REQUESTS_AFTER_S = 5.0
+# On SIGTERM/Ctrl-C the server first drains (hearth.server.drain): new requests get 503, running
+# ones get --drain-timeout to finish, and those left are then ended through their engines, so
+# each gets a 503 or a final error event. Only then does uvicorn's shutdown start; its own
+# deadline (cancelling tasks: a traceback, and a stream cut mid-event) is for a connection that
+# still will not close, with a wide margin for a decode step on a loaded machine, which cannot
+# be interrupted.
 GRACEFUL_SHUTDOWN_S = 10
 
 
@@ -47,10 +48,12 @@ def _settings_options(func: Any) -> Any:
     for name, field in reversed(ServeSettings.model_fields.items()):
         click_type, multiple = _flag_type(field.annotation)
         env = f"HEARTH_{name.upper()}"
+        is_flag = field.annotation is bool  # `--metrics-public`, no value; absent: None
         func = click.option(
             f"--{name.replace('_', '-')}",
             name,
-            type=click_type,
+            type=None if is_flag else click_type,
+            is_flag=is_flag,
             multiple=multiple,
             default=None,
             help=f"{field.description} [env: {env}]",
@@ -78,7 +81,7 @@ def command(**flags: Any) -> None:
 def serve(settings: ServeSettings) -> None:
     import uvicorn
 
-    from hearth.errors import ServerShuttingDownError
+    from hearth.errors import HearthError, ServerShuttingDownError
     from hearth.models.presets import PresetError
     from hearth.models.registry import DEFAULT_MODEL_ID, UnknownModelError
     from hearth.server.app import create_app, load_state
@@ -100,10 +103,39 @@ def serve(settings: ServeSettings) -> None:
         state = load_state(settings)
     except (UnknownModelError, RuntimeError, PresetError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except HearthError as exc:  # a model file that is not a whole GGUF
+        raise click.ClickException(exc.message) from exc
 
     app = create_app(settings, state)
 
     class _Server(uvicorn.Server):
+        # Signals received: the first drains, the second ends the running requests at once,
+        # a third leaves without waiting for connections to close.
+        signals = 0
+        drain_task: asyncio.Task[None] | None = None
+
+        def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
+            # A signal handler: only flags here; on_tick, on the event loop, acts on them.
+            # uvicorn's own would stop accepting at once, and re-raise the signal at the end.
+            self.signals += 1
+            if self.signals >= 3 or not self.started:
+                self.should_exit = True
+                self.force_exit = self.signals >= 3
+
+        async def on_tick(self, counter: int) -> bool:
+            if self.signals and self.drain_task is None:
+                self.drain_task = asyncio.create_task(self._drain(), name="hearth-drain")
+            if self.signals >= 2:
+                state.drain.hurry()
+            return await super().on_tick(counter)
+
+        async def _drain(self) -> None:
+            try:
+                await state.drain.run(settings.drain_timeout, state.end_requests)
+            except Exception:
+                logger.exception("Draining failed; stopping now")
+            self.should_exit = True
+
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
             if self.should_exit:
@@ -124,17 +156,14 @@ def serve(settings: ServeSettings) -> None:
             )
 
         async def shutdown(self, sockets: Any = None) -> None:
-            ending = asyncio.get_running_loop().call_later(
-                _END_REQUESTS_AFTER_S,
-                state.end_requests,
-                ServerShuttingDownError("The server is shutting down; retry once it is back."),
+            # After a drain nothing runs any more; a stop that skipped it ends requests here.
+            state.drain.draining = True
+            state.end_requests(
+                ServerShuttingDownError("The server is shutting down; retry once it is back.")
             )
-            try:
-                await super().shutdown(sockets)
-            finally:
-                ending.cancel()
-            # uvicorn re-raises SIGINT/SIGTERM after shutdown (a KeyboardInterrupt traceback, or
-            # death by signal); a requested stop that went cleanly exits 0 instead.
+            await super().shutdown(sockets)
+            # Signals are not re-raised (uvicorn would: a KeyboardInterrupt traceback, or death
+            # by signal); a requested stop that went cleanly exits 0.
             self._captured_signals.clear()
 
     config = uvicorn.Config(

@@ -2,10 +2,16 @@
 
 `EngineCore` runs on the engine thread and talks to the model only through `ModelRunner`, so
 unit tests drive it with a fake runner. It holds no locks: only the engine thread touches it.
+
+Faults stay as small as they can: a decode that llama.cpp refuses fails only the requests in
+that batch. An exception inside a step leaves the model's state unknown: every request gets an
+error, and the core records the `fault` and fails whatever it is given after it, until the
+model is reloaded (the model manager does it once nothing holds the model).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -125,6 +131,8 @@ class EngineCore(Generic[SinkT]):
         self.stats = EngineStats(slots_total=n_slots)
         self._live: dict[str, _Generation[SinkT]] = {}
         self._choice_of: dict[Sequence, tuple[_Generation[SinkT], _Choice]] = {}
+        # Why a step raised, if one did: the core then fails every request it holds or gets.
+        self.fault: str | None = None
 
     @property
     def has_work(self) -> bool:
@@ -175,6 +183,21 @@ class EngineCore(Generic[SinkT]):
         return outputs
 
     def step(self) -> list[tuple[SinkT, RequestOutput]]:
+        """Run one step; never raises. An exception inside it fails every request (see
+        `fault`)."""
+        if self.fault is None:
+            try:
+                return self._step()
+            except Exception as exc:
+                self.fault = f"{type(exc).__name__}: {exc}"
+                logger.exception(
+                    "The engine failed; ending its %d requests, and the model is reloaded "
+                    "once nothing holds it",
+                    len(self._live),
+                )
+        return self._fail_after_fault()
+
+    def _step(self) -> list[tuple[SinkT, RequestOutput]]:
         # This runs between two llama_decode calls, while the other compute threads wait: the
         # work between the decode and the samples, and the bookkeeping, are kept to a minimum.
         expired = self._expire_waiting() if self.scheduler.waiting else []
@@ -273,8 +296,12 @@ class EngineCore(Generic[SinkT]):
 
     def _free_sampler(self, choice: _Choice) -> None:
         if choice.sampler is not None:
-            self.runner.free_sampler(choice.sampler)
-            choice.sampler = None
+            sampler, choice.sampler = choice.sampler, None
+            if self.fault is None:
+                self.runner.free_sampler(sampler)
+            else:  # the model is going away with its samplers; end its requests regardless
+                with contextlib.suppress(Exception):
+                    self.runner.free_sampler(sampler)
 
     def _retire(self, gen: _Generation[SinkT]) -> None:
         for choice in gen.choices:
@@ -319,20 +346,42 @@ class EngineCore(Generic[SinkT]):
     def _fail_step(
         self, chunks: SequenceType[Chunk], status: int
     ) -> list[tuple[SinkT, RequestOutput]]:
-        # llama.cpp refused the batch (1: no KV room, <0: invalid or fatal). Fail only the
-        # sequences in it; their KV from this step is dropped so the slots stay consistent.
-        logger.error("llama_decode failed with status %d for %d sequences", status, len(chunks))
+        # llama.cpp refused the batch. Fail only the requests in it; their KV from this step
+        # (what a fatal error or an abort left of it too) is dropped so the slots stay
+        # consistent, and requests that were not in the batch go on at the next step.
+        why = _decode_failure(status)
+        request_ids = list(dict.fromkeys(chunk.sequence.request_id for chunk in chunks))
+        logger.error("%s; failing the %d requests of that step", why, len(request_ids))
         outputs = []
         for chunk in chunks:
             self.runner.kv_trim(chunk.seq_id, chunk.start_pos)
             self.scheduler.forget(chunk.seq_id, chunk.start_pos)
-        for request_id in dict.fromkeys(chunk.sequence.request_id for chunk in chunks):
+        error = EngineError(f"The model could not decode this request: {why}.")
+        for request_id in request_ids:
             gen = self._live[request_id]
             self.scheduler.abort(request_id)
             self._retire(gen)
-            error = EngineError(f"llama_decode failed with status {status}")
             outputs.append((gen.sink, self._failed(gen, error)))
         self._refresh_gauges()
+        return outputs
+
+    def _fail_after_fault(self) -> list[tuple[SinkT, RequestOutput]]:
+        """Fail every request with the fault; bookkeeping that fails too is skipped (the
+        model's state is unknown, and it is about to be unloaded)."""
+        error = EngineError(
+            f"The model's engine failed ({self.fault}); it is reloaded for the next request.",
+            headers={"Retry-After": "1"},
+        )
+        outputs = []
+        for gen in list(self._live.values()):
+            with contextlib.suppress(Exception):
+                self.scheduler.abort(gen.request.request_id)
+            self._retire(gen)
+            outputs.append((gen.sink, self._failed(gen, error)))
+        with contextlib.suppress(Exception):
+            self.scheduler.waiting.clear()
+            self.scheduler.running.clear()
+            self._refresh_gauges()
         return outputs
 
     def _expire_waiting(self) -> list[tuple[SinkT, RequestOutput]]:
@@ -369,3 +418,16 @@ class EngineCore(Generic[SinkT]):
     def _refresh_gauges(self) -> None:
         self.stats.slots_in_use = self.scheduler.slots_in_use
         self.stats.queue_length = len(self.scheduler.waiting)
+
+
+def _decode_failure(status: int) -> str:
+    """llama_decode's status in words (llama.h)."""
+    if status == 1:
+        what = "no room in the KV cache for the batch"
+    elif status == 2:
+        what = "the decode was aborted"
+    elif status == -1:
+        what = "llama.cpp refused the batch as invalid"
+    else:
+        what = "llama.cpp had an error"
+    return f"{what} (llama_decode returned {status})"

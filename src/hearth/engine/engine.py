@@ -4,6 +4,12 @@ Request side (event loop): `generate()` puts an `_Add` into the inbox and awaits
 asyncio.Queue. Engine thread: drains the inbox, runs `EngineCore.step()`, and hands each step's
 outputs back with one `call_soon_threadsafe`. The event loop never waits on the engine thread;
 llama_decode releases the GIL, so HTTP keeps flowing while a step computes.
+
+`RequestStats` are measured on the request side, in `generate()`: time to first output, time per
+output token, end-to-end latency and queue wait (submission to the step that admitted the
+request into a slot, noted by the engine thread on the request's sink), and how each choice
+ended. A request costs one comparison per output and a few clock reads and histogram adds in
+all; /metrics renders them when scraped (`hearth.server.metrics`).
 """
 
 from __future__ import annotations
@@ -14,11 +20,14 @@ import copy
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import time
+from bisect import bisect_left
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
 
 from hearth.engine.commands import Abort, AbortAll, Stop
 from hearth.engine.core import EngineCore, ModelRunner
+from hearth.engine.scheduler import Sequence
 from hearth.engine.types import (
     BatchBudget,
     EngineStats,
@@ -34,11 +43,92 @@ from hearth.errors import (
     ServerShuttingDownError,
 )
 
-__all__ = ["Engine"]
+__all__ = [
+    "E2E_BUCKETS",
+    "TPOT_BUCKETS",
+    "TTFT_BUCKETS",
+    "Engine",
+    "Histogram",
+    "RequestStats",
+]
 
 logger = logging.getLogger(__name__)
 
-_Sink = asyncio.Queue[RequestOutput]
+# Bucket bounds (seconds). vLLM's (vllm/v1/metrics/loggers.py), so its dashboards read these the
+# same, with finer ones below for a local server's small models and short queues.
+TTFT_BUCKETS: tuple[float, ...] = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0
+)  # fmt: skip
+TPOT_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
+    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0
+)  # fmt: skip
+E2E_BUCKETS: tuple[float, ...] = (
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0,
+    20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class Histogram:
+    """A Prometheus-style histogram as plain numbers: `counts[i]` observations fell at or below
+    `bounds[i]` and above the bound before it; the last count is above every bound."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def copy(self) -> Histogram:
+        return Histogram(self.bounds, list(self.counts), self.total)
+
+
+@dataclass(slots=True)
+class RequestStats:
+    """What `Engine.generate` measured of the requests it served (on the event loop)."""
+
+    time_to_first_token: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
+    time_per_output_token: Histogram = field(default_factory=lambda: Histogram(TPOT_BUCKETS))
+    e2e_latency: Histogram = field(default_factory=lambda: Histogram(E2E_BUCKETS))
+    queue_time: Histogram = field(default_factory=lambda: Histogram(E2E_BUCKETS))
+    # Choices ended, by reason: stop, length, or abort (the client left, or the turn ended
+    # early); every reason is present from the start, so each series exists from the start.
+    finished: dict[str, int] = field(
+        default_factory=lambda: {
+            FinishReason.STOP.value: 0,
+            FinishReason.LENGTH.value: 0,
+            FinishReason.ABORT.value: 0,
+        }
+    )
+    failed: int = 0  # requests the engine failed: queue timeout, llama_decode, shutdown
+
+    def copy(self) -> RequestStats:
+        return RequestStats(
+            self.time_to_first_token.copy(),
+            self.time_per_output_token.copy(),
+            self.e2e_latency.copy(),
+            self.queue_time.copy(),
+            dict(self.finished),
+            self.failed,
+        )
+
+
+class _Sink(asyncio.Queue[RequestOutput]):
+    """A request's outputs, and when the engine thread admitted it into a slot (perf_counter)."""
+
+    admitted_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +159,9 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
+        self._requests = RequestStats()  # the event loop's
+        # Requests not yet admitted into a slot, with their first sequence: the engine thread's.
+        self._queued: dict[_Sink, Sequence] = {}
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -92,11 +185,24 @@ class Engine:
         """Requests between generate() and their end: running, or queued for a slot."""
         return self._in_flight
 
-    def stats(self) -> EngineStats:
-        # Read from another thread: a copy of plain ints, consistent enough for a gauge.
-        return copy.copy(self._core.stats)
+    @property
+    def fault(self) -> str | None:
+        """Why a step raised, if one did (`EngineCore.fault`): the engine then fails every
+        request until its model is reloaded."""
+        return self._core.fault
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[RequestOutput]:
+    def stats(self) -> EngineStats:
+        # Read from another thread: a copy of plain ints, consistent enough for a gauge (the
+        # histogram copied in one C call, so a size the engine thread adds meanwhile is harmless).
+        stats = copy.copy(self._core.stats)
+        stats.batch_size_histogram = dict(stats.batch_size_histogram)
+        return stats
+
+    def request_stats(self) -> RequestStats:
+        """A copy of what generate() measured (call it on the event loop)."""
+        return self._requests.copy()
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[RequestOutput, None]:
         """Stream a request's outputs, its choices interleaved; it ends when every choice has.
         Leaving the iterator early aborts the request."""
         if not self._running:
@@ -107,20 +213,31 @@ class Engine:
                 "Retry later.",
                 headers={"Retry-After": "1"},
             )
-        sink: _Sink = asyncio.Queue()
+        sink = _Sink()
         self._in_flight += 1
+        submitted = time.perf_counter()
         self._inbox.put(_Add(request, sink))
         unfinished = request.n
-        finished = False
+        finished = failed = False
+        first_at = ended_at = 0.0
+        tokens = 0  # the longest choice's
+        stats = self._requests
         try:
             while True:
                 output = await sink.get()
-                if output.finish_reason is FinishReason.ERROR:
-                    finished = True
+                reason = output.finish_reason
+                if reason is FinishReason.ERROR:
+                    finished = failed = True
                     raise output.error or EngineError("the engine failed this request")
-                if output.finish_reason is not None:
+                if not first_at:
+                    first_at = time.perf_counter()
+                if reason is not None:
                     unfinished -= 1
                     finished = unfinished == 0
+                    stats.finished[reason.value] = stats.finished.get(reason.value, 0) + 1
+                    tokens = max(tokens, output.completion_tokens)
+                    if finished:
+                        ended_at = time.perf_counter()
                 yield output
                 if finished:
                     return
@@ -128,6 +245,17 @@ class Engine:
             self._in_flight -= 1
             if not finished:
                 self._inbox.put(Abort(request.request_id))
+                stats.finished[FinishReason.ABORT.value] += unfinished
+            if failed:
+                stats.failed += 1
+            if first_at:
+                stats.time_to_first_token.observe(first_at - submitted)
+            if sink.admitted_at is not None:
+                stats.queue_time.observe(max(0.0, sink.admitted_at - submitted))
+            if ended_at:
+                stats.e2e_latency.observe(ended_at - submitted)
+                if tokens > 1:
+                    stats.time_per_output_token.observe((ended_at - first_at) / (tokens - 1))
 
     # -- the engine thread ---------------------------------------------------------------------
 
@@ -146,7 +274,15 @@ class Engine:
                 if isinstance(command, Stop):
                     stop = True
                 elif isinstance(command, _Add):
-                    core.add(command.request, command.sink)
+                    try:
+                        core.add(command.request, command.sink)
+                    except Exception as exc:  # never leave its caller waiting
+                        logger.exception("engine could not take request %s", command.request)
+                        outputs.append((command.sink, _failed(exc)))
+                    else:
+                        waiting = core.scheduler.waiting
+                        if waiting and waiting[-1].request_id == command.request.request_id:
+                            self._queued[command.sink] = waiting[-1]
                 elif isinstance(command, AbortAll):
                     outputs.extend(core.abort_all(command.error))
                 else:
@@ -159,12 +295,23 @@ class Engine:
                 self._running = False
                 self._deliver(outputs)
                 return
-            try:
-                outputs.extend(core.step())
-            except Exception:
-                logger.exception("engine step failed; failing the requests in flight")
-                outputs.extend(core.abort_all(EngineError("internal engine error")))
+            step_at = time.perf_counter() if self._queued else 0.0
+            outputs.extend(core.step())  # never raises: a fault fails its requests (core.fault)
+            if self._queued:
+                self._note_admissions(step_at, outputs)
             self._deliver(outputs)
+
+    def _note_admissions(self, step_at: float, outputs: list[tuple[_Sink, RequestOutput]]) -> None:
+        """Stamp the requests this step admitted into a slot with the step's start; forget those
+        that ended without one (aborted, expired, failed)."""
+        queued = self._queued
+        for sink, sequence in list(queued.items()):
+            if sequence.slot is not None:
+                sink.admitted_at = step_at
+                del queued[sink]
+        for sink, output in outputs:
+            if queued.pop(sink, None) is not None and output.finish_reason not in _NOT_RUN:
+                sink.admitted_at = step_at  # admitted and already finished, in this one step
 
     def _deliver(self, outputs: list[tuple[_Sink, RequestOutput]]) -> None:
         if outputs and self._loop is not None:
@@ -172,6 +319,20 @@ class Engine:
                 self._loop.call_soon_threadsafe(_put_all, outputs)
 
 
+_NOT_RUN = (FinishReason.ABORT, FinishReason.ERROR)
+
+
 def _put_all(outputs: list[tuple[_Sink, RequestOutput]]) -> None:
     for sink, output in outputs:
         sink.put_nowait(output)
+
+
+def _failed(exc: Exception) -> RequestOutput:
+    return RequestOutput(
+        text="",
+        prompt_tokens=0,
+        completion_tokens=0,
+        cached_tokens=0,
+        finish_reason=FinishReason.ERROR,
+        error=EngineError(f"The engine could not take the request: {exc}"),
+    )

@@ -11,6 +11,9 @@ A `Lease` is how a request holds a model: from `acquire()` until the response is
 (`in_flight`), is busy: never unloaded, never evicted. When its last lease ends, it expires
 `keep_alive` seconds later (0: at once; `math.inf`: never); one background task unloads
 expired models.
+
+A model whose engine failed (`fault`) stays listed, as failed, until the next request for it:
+that request waits until nothing holds the broken copy, unloads it and loads the model again.
 """
 
 from __future__ import annotations
@@ -57,6 +60,10 @@ class ServedModel(Protocol):
     @property
     def size_bytes(self) -> int:
         """Memory the model holds (weights and KV cache)."""
+
+    @property
+    def fault(self) -> str | None:
+        """Why the model's engine failed, if it did: it must be loaded again."""
 
     def start(self) -> None:
         """Start serving; called on the event loop once the model is loaded."""
@@ -186,6 +193,11 @@ class ModelManager(Generic[M]):
         deadline: float | None = None
         while True:
             entry = self._entries.get(name)
+            if entry is not None and entry.model is not None and entry.model.fault is not None:
+                if deadline is None:
+                    deadline = self._clock() + self._limits.wait_timeout_s
+                await self._replace_failed(entry, deadline)
+                continue
             if entry is None:
                 default_keep_alive = self._catalog.default_keep_alive(name)
                 size = await self._estimate(name)
@@ -212,6 +224,16 @@ class ModelManager(Generic[M]):
             )
             entry.last_used = self._clock()
             return Lease(self, entry)
+
+    async def _replace_failed(self, entry: _Entry[M], deadline: float) -> None:
+        """Unload a model whose engine failed, once the requests that hold it have ended (the
+        engine fails them); the caller then loads it anew."""
+        assert entry.model is not None
+        if self._busy(entry):
+            await self._wait_for_room(entry.name, deadline)
+            return
+        logger.warning("Reloading %s: its engine failed (%s)", entry.name, entry.model.fault)
+        await self._begin_unload(entry, "its engine failed")
 
     def _release(self, entry: _Entry[M]) -> None:
         entry.leases -= 1

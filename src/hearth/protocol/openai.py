@@ -409,6 +409,16 @@ class Model(BaseModel):
     created: int
     object: Literal["model"] = "model"
     owned_by: str = "hearth"
+    # extension, not in the spec, on GET /v1/models/{id} only: what the model can do, in
+    # Ollama's words ("completion", "tools", "thinking")
+    capabilities: list[str] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_no_capabilities(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        body: dict[str, Any] = handler(self)
+        if body.get("capabilities") is None:
+            body.pop("capabilities", None)
+        return body
 
 
 class ModelList(BaseModel):

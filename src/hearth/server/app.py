@@ -18,14 +18,20 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from hearth import __version__
+from hearth.errors import ModelLoadError
 from hearth.models import registry
 from hearth.models.chat_template import FALLBACK_TEMPLATE, ChatTemplate
 from hearth.models.footprint import model_shape
+from hearth.models.gguf_info import NotAGGUFError, read_gguf_info
 from hearth.models.manager import ManagerLimits, ModelManager
 from hearth.models.presets import PRESETS_FILE_NAME, Preset, load_presets
 from hearth.server.catalog import ModelSpec, ServerCatalog
+from hearth.server.drain import DrainGate
 from hearth.server.errors import drop_validation_responses, install_error_handlers
+from hearth.server.hosts import HostCheck, is_loopback_host
+from hearth.server.journal import Journal, JournalMiddleware
 from hearth.server.limits import BodySizeLimit
+from hearth.server.metrics import CountRequests, HttpCounts
 from hearth.server.model_routes import models_router
 from hearth.server.routes import (
     anthropic_router,
@@ -57,6 +63,7 @@ def load_model(settings: ServeSettings, devices: list[Device], spec: ModelSpec) 
 
     model = registry.resolve(spec.source)
     model_path = model.path
+    _check_model_file(spec.name, model_path)
     if settings.quantize != "none":
         from hearth.engine.quantize import quantize
 
@@ -107,6 +114,20 @@ def load_model(settings: ServeSettings, devices: list[Device], spec: ModelSpec) 
         size_bytes=size,
         size_vram=_offloaded_bytes(settings, devices, size, shape.layers),
     )
+
+
+def _check_model_file(name: str, path: Path) -> None:
+    """A file that is not a whole GGUF (truncated, or something else) is refused by name before
+    llama.cpp reads it, whose own error says only that it could not."""
+    try:
+        read_gguf_info(path)
+    except NotAGGUFError as exc:
+        reason = str(exc)
+        if str(path) not in reason:
+            reason = f"{path}: {reason}"
+        raise ModelLoadError(
+            f"The model `{name}` cannot be loaded: {reason}. Pull or copy it again."
+        ) from exc
 
 
 def _offloaded_bytes(settings: ServeSettings, devices: list[Device], size: int, layers: int) -> int:
@@ -187,6 +208,8 @@ def create_app(settings: ServeSettings, state: ServerState | None = None) -> Fas
     app.include_router(extensions_router)
     app.include_router(ollama_router)
     app.include_router(models_router)
+    # Innermost: its 503 while the server drains still gets CORS headers.
+    app.add_middleware(DrainGate)
     if settings.cors_origin:
         app.add_middleware(
             CORSMiddleware,
@@ -195,4 +218,11 @@ def create_app(settings: ServeSettings, state: ServerState | None = None) -> Fas
             allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version"],
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.journal is not None:  # outside the body limit: a refused body is journaled
+        journal = Journal(settings.journal.expanduser(), bodies=settings.journal_bodies)
+        app.add_middleware(JournalMiddleware, journal=journal)
+    if is_loopback_host(settings.host):  # outside the rest: a foreign Host reaches nothing
+        app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
+    app.state.http_counts = http_counts = HttpCounts()  # outermost: counts every answer
+    app.add_middleware(CountRequests, counts=http_counts)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -13,6 +14,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from hearth import __version__
 from hearth.engine.types import EngineStats
 from hearth.errors import UnsupportedParameterError
+from hearth.models import registry
+from hearth.models.chat_template import ChatTemplate
+from hearth.models.gguf_info import read_gguf_info
 from hearth.models.presets import apply_preset
 from hearth.protocol import anthropic as anthropic_wire
 from hearth.protocol import ollama
@@ -38,7 +42,7 @@ from hearth.server.auth import require_api_key
 from hearth.server.embeddings import serve_embeddings
 from hearth.server.errors import error_responses
 from hearth.server.leases import with_model
-from hearth.server.metrics import CONTENT_TYPE, render_metrics
+from hearth.server.metrics import CONTENT_TYPE, ModelMetrics, render_metrics
 from hearth.server.model_routes import iso_time
 from hearth.server.ollama import (
     list_tags,
@@ -114,7 +118,9 @@ def _engine_fields(stats: EngineStats) -> dict[str, Any]:
 @health_router.get("/health")
 async def health(request: Request) -> dict[str, Any]:
     """The top-level fields describe the startup model (--model); `models` has one entry per
-    model loaded or loading, and `loading` names those still loading."""
+    model loaded or loading, and `loading` names those still loading. `status` is "draining"
+    while the server stops (still a 200); a model whose engine failed is "failed", with its
+    `error`, until the next request for it loads it again."""
     state = _state(request)
     model = state.model
     if model is not None:
@@ -126,10 +132,12 @@ async def health(request: Request) -> dict[str, Any]:
     per_model: list[dict[str, Any]] = [{"name": name, "state": "loading"} for name in loading]
     for status in state.models.snapshot():
         model_stats = status.model.engine.stats()
+        fault = status.model.fault
         per_model.append(
             {
                 "name": status.name,
-                "state": "loaded",
+                "state": "failed" if fault is not None else "loaded",
+                **({"error": fault} if fault is not None else {}),
                 "slots_total": model_stats.slots_total,
                 "slots_in_use": model_stats.slots_in_use,
                 "queue_length": model_stats.queue_length,
@@ -139,7 +147,7 @@ async def health(request: Request) -> dict[str, Any]:
             }
         )
     return {
-        "status": "ok",
+        "status": "draining" if state.drain.draining else "ok",
         "model": state.model_id,
         "model_loaded": model is not None,
         "device": state.devices[0].name if state.devices else "CPU",
@@ -163,12 +171,26 @@ async def health(request: Request) -> dict[str, Any]:
 @health_router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        **error_responses(401),
+    },
 )
 async def metrics(request: Request) -> Response:
-    models = _state(request).models
-    stats = [(status.name, status.model.engine.stats()) for status in models.snapshot()]
-    return Response(render_metrics(stats, loading=len(models.loading())), media_type=CONTENT_TYPE)
+    """Prometheus metrics; behind the API key when keys are set, unless --metrics-public."""
+    state = _state(request)
+    if not state.settings.metrics_public:
+        await require_api_key(request)
+    models = [
+        ModelMetrics(status.name, status.model.engine.stats(), status.model.engine.request_stats())
+        for status in state.models.snapshot()
+    ]
+    text = render_metrics(
+        models,
+        loading=len(state.models.loading()),
+        http=getattr(request.app.state, "http_counts", None),
+    )
+    return Response(text, media_type=CONTENT_TYPE)
 
 
 def _model_card(state: ServerState, name: str) -> Model:
@@ -220,7 +242,27 @@ async def get_model(model_id: str, request: Request) -> JSONResponse:
     state.catalog.check(model_id)
     if _wants_anthropic(request):
         return JSONResponse(_anthropic_card(state, model_id).model_dump(mode="json"))
-    return JSONResponse(_model_card(state, model_id).model_dump(mode="json"))
+    card = _model_card(state, model_id)
+    card.capabilities = await asyncio.to_thread(_capabilities, state, model_id)
+    return JSONResponse(card.model_dump(mode="json"))
+
+
+def _capabilities(state: ServerState, name: str) -> list[str]:
+    """What the model can do, from its chat template: the loaded one, else its GGUF header
+    (blocking: call in a thread)."""
+    loaded = state.models.get(name)
+    if loaded is not None:
+        template = loaded.chat_template
+    else:
+        source = state.catalog.spec(name).source or registry.DEFAULT_MODEL_ID
+        is_file = source.lower().endswith(".gguf")
+        path = Path(source).expanduser() if is_file else registry.find(source).header_path
+        info = read_gguf_info(path, require_complete=False)
+        template = ChatTemplate(info.chat_template, architecture=info.architecture)
+    capabilities = ["completion", "tools"]
+    if template.reasoning is not None:
+        capabilities.append("thinking")
+    return capabilities
 
 
 @openai_router.post(

@@ -11,6 +11,7 @@ from hearth.models.chat_template import ChatTemplate
 from hearth.models.manager import Lease, ModelManager
 from hearth.models.presets import Preset
 from hearth.server.catalog import ServerCatalog
+from hearth.server.drain import Drain
 from hearth.settings import ServeSettings
 
 if TYPE_CHECKING:
@@ -54,6 +55,13 @@ class LoadedModel:
     def in_flight(self) -> int:
         return self.engine.in_flight
 
+    @property
+    def fault(self) -> str | None:
+        """Why the engine failed (an exception in its thread), if it did: /health reports the
+        model as failed, and the manager reloads it once nothing holds it."""
+        # EngineCore records it; Engine has no public accessor for it yet.
+        return self.engine.fault
+
     def start(self) -> None:
         self.engine.start()
 
@@ -81,6 +89,8 @@ class ServerState:
     # /v1/responses' stored responses, opened on first use (hearth.server.openai_responses).
     responses: ResponseStore | None = None
     responses_expired_at: float = 0.0
+    # The graceful stop: whether new requests are refused, and how many still run.
+    drain: Drain = field(default_factory=Drain)
 
     @property
     def model_id(self) -> str:

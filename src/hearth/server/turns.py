@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -29,6 +30,7 @@ from hearth.engine.types import (
 )
 from hearth.errors import ClientDisconnectedError
 from hearth.server.conversation import ToolCall
+from hearth.server.journal import journal_active, note_generation
 from hearth.server.state import LoadedModel
 from hearth.server.tools import ToolCallParser, partial_suffix
 
@@ -58,10 +60,18 @@ Finish = Literal["stop", "length", "tool_calls"]
 
 
 async def merged_outputs(
-    model: LoadedModel, requests: Sequence[GenerationRequest]
+    model: LoadedModel, requests: Sequence[GenerationRequest], *, journal: bool = True
 ) -> AsyncIterator[tuple[int, RequestOutput]]:
     """Outputs of several engine requests as one stream, as (prompt index, output) with each
     output's index made unique across the requests. Leaving early aborts them all."""
+    if journal and journal_active():
+        inner = _journaled(model, requests)
+        try:
+            async for journaled in inner:
+                yield journaled
+        finally:
+            await inner.aclose()  # notes the generation now, before the line is written
+        return
     if len(requests) == 1:
         async for output in model.engine.generate(requests[0]):
             yield 0, output
@@ -93,6 +103,39 @@ async def merged_outputs(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _journaled(
+    model: LoadedModel, requests: Sequence[GenerationRequest]
+) -> AsyncGenerator[tuple[int, RequestOutput], None]:
+    """merged_outputs, noting the generation in the request's journal line (--journal)."""
+    first: float | None = None
+    completion: dict[int, int] = {}
+    prompt = cached = 0
+    finish: str | None = None
+    seen: set[int] = set()
+    try:
+        async for prompt_index, output in merged_outputs(model, requests, journal=False):
+            if first is None:
+                first = time.perf_counter()
+            if prompt_index not in seen:
+                seen.add(prompt_index)
+                prompt += output.prompt_tokens
+                cached += output.cached_tokens
+            completion[output.index] = output.completion_tokens
+            if output.finish_reason is not None:
+                finish = output.finish_reason.value
+            yield prompt_index, output
+    finally:
+        note_generation(
+            request_id=requests[0].request_id,
+            model=model.model_id,
+            prompt_tokens=prompt,
+            cached_tokens=cached,
+            completion_tokens=sum(completion.values()),
+            finish_reason=finish,
+            first_token_s=first,
+        )
 
 
 async def until_disconnect(http_request: Request, work: Awaitable[T]) -> T:

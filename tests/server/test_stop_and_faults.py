@@ -1,0 +1,183 @@
+"""The real server stops cleanly and keeps a broken model to itself: a SIGTERM drains (running
+streams finish, new requests get 503 with Retry-After, exit 0), and a truncated GGUF loaded on
+demand is an error naming the file while the other models go on serving."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.server.conftest import MODEL, HearthServer, start_server
+
+pytestmark = pytest.mark.server
+
+CHAT = [{"role": "user", "content": "Hi"}]
+
+
+async def _wait_for_draining(http: httpx.AsyncClient) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        health = (await http.get("/health")).json()
+        if health["status"] == "draining":
+            return dict(health)
+        await asyncio.sleep(0.05)
+    raise AssertionError("/health never said draining")
+
+
+def test_sigterm_drains_four_running_streams_and_refuses_new_requests(tmp_path: Path) -> None:
+    story = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}],
+        "max_tokens": 160,
+        "ignore_eos": True,
+        "stream": True,
+    }
+
+    async def one_stream(http: httpx.AsyncClient, started: asyncio.Event) -> list[str]:
+        events: list[str] = []
+        async with http.stream("POST", "/v1/chat/completions", json=story) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    events.append(line[len("data: ") :])
+                    if len(events) == 3:
+                        started.set()
+        return events
+
+    async def run(server: HearthServer) -> tuple[list[list[str]], dict[str, Any], dict[str, Any]]:
+        async with (
+            httpx.AsyncClient(base_url=server.base_url, timeout=120) as http,
+            httpx.AsyncClient(base_url=server.base_url, timeout=30) as late,
+        ):
+            started = [asyncio.Event() for _ in range(4)]
+            streams = [asyncio.create_task(one_stream(http, event)) for event in started]
+            await asyncio.gather(*(event.wait() for event in started))
+            server.process.send_signal(signal.SIGTERM)
+            health = await _wait_for_draining(late)
+            refused = {
+                "openai": await late.post(
+                    "/v1/chat/completions", json={"model": MODEL, "messages": CHAT}
+                ),
+                "anthropic": await late.post(
+                    "/v1/messages", json={"model": MODEL, "messages": CHAT, "max_tokens": 4}
+                ),
+                "ollama": await late.post(
+                    "/api/chat", json={"model": MODEL, "messages": CHAT, "stream": False}
+                ),
+            }
+            assert not any(stream.done() for stream in streams), "the streams ended too soon"
+            return await asyncio.gather(*streams), health, refused
+
+    with start_server(tmp_path, "--parallel", "4", "--drain-timeout", "300") as server:
+        results, health, refused = asyncio.run(run(server))
+        exit_code = server.process.wait(timeout=30)
+
+    for events in results:
+        assert events[-1] == "[DONE]"
+        finishes = [
+            choice["finish_reason"]
+            for event in events[:-1]
+            for choice in json.loads(event)["choices"]
+            if choice.get("finish_reason")
+        ]
+        assert finishes == ["length"]
+    assert health["slots_in_use"] == 4
+    for api, response in refused.items():
+        assert response.status_code == 503, api
+        assert response.headers["Retry-After"] == "5", api
+    assert refused["openai"].json()["error"]["code"] == "server_draining"
+    assert refused["anthropic"].json()["type"] == "error"
+    assert refused["anthropic"].json()["error"]["type"] == "api_error"
+    assert "shutting down" in refused["ollama"].json()["error"]
+    assert exit_code == 0
+    log = server.log()
+    assert "Traceback" not in log
+    assert "Draining: 4 requests running" in log
+    assert "timeout graceful shutdown exceeded" not in log
+
+
+def test_a_second_signal_ends_a_drain_at_once(tmp_path: Path) -> None:
+    story = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Write a very long story."}],
+        "max_tokens": 3000,
+        "ignore_eos": True,
+        "stream": True,
+    }
+
+    async def run(server: HearthServer) -> tuple[list[str], float]:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as http:
+            events: list[str] = []
+            signalled_at = 0.0
+            async with http.stream("POST", "/v1/chat/completions", json=story) as stream:
+                async for line in stream.aiter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    events.append(line[len("data: ") :])
+                    if len(events) == 3:
+                        server.process.send_signal(signal.SIGTERM)
+                        await _wait_for_draining(http)
+                        signalled_at = time.monotonic()
+                        server.process.send_signal(signal.SIGTERM)
+            return events, time.monotonic() - signalled_at
+
+    with start_server(tmp_path, "--parallel", "1", "--drain-timeout", "120") as server:
+        events, ended_after = asyncio.run(run(server))
+        exit_code = server.process.wait(timeout=30)
+    assert ended_after < 5  # not the 120 s drain
+    assert json.loads(events[-1])["error"]["code"] == "server_shutting_down"
+    assert exit_code == 0
+    assert "Traceback" not in server.log()
+
+
+def _truncated_copy(path: Path) -> Path:
+    from hearth.models.registry import embedded_model_path
+
+    with embedded_model_path().open("rb") as source:
+        path.write_bytes(source.read(1 << 20))
+    return path
+
+
+def test_a_truncated_gguf_loaded_on_demand_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    broken = _truncated_copy(tmp_path / "broken.gguf")
+    not_gguf = tmp_path / "notes.gguf"
+    not_gguf.write_text("these are notes, not a model\n" * 100)
+    config = tmp_path / "hearth.toml"
+    config.write_text(
+        f'[models."broken"]\nbase = "{broken}"\n\n[models."notes"]\nbase = "{not_gguf}"\n'
+    )
+    with start_server(tmp_path, "--config", str(config)) as server:
+        client = server.client()
+        with httpx.Client(base_url=server.base_url, timeout=60) as http:
+            cut = http.post("/v1/chat/completions", json={"model": "broken", "messages": CHAT})
+            other = http.post(
+                "/api/chat", json={"model": "notes", "messages": CHAT, "stream": False}
+            )
+        assert cut.status_code == 500
+        error = cut.json()["error"]
+        assert error["code"] == "model_load_failed"
+        assert str(broken) in error["message"] and "cut short" in error["message"]
+        assert other.status_code == 500
+        assert str(not_gguf) in other.json()["error"]
+        assert "not a GGUF file" in other.json()["error"]
+        # The server goes on serving its model.
+        reply = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=4)
+        assert reply.choices[0].message.content
+        health = server.health()
+        assert health["status"] == "ok"
+        assert [m["name"] for m in health["models"]] == [MODEL]
+        assert "Traceback" not in server.log()
+
+
+def test_a_truncated_startup_model_fails_at_start_with_one_line(tmp_path: Path) -> None:
+    broken = _truncated_copy(tmp_path / "broken.gguf")
+    with pytest.raises(RuntimeError, match=r"cut short") as failure:
+        start_server(tmp_path, "--model", str(broken))
+    assert "Traceback" not in str(failure.value)

@@ -1,0 +1,133 @@
+"""Faults stay inside one request: a refused decode fails only its step's requests, and an
+exception in the engine thread fails every request instead of leaving one waiting."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import pytest
+
+from hearth.engine.core import EngineCore
+from hearth.engine.engine import Engine
+from hearth.engine.types import (
+    BatchBudget,
+    FinishReason,
+    GenerationRequest,
+    QueuePolicy,
+    RequestOutput,
+    SamplingParams,
+)
+from hearth.errors import EngineError
+from tests.unit.fake_runner import EOG, FakeRunner, text_tokens
+
+
+def request(rid: str, prompt: str, max_tokens: int = 32) -> GenerationRequest:
+    return GenerationRequest(rid, tuple(text_tokens(prompt)), SamplingParams(max_tokens))
+
+
+def run(core: EngineCore[str], max_steps: int = 200) -> dict[str, list[RequestOutput]]:
+    outputs: dict[str, list[RequestOutput]] = {}
+    for _ in range(max_steps):
+        if not core.has_work:
+            break
+        for sink, output in core.step():
+            outputs.setdefault(sink, []).append(output)
+    return outputs
+
+
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [
+        (1, "no room in the KV cache"),
+        (2, "aborted"),
+        (-1, "invalid"),
+        (-3, "llama.cpp had an error"),
+    ],
+)
+def test_a_refused_decode_fails_the_requests_of_its_step_and_the_queue_goes_on(
+    status: int, words: str
+) -> None:
+    runner = FakeRunner(scripts={ord("A"): text_tokens("a" * 20), ord("B"): [ord("b"), EOG]})
+    core: EngineCore[str] = EngineCore(runner, 1, BatchBudget(64, 16))
+    core.add(request("a", "A"), "a")
+    core.step()  # a is generating
+    core.add(request("b", "B"), "b")  # b waits for the one slot
+    runner.fail_next_decode = status
+    [(sink, failed)] = core.step()
+    assert sink == "a" and failed.finish_reason is FinishReason.ERROR
+    assert isinstance(failed.error, EngineError)
+    assert words in failed.error.message
+    assert f"llama_decode returned {status}" in failed.error.message
+    assert core.fault is None  # the engine goes on
+    out = run(core)
+    assert "a" not in out
+    assert "".join(o.text for o in out["b"]) == "b"
+    assert out["b"][-1].finish_reason is FinishReason.STOP
+
+
+def test_a_refused_decode_spares_a_running_request_that_was_not_in_the_batch() -> None:
+    runner = FakeRunner(
+        scripts={ord("A"): text_tokens("a" * 20), ord("B"): [*text_tokens("bb"), EOG]}
+    )
+    # Prompts of 10 tokens and 10 tokens a step: b is admitted, but only a's prompt goes into
+    # the first batch.
+    core: EngineCore[str] = EngineCore(runner, 2, BatchBudget(10, 10))
+    core.add(request("a", "A" * 10), "a")
+    core.add(request("b", "B" * 10), "b")
+    runner.fail_next_decode = 1
+    outputs = core.step()
+    assert [sink for sink, _ in outputs] == ["a"]
+    assert core.scheduler.slots_in_use == 1
+    out = run(core)
+    assert "".join(o.text for o in out["b"]) == "bb"
+
+
+@dataclass
+class ExplodingRunner(FakeRunner):
+    explode_after: int = 2  # samples that work before one raises
+    samples: int = 0
+
+    def sample(self, sampler: object, batch_row: int) -> int:
+        self.samples += 1
+        if self.samples > self.explode_after:
+            raise RuntimeError("boom")
+        return super().sample(sampler, batch_row)
+
+
+def test_an_exception_in_a_step_fails_every_request_and_records_the_fault() -> None:
+    runner = ExplodingRunner(scripts={ord("A"): text_tokens("a" * 20)})
+    core: EngineCore[str] = EngineCore(runner, 1, BatchBudget(64, 16))
+    core.add(request("a", "A"), "a")
+    core.add(request("b", "B"), "b")  # waiting for the slot
+    out = run(core)
+    for rid in ("a", "b"):
+        last = out[rid][-1]
+        assert last.finish_reason is FinishReason.ERROR
+        assert last.error is not None and "RuntimeError: boom" in last.error.message
+    assert core.fault == "RuntimeError: boom"
+    assert not core.has_work and core.scheduler.slots_in_use == 0
+    # Until the model is reloaded, a new request fails at once instead of running on it.
+    core.add(request("c", "C"), "c")
+    [(sink, output)] = core.step()
+    assert sink == "c" and output.finish_reason is FinishReason.ERROR
+
+
+def test_an_engine_thread_whose_step_raises_leaves_no_request_waiting() -> None:
+    async def scenario() -> list[BaseException | list[RequestOutput]]:
+        runner = ExplodingRunner(scripts={ord("A"): text_tokens("a" * 20)}, explode_after=3)
+        engine = Engine(runner, 1, BatchBudget(64, 16), QueuePolicy(max_waiting=8, timeout_s=60))
+        engine.start()
+
+        async def one(rid: str) -> list[RequestOutput]:
+            return [output async for output in engine.generate(request(rid, "A"))]
+
+        try:
+            return await asyncio.wait_for(
+                asyncio.gather(*(one(f"r{i}") for i in range(3)), return_exceptions=True), 10
+            )
+        finally:
+            engine.shutdown()
+
+    results = asyncio.run(scenario())
+    assert all(isinstance(result, EngineError) for result in results), results
