@@ -287,7 +287,8 @@ def test_pull_copy_and_delete_need_the_api_key(pulling: Pulling) -> None:
 
 def test_a_server_stop_ends_a_running_pull_with_an_error_line(hub: FakeHub, tmp_path: Path) -> None:
     hub.stall_after = 25 << 20  # the download hangs after 25 MB: only the stop can end it
-    with start_server(tmp_path) as server:
+    # A short drain: the stop waits that long for running requests, then ends them.
+    with start_server(tmp_path, "--drain-timeout", "0.5") as server:
         body = {"model": f"hf.co/{SMOL_REPO}:Q4_1"}
         with httpx.stream("POST", f"{server.base_url}/api/pull", json=body, timeout=60) as stream:
             lines = stream.iter_lines()

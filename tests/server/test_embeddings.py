@@ -299,8 +299,11 @@ def test_embeddings_run_beside_generation(client: openai.OpenAI) -> None:
 def test_shutdown_during_embedding_is_clean(tmp_path: Path) -> None:
     # Short decode steps: the server ends the request between two steps, and on a busy CI
     # machine a 512-token step could outlast the margin before uvicorn's own deadline.
+    # A short drain (--drain-timeout): the stop waits that long, then ends the request.
     server = start_server(
-        tmp_path, "--ctx-size", str(MAX_INPUT_TOKENS), "--max-batch-tokens", "128"
+        tmp_path,
+        *("--ctx-size", str(MAX_INPUT_TOKENS), "--max-batch-tokens", "128"),
+        *("--drain-timeout", "1"),
     )
     many = [long_text(400 + i) for i in range(40)]
 
