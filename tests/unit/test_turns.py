@@ -9,7 +9,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from hearth.engine.types import FinishReason, ReasoningBudget, RequestOutput
+from hearth.engine.types import (
+    FinishReason,
+    GenerationRequest,
+    ReasoningBudget,
+    RequestOutput,
+    SamplingParams,
+)
 from hearth.server.tools import render_call
 from hearth.server.turns import ReasoningSplitter, Step, TurnDecoder, decode_steps
 
@@ -90,7 +96,8 @@ def test_decode_steps_stops_reading_after_a_repeat() -> None:
             closed.append(True)
 
     async def run() -> list[Step]:
-        return [step async for step in decode_steps(outputs(), "r", parse_tools=True)]
+        request = GenerationRequest("r", (1,), SamplingParams(max_tokens=16))
+        return [step async for step in decode_steps(outputs(), request, parse_tools=True)]
 
     steps = asyncio.run(run())
     assert steps[-1].finish == "tool_calls"

@@ -239,12 +239,7 @@ async def serve_messages(
 
     if req.stream:
         outputs = await started(http_request, merged_outputs(turn.model, [turn.request]))
-        steps = decode_steps(
-            outputs,
-            turn.request.request_id,
-            parse_tools=turn.parse_tools,
-            reasoning=turn.request.params.reasoning,
-        )
+        steps = decode_steps(outputs, turn.request, parse_tools=turn.parse_tools)
         return streaming_response(
             _stream(steps, message_id, req.model), on_error=anthropic_error_event
         )

@@ -350,12 +350,7 @@ async def serve_ollama_chat(
 
     if req.stream:
         outputs = await started(http_request, merged_outputs(turn.model, [turn.request]))
-        steps = decode_steps(
-            outputs,
-            turn.request.request_id,
-            parse_tools=turn.parse_tools,
-            reasoning=turn.request.params.reasoning,
-        )
+        steps = decode_steps(outputs, turn.request, parse_tools=turn.parse_tools)
         return _ndjson_response(_stream_chat(steps, req.model, clock))
 
     choices, totals = await until_disconnect(
@@ -469,9 +464,7 @@ async def serve_ollama_generate(
 
     if req.stream:
         outputs = await started(http_request, merged_outputs(engine_model, [request]))
-        steps = decode_steps(
-            outputs, request.request_id, parse_tools=False, reasoning=request.params.reasoning
-        )
+        steps = decode_steps(outputs, request, parse_tools=False)
         return _ndjson_response(
             _stream_generate(steps, req.model, clock, logprobs=bool(req.logprobs))
         )

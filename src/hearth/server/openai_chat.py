@@ -268,13 +268,7 @@ async def serve_chat(
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         outputs = await started(http_request, merged_outputs(turn.model, [turn.request]))
-        steps = decode_steps(
-            outputs,
-            completion_id,
-            parse_tools=turn.parse_tools,
-            n=turn.request.n,
-            reasoning=turn.request.params.reasoning,
-        )
+        steps = decode_steps(outputs, turn.request, parse_tools=turn.parse_tools)
         events = _stream_chat(
             steps, completion_id, created, req.model, include_usage, parse_tools=turn.parse_tools
         )

@@ -533,12 +533,7 @@ class _Stream:
         totals = UsageTotals()
         finish: Finish = "stop"
         request = self.prepared.request
-        steps = decode_steps(
-            outputs,
-            request.request_id,
-            parse_tools=self.prepared.parse_tools,
-            reasoning=request.params.reasoning,
-        )
+        steps = decode_steps(outputs, request, parse_tools=self.prepared.parse_tools)
         thought_parts: list[str] = []
         thought: tuple[str, int] | None = None  # the open reasoning item: its id and index
 

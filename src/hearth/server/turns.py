@@ -428,14 +428,13 @@ class Step:
 
 async def decode_steps(
     outputs: AsyncIterator[tuple[int, RequestOutput]],
-    request_id: str,
+    request: GenerationRequest,
     *,
     parse_tools: bool,
-    n: int = 1,
-    reasoning: ReasoningBudget | None = None,
 ) -> AsyncIterator[Step]:
     """The engine's outputs as `Step`s. A choice that repeats a call finishes at once; when all
-    `n` choices have finished, the rest of the output is not read and the request is aborted."""
+    request's choices have finished, the rest of the output is not read and it is aborted."""
+    request_id, n, reasoning = request.request_id, request.n, request.params.reasoning
     decoders: dict[int, TurnDecoder] = {}
     finished: set[int] = set()
     try:
@@ -491,13 +490,7 @@ async def collect_turn(
     totals = UsageTotals()
     texts: dict[int, list[str]] = {}
     thoughts: dict[int, list[str]] = {}
-    steps = decode_steps(
-        merged_outputs(model, [request]),
-        request.request_id,
-        parse_tools=parse_tools,
-        n=request.n,
-        reasoning=request.params.reasoning,
-    )
+    steps = decode_steps(merged_outputs(model, [request]), request, parse_tools=parse_tools)
     async for step in steps:
         if on_output is not None:
             on_output()
