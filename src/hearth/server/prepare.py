@@ -2,8 +2,9 @@
 
 `prepare_turn` renders the model's chat template, plans the tools and the grammar, resolves
 sampling and limits against the slot's context, and builds the `GenerationRequest`. The
-engine sees nothing else. API adapters (`openai_chat.py`, `ollama.py`, `responses.py`,
-`anthropic.py`) only convert their wire types into a `Conversation`.
+engine sees nothing else. API adapters (`openai_chat.py`, `ollama.py`, `openai_responses.py`,
+`anthropic_messages.py`) only convert their wire types into a `Conversation`. For a reasoning
+model it also sets the template's thinking switch and the engine's thinking budget.
 """
 
 from __future__ import annotations
