@@ -13,27 +13,12 @@ from hearth.engine.engine import Engine
 from hearth.engine.types import (
     BatchBudget,
     FinishReason,
-    GenerationRequest,
     QueuePolicy,
     RequestOutput,
-    SamplingParams,
 )
 from hearth.errors import EngineError
 from tests.unit.fake_runner import EOG, FakeRunner, text_tokens
-
-
-def request(rid: str, prompt: str, max_tokens: int = 32) -> GenerationRequest:
-    return GenerationRequest(rid, tuple(text_tokens(prompt)), SamplingParams(max_tokens))
-
-
-def run(core: EngineCore[str], max_steps: int = 200) -> dict[str, list[RequestOutput]]:
-    outputs: dict[str, list[RequestOutput]] = {}
-    for _ in range(max_steps):
-        if not core.has_work:
-            break
-        for sink, output in core.step():
-            outputs.setdefault(sink, []).append(output)
-    return outputs
+from tests.unit.test_engine_core import request, run
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from hearth.engine.types import FinishReason, TokenLogprob
+from hearth.engine.types import TokenLogprob
 from hearth.errors import HearthError, InvalidRequestError, UnsupportedParameterError
 from hearth.models import registry
 from hearth.models.gguf_info import read_gguf_info
@@ -277,10 +277,6 @@ class _Clock:
             "eval_count": completion_tokens,
             "eval_duration": end - first,
         }
-
-
-def _done_reason(reason: FinishReason | None) -> str:
-    return "length" if reason is FinishReason.LENGTH else "stop"
 
 
 def _finish_reason(finish: Finish) -> str:

@@ -528,6 +528,7 @@ class _Stream:
         )
         output: list[Any] = []
         message_id: str | None = None
+        message_index = 0  # the message's place in `output`, once opened
         text_parts: list[str] = []
         calls: list[ToolCall] = []
         totals = UsageTotals()
@@ -568,15 +569,14 @@ class _Stream:
             ]
 
         def open_message() -> list[bytes]:
-            nonlocal message_id
-            message_id = _new_id("msg")
-            index = len(output)
+            nonlocal message_id, message_index
+            message_id, message_index = _new_id("msg"), len(output)
             output.append(None)  # filled when the message is done
             return [
                 self.event(
                     wire.ResponseOutputItemAddedEvent(
                         sequence_number=n(),
-                        output_index=index,
+                        output_index=message_index,
                         item=wire.OutputMessage(id=message_id, status="in_progress", content=[]),
                     )
                 ),
@@ -584,7 +584,7 @@ class _Stream:
                     wire.ResponseContentPartAddedEvent(
                         sequence_number=n(),
                         item_id=message_id,
-                        output_index=index,
+                        output_index=message_index,
                         content_index=0,
                         part=wire.OutputText(text=""),
                     )
@@ -593,7 +593,7 @@ class _Stream:
 
         def close_message(status: str) -> list[bytes]:
             assert message_id is not None
-            index = output.index(None)
+            index = message_index
             text = "".join(text_parts)
             item = _message_item(message_id, text, status)
             output[index] = item
@@ -695,7 +695,7 @@ class _Stream:
                     wire.OutputTextDeltaEvent(
                         sequence_number=n(),
                         item_id=message_id,
-                        output_index=output.index(None),
+                        output_index=message_index,
                         content_index=0,
                         delta=step.text,
                     )

@@ -60,7 +60,6 @@ class PreparedTurn:
     model: LoadedModel
     request: GenerationRequest
     parse_tools: bool  # the model was offered tools, so its output may hold calls
-    tool_names: frozenset[str] = frozenset()
 
 
 def prepare_turn(state: ServerState, conversation: Conversation, *, id_prefix: str) -> PreparedTurn:
@@ -101,7 +100,6 @@ def prepare_turn(state: ServerState, conversation: Conversation, *, id_prefix: s
         model,
         GenerationRequest(request_id, tuple(tokens), params, n=n),
         parse_tools=plan.offered,
-        tool_names=frozenset(t.name for t in plan.specs),
     )
 
 
