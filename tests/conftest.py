@@ -15,3 +15,5 @@ def clean_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         if name.startswith("HEARTH_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("HEARTH_HOME", str(tmp_path / "hearth-home"))
+    # Never the developer's own Ollama store (models/ollama_store.py reads it).
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "ollama-models"))

@@ -84,6 +84,7 @@ class HearthServer:
 def _clean_environ(home: Path) -> dict[str, str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
     environ["HEARTH_HOME"] = str(home / "home")
+    environ["OLLAMA_MODELS"] = str(home / "ollama-models")  # never the developer's store
     return environ
 
 

@@ -42,7 +42,7 @@ def test_parse_source(text: str, expected: HubSource | LocalSource) -> None:
         ("hf.co/org/repo/README.md", "only .gguf files can be pulled"),
         ("hf.co/org/re po", "expected hf.co/ORG/REPO[:QUANT]"),
         ("hf.co/org/repo:Q4 K", "is not a quantization name"),
-        ("llama3", "give hf.co/ORG/REPO[:QUANT]"),
+        ("Not a name!", "give hf.co/ORG/REPO[:QUANT]"),
     ],
 )
 def test_parse_source_refuses_with_a_reason(text: str, problem: str) -> None:

@@ -18,7 +18,8 @@ __all__ = ["command"]
 
 @click.command(name="list")
 def command() -> None:
-    """List the models Hearth can serve: the bundled ones and those pulled."""
+    """List the models Hearth can serve: the bundled ones, those pulled, and those in Ollama's
+    store (marked "(ollama)", served in place)."""
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("NAME", "SIZE", "QUANTIZATION", "PARAMETERS", "MODIFIED"):
         table.add_column(column, no_wrap=True, justify="right" if column == "SIZE" else "left")
@@ -30,6 +31,7 @@ def command() -> None:
         except NotAGGUFError:
             quantization, parameters = "unreadable", "—"
         name = entry.name + (" (bundled)" if entry.bundled else "")
+        name += " (ollama)" if entry.in_ollama_store else ""
         table.add_row(
             name,
             humanize.size(entry.size_bytes),

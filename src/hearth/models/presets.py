@@ -75,7 +75,17 @@ class Preset(BaseModel):
     ctx_size: int | None = Field(None, ge=64, description="Context tokens per slot.")
     parallel: int | None = Field(None, ge=1, le=256, description="Slots.")
     keep_alive: KeepAlive | None = Field(None, description="Default keep_alive.")
+    template: str | None = Field(
+        None, description="A Jinja chat template that replaces the model's own."
+    )
     params: PresetParams = Field(default_factory=PresetParams)
+
+    @field_validator("template")
+    @classmethod
+    def _jinja(cls, template: str | None) -> str | None:
+        from hearth.models.defaults import check_jinja_template
+
+        return None if template is None else check_jinja_template(template)
 
 
 class PresetsFile(BaseModel):

@@ -1,4 +1,5 @@
-"""`hearth pull`: a GGUF from the Hugging Face hub, or a local file, into the model store.
+"""`hearth pull`: a GGUF from the Hugging Face hub, an OCI registry (Ollama's library, Docker
+Hub: models/oci_registry.py) or a local file, into the model store.
 
 Hub downloads go through huggingface_hub: `model_info` lists the repo's files with their LFS
 sha256, `get_hf_file_metadata` (a HEAD) gives size and ETag, and `http_get` streams the bytes,
@@ -22,6 +23,7 @@ from types import TracebackType
 from typing import Any, BinaryIO, cast
 
 from hearth.models.gguf_info import NotAGGUFError, read_gguf_info
+from hearth.models.model_names import OciReference, parse_reference
 from hearth.models.registry import BUNDLED_IDS, store
 from hearth.models.store import (
     InvalidModelNameError,
@@ -42,7 +44,10 @@ __all__ = [
     "PullReporter",
     "PullResult",
     "PullSourceError",
+    "check_new_name",
+    "check_pulled_gguf",
     "hub_endpoint",
+    "no_space",
     "parse_source",
     "pull",
     "quant_of",
@@ -138,8 +143,9 @@ def hub_endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
 
 
-def parse_source(text: str) -> HubSource | LocalSource:
-    """`hf.co/ORG/REPO[:QUANT]`, `hf.co/ORG/REPO/FILE.gguf`, or a path to a local .gguf."""
+def parse_source(text: str) -> HubSource | LocalSource | OciReference:
+    """`hf.co/ORG/REPO[:QUANT]`, `hf.co/ORG/REPO/FILE.gguf`, a path to a local .gguf, or an
+    OCI registry's `[HOST/][NAMESPACE/]NAME[:TAG]` (a bare name is Ollama's library)."""
     spec = re.sub(r"^https?://", "", text.strip())
     for prefix in _HUB_PREFIXES:
         if spec.lower().startswith(prefix):
@@ -147,9 +153,12 @@ def parse_source(text: str) -> HubSource | LocalSource:
     path = Path(text).expanduser()
     if path.suffix.lower() == ".gguf" or path.exists():
         return LocalSource(path)
+    reference = parse_reference(text)
+    if reference is not None:
+        return reference
     raise PullSourceError(
-        f"cannot pull {text!r}: give hf.co/ORG/REPO[:QUANT], hf.co/ORG/REPO/FILE.gguf "
-        "or the path of a .gguf file"
+        f"cannot pull {text!r}: give hf.co/ORG/REPO[:QUANT], hf.co/ORG/REPO/FILE.gguf, "
+        "an Ollama or OCI name ([HOST/][NAMESPACE/]NAME[:TAG]) or the path of a .gguf file"
     )
 
 
@@ -228,7 +237,12 @@ def _safe_tag(text: str) -> str:
     return _UNSAFE_NAME_CHARS.sub("-", text).strip("-.") or "gguf"
 
 
-def _check_new_name(name: str) -> str:
+def no_space(exc: OSError) -> bool:
+    """Whether a write failed for want of space: a full disk, a quota, a file size limit."""
+    return exc.errno in _NO_SPACE
+
+
+def check_new_name(name: str) -> str:
     try:
         check_model_name(name)
     except InvalidModelNameError as exc:
@@ -238,7 +252,7 @@ def _check_new_name(name: str) -> str:
     return name
 
 
-def _check_gguf(path: Path, what: str) -> None:
+def check_pulled_gguf(path: Path, what: str) -> None:
     try:
         read_gguf_info(path)
     except NotAGGUFError as exc:
@@ -255,6 +269,10 @@ def pull(
     models = store()
     if isinstance(parsed, LocalSource):
         return _import_local(models, parsed.path, name, reporter)
+    if isinstance(parsed, OciReference):
+        from hearth.models.oci_registry import pull_oci
+
+        return pull_oci(models, parsed, source, name, reporter)
     return _pull_from_hub(models, parsed, name, reporter)
 
 
@@ -266,8 +284,8 @@ def _import_local(
 ) -> PullResult:
     if not path.is_file():
         raise PullNotFoundError(f"no such file: {path}")
-    _check_gguf(path, str(path))
-    name = _check_new_name(name or _safe_tag(path.stem))
+    check_pulled_gguf(path, str(path))
+    name = check_new_name(name or _safe_tag(path.stem))
     staged = models.temp_path(".gguf")
     digest = hashlib.sha256()
     try:
@@ -283,7 +301,7 @@ def _import_local(
         finally:
             reporter.end_transfer()
         # The copy is checked again: the source could have changed while it was read.
-        _check_gguf(staged, f"the copy of {path}")
+        check_pulled_gguf(staged, f"the copy of {path}")
         model = models.install(
             name, staged, source=f"file:{path.resolve()}", sha256=digest.hexdigest()
         )
@@ -391,7 +409,7 @@ def _pull_from_hub(
             f"{chosen.filename} is one part of a split GGUF; those are not supported"
         )
     tag = quant_of(chosen.filename) or _safe_tag(Path(chosen.filename).stem)
-    name = _check_new_name(name or f"hf.co/{repo_id}:{tag}")
+    name = check_new_name(name or f"hf.co/{repo_id}:{tag}")
 
     url = hf_hub_url(repo_id, chosen.filename, revision=commit, endpoint=endpoint)
     try:
@@ -425,7 +443,7 @@ def _pull_from_hub(
                 "discarded it, pull again"
             )
         try:
-            _check_gguf(partial, chosen.filename)
+            check_pulled_gguf(partial, chosen.filename)
         except PullError:
             partial.unlink(missing_ok=True)
             raise

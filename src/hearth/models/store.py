@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from hearth.models.defaults import ModelDefaults
+
 __all__ = [
     "InvalidModelNameError",
     "ModelStore",
@@ -64,6 +66,8 @@ class StoredModel:
     sha256: str
     size_bytes: int
     pulled_at: datetime
+    # System prompt, parameters, template, license: from Ollama's layers or /api/create.
+    defaults: ModelDefaults | None = None
 
 
 def file_sha256(path: Path, block_size: int = 1 << 20) -> str:
@@ -123,6 +127,7 @@ class ModelStore:
                 sha256=str(data["sha256"]),
                 size_bytes=int(data["size"]),
                 pulled_at=datetime.fromisoformat(str(data["pulled_at"])),
+                defaults=ModelDefaults.from_json(data.get("defaults")),
             )
         except FileNotFoundError:
             return None
@@ -149,16 +154,26 @@ class ModelStore:
         models = (self._read_manifest(path) for path in self.root.glob("*.json"))
         return sorted((m for m in models if m is not None), key=lambda m: m.name.lower())
 
-    def install(self, name: str, staged: Path, *, source: str, sha256: str) -> StoredModel:
+    def install(
+        self,
+        name: str,
+        staged: Path,
+        *,
+        source: str,
+        sha256: str,
+        defaults: ModelDefaults | None = None,
+    ) -> StoredModel:
         """Move a finished, checked file from the staging folder into the store under `name`."""
         check_model_name(name)
         path = self.model_path(name)
         size = staged.stat().st_size
         os.replace(staged, path)
+        if defaults is not None and defaults.empty:
+            defaults = None
         model = StoredModel(
-            name, path, source, sha256, size, datetime.now(UTC).replace(microsecond=0)
+            name, path, source, sha256, size, datetime.now(UTC).replace(microsecond=0), defaults
         )
-        manifest = {
+        manifest: dict[str, Any] = {
             "version": _MANIFEST_VERSION,
             "name": name,
             "source": source,
@@ -166,6 +181,8 @@ class ModelStore:
             "size": size,
             "pulled_at": model.pulled_at.isoformat(timespec="seconds"),
         }
+        if defaults is not None:
+            manifest["defaults"] = defaults.to_json()
         _write_atomically(self._manifest_path(name), json.dumps(manifest, indent=2).encode())
         return model
 

@@ -1,12 +1,16 @@
 """Ollama's POST /api/pull, POST /api/copy and DELETE /api/delete over Hearth's model store.
 
 A pull is `hearth pull`'s own machinery (`models/pull.py`: the Hugging Face hub through
-huggingface_hub, resumable, sha256-checked) run on a thread of its own, since it blocks for as
-long as the download lasts. Its reporter hands each event to the event loop with
-`call_soon_threadsafe`; the route turns them into Ollama's progress lines. The reply waits for
-the file to be found on the hub before its headers go out, so an unknown repo is a real 404 and
-a bad name a 400, as with /api/chat. A client that leaves stops the download at its next chunk;
-what arrived stays in `.partial/`, and the next pull of the file resumes from it.
+huggingface_hub, or an OCI registry, Ollama's library or Docker Hub; resumable, sha256-checked)
+run on a thread of its own, since it blocks for as long as the download lasts. Its reporter
+hands each event to the event loop with `call_soon_threadsafe`; the route turns them into
+Ollama's progress lines. The reply waits for the file to be found before its headers go out,
+so an unknown repo is a real 404 and a bad name a 400, as with /api/chat.
+
+Requests pulling the same name share one job: a second client joins the download under way,
+sees its progress from where it is, and gets the model with the first. The download stops at
+its next chunk once every client has left; what arrived stays in `.partial/`, and the next pull
+of the file resumes from it.
 
 A copy is `hearth cp`'s (`registry.copy_model`), under a name no request uses yet.
 
@@ -38,6 +42,7 @@ from hearth.errors import (
     UpstreamError,
 )
 from hearth.models import registry
+from hearth.models.model_names import OciReference
 from hearth.models.pull import (
     HubFile,
     HubSource,
@@ -114,17 +119,26 @@ def _http_error(exc: Exception) -> HearthError:
     return HearthError(f"The pull failed: {exc}")
 
 
+Subscriber = asyncio.Queue[_Event]
+
+
 class PullJob(PullReporter):
-    """One pull on its own thread; events come out of `next()` on the event loop.
+    """One pull on its own thread, shared by every request for the same name; each request
+    subscribes and reads its events from `next()` on the event loop.
 
     The thread is a daemon: a download still blocked on the network never holds up the
     server's exit (asyncio's default executor would wait for it)."""
 
     def __init__(self, source: str, name: str | None) -> None:
         self.source = source
+        self.key = source.lower()
         self._name = name
         self._loop = asyncio.get_running_loop()
-        self._events: asyncio.Queue[_Event] = asyncio.Queue()
+        self._subscribers: list[Subscriber] = []
+        # What a request that joins late is told first: the file, where the download is.
+        self._resolved: _Resolved | None = None
+        self._latest: _Progress | _Verifying | None = None
+        self.outcome: _Done | _Failed | None = None
         self._cancelled = threading.Event()
         self._completed = 0
         self._total: int | None = None
@@ -135,16 +149,52 @@ class PullJob(PullReporter):
     def cancel(self) -> None:
         self._cancelled.set()
 
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
     def abort(self, error: HearthError) -> None:
         """End the pull with `error` (the server is stopping). On the event loop."""
         self.cancel()
-        self._events.put_nowait(_Failed(error))
+        self._publish(_Failed(error))
 
-    async def next(self) -> _Event:
+    def subscribe(self) -> Subscriber:
+        """A queue of this pull's events from now on, after the state it is in. On the loop."""
+        queue: Subscriber = asyncio.Queue()
+        for event in (self._resolved, self._latest, self.outcome):
+            if event is not None:
+                queue.put_nowait(event)
+        self._subscribers.append(queue)
+        return queue
+
+    def leave(self, queue: Subscriber) -> bool:
+        """Unsubscribe; True when no request follows the pull any more (it is then cancelled,
+        a no-op once it ended)."""
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(queue)
+        if self._subscribers:
+            return False
+        self.cancel()
+        return True
+
+    def _publish(self, event: _Event) -> None:
+        if self.outcome is not None:
+            return
+        if isinstance(event, _Resolved):
+            self._resolved = event
+        elif isinstance(event, _Progress | _Verifying):
+            self._latest = event
+        else:
+            self.outcome = event
+        for queue in self._subscribers:
+            queue.put_nowait(event)
+
+    @staticmethod
+    async def next(queue: Subscriber) -> _Event:
         """The next event; a run of progress events comes out as the latest one."""
-        event = await self._events.get()
-        while isinstance(event, _Progress) and not self._events.empty():
-            event = self._events.get_nowait()
+        event = await queue.get()
+        while isinstance(event, _Progress) and not queue.empty():
+            event = queue.get_nowait()
         return event
 
     # -- on the pull's thread ------------------------------------------------------------------
@@ -166,7 +216,7 @@ class PullJob(PullReporter):
 
     def _post(self, event: _Event) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: the server has stopped
-            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+            self._loop.call_soon_threadsafe(self._publish, event)
 
     def _check(self) -> None:
         if self._cancelled.is_set():
@@ -198,26 +248,28 @@ class PullJob(PullReporter):
 # -- POST /api/pull ----------------------------------------------------------------------------
 
 
-def _hub_source(model: str) -> HubSource:
-    """Only the hub: a path would let a client make the server read its own files."""
+def _remote_source(model: str) -> HubSource | OciReference:
+    """The hub or a registry, never a path: that would let a client make the server read its
+    own files."""
     try:
         source = parse_source(model) if model.strip() else None
     except PullError:
         source = None
-    if not isinstance(source, HubSource):
+    if not isinstance(source, HubSource | OciReference):
         raise InvalidRequestError(
-            f"Cannot pull {model!r}: Hearth pulls GGUF models from the Hugging Face hub, named "
-            "hf.co/ORG/REPO[:QUANT] or hf.co/ORG/REPO/FILE.gguf.",
+            f"Cannot pull {model!r}: Hearth pulls GGUF models from the Hugging Face hub "
+            "(hf.co/ORG/REPO[:QUANT], hf.co/ORG/REPO/FILE.gguf) and from OCI registries "
+            "(Ollama's names like qwen3:0.6b, or HOST/NAMESPACE/NAME[:TAG]).",
             param="model",
         )
     return source
 
 
-def _store_name(model: str, source: HubSource) -> str | None:
+def _store_name(model: str, source: HubSource | OciReference) -> str | None:
     """The name the model is stored under: the one the client pulled, which it will then use
     (as Ollama does); for a file (`…/FILE.gguf`) or a URL, hf.co/ORG/REPO:QUANT as
     `hearth pull` names it."""
-    if source.filename is not None:
+    if isinstance(source, HubSource) and source.filename is not None:
         return None
     try:
         return check_model_name(model.strip())
@@ -240,57 +292,73 @@ def _line(
 async def serve_pull(state: ServerState, req: wire.PullRequest, http_request: Request) -> Response:
     if req.insecure:
         raise UnsupportedParameterError(
-            "'insecure' is not supported: Hearth pulls from the Hugging Face hub (HF_ENDPOINT) "
-            "over the connection huggingface_hub makes.",
+            "'insecure' is not supported: Hearth pulls over HTTPS (HF_ENDPOINT and "
+            "HEARTH_REGISTRIES say where each host is).",
             param="insecure",
         )
     if await asyncio.to_thread(_served, state, req.model):
         return _success(req.stream)  # bundled, pulled before, or an alias: nothing to fetch
-    source = _hub_source(req.model)
-    job = PullJob(req.model.strip(), _store_name(req.model, source))
-    state.pulls.add(job)
-    job.start()
+    source = _remote_source(req.model)
+    job = _join(state, req.model.strip(), _store_name(req.model, source))
+    queue = job.subscribe()
     try:
-        # Wait until the hub has named the file (or refused): errors are then real statuses.
-        first = await until_disconnect(http_request, job.next())
+        # Wait until the source has named the file (or refused): errors are then real statuses.
+        first = await until_disconnect(http_request, job.next(queue))
         if isinstance(first, _Failed):
             raise first.error
         if not req.stream:
-            _log_pulled(await until_disconnect(http_request, _outcome(job, first)))
+            _log_pulled(await until_disconnect(http_request, _outcome(job, queue, first)))
             return _success(stream=False)
     except BaseException:
-        _end(state, job)
+        _end(state, job, queue)
         raise
-    return _PullStream(state, job, _progress(job, first))
+    return _PullStream(state, job, queue, _progress(job, queue, first))
 
 
-def _end(state: ServerState, job: PullJob) -> None:
-    job.cancel()  # a no-op once the pull ended; else its client left
-    state.pulls.discard(job)
+def _join(state: ServerState, source: str, name: str | None) -> PullJob:
+    """The pull of `source` under way, else a new one."""
+    key = source.lower()
+    for job in state.pulls:
+        if job.key == key and job.outcome is None and not job.cancelled:
+            logger.info("Joining the pull of %s under way", source)
+            return job
+    job = PullJob(source, name)
+    state.pulls.add(job)
+    job.start()
+    return job
 
 
-async def _outcome(job: PullJob, first: _Event) -> PullResult:
+def _end(state: ServerState, job: PullJob, queue: Subscriber) -> None:
+    if job.leave(queue):  # the last of its clients left, or it ended
+        state.pulls.discard(job)
+
+
+async def _outcome(job: PullJob, queue: Subscriber, first: _Event) -> PullResult:
     event = first
     while not isinstance(event, _Done):
         if isinstance(event, _Failed):
             raise event.error
-        event = await job.next()
+        event = await job.next(queue)
     return event.result
 
 
 class _PullStream(StreamingResponse):
-    """The progress stream; however it ends (done, failed, the client gone), the pull ends."""
+    """The progress stream; however it ends (done, failed, the client gone), it leaves the
+    pull, which stops when no client follows it any more."""
 
-    def __init__(self, state: ServerState, job: PullJob, lines: AsyncIterator[bytes]) -> None:
+    def __init__(
+        self, state: ServerState, job: PullJob, queue: Subscriber, lines: AsyncIterator[bytes]
+    ) -> None:
         super().__init__(lines, media_type=_NDJSON)
         self._state = state
         self._job = job
+        self._queue = queue
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            _end(self._state, self._job)
+            _end(self._state, self._job, self._queue)
 
 
 def _success(stream: bool) -> Response:
@@ -307,7 +375,7 @@ def _log_pulled(result: PullResult) -> None:
         logger.info("Pulled %s from %s (%d bytes)", model.name, model.source, model.size_bytes)
 
 
-async def _progress(job: PullJob, first: _Event) -> AsyncIterator[bytes]:
+async def _progress(job: PullJob, queue: Subscriber, first: _Event) -> AsyncIterator[bytes]:
     """Ollama's lines: pulling manifest, downloading <digest> (total, completed), verifying
     sha256 digest, success; a failure midway ends the stream with an error line."""
     digest: str | None = None
@@ -332,7 +400,7 @@ async def _progress(job: PullJob, first: _Event) -> AsyncIterator[bytes]:
         else:
             yield json.dumps({"error": event.error.message}).encode() + b"\n"
             return
-        event = await job.next()
+        event = await job.next(queue)
 
 
 # -- POST /api/copy ---------------------------------------------------------------------------
