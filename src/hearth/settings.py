@@ -144,6 +144,23 @@ class ServeSettings(BaseSettings):
         description="llama.cpp flash attention. 'off' makes outputs independent of how a prompt "
         "was split between cache and batch, at some speed on long contexts.",
     )
+    cache_type_k: Literal["f16", "q8_0", "q4_0"] = Field(
+        "f16",
+        description="Type of the KV cache's keys: q8_0 halves their memory, q4_0 quarters it, "
+        "at a small cost in quality (README: KV cache types).",
+    )
+    cache_type_v: Literal["f16", "q8_0", "q4_0"] = Field(
+        "f16",
+        description="Type of the KV cache's values, as --cache-type-k; a quantized V cache needs "
+        "flash attention (--flash-attn auto or on).",
+    )
+    prompt_cache_disk: ByteSize = Field(
+        ByteSize(2 * 2**30),
+        ge=0,
+        description="Disk the prompt cache may use in the Hearth home (bytes, or '2GiB'): slots' "
+        "KV caches saved at unload and on a graceful stop, restored when a prompt starts with "
+        "one; least recently used evicted. 0: off.",
+    )
     quantize: Literal["none", "q8_0", "q4_0"] = Field(
         "none",
         description="Serve the model re-quantized to a type with fast batched CPU kernels "
@@ -219,6 +236,16 @@ class ServeSettings(BaseSettings):
         if isinstance(value, (list, tuple)):
             return [str(part).strip() for part in value if str(part).strip()]
         return value
+
+    @model_validator(mode="after")
+    def _quantized_v_needs_flash_attn(self) -> ServeSettings:
+        # llama.cpp has no kernel for a quantized V cache without flash attention.
+        if self.cache_type_v != "f16" and self.flash_attn == "off":
+            raise ValueError(
+                f"--cache-type-v {self.cache_type_v} needs flash attention, but --flash-attn is "
+                "off: set --flash-attn auto (or on), or keep --cache-type-v f16"
+            )
+        return self
 
     @model_validator(mode="after")
     def _batch_fits_every_slot(self) -> ServeSettings:

@@ -6,8 +6,10 @@ tests know exactly what every step must produce.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence as SequenceType
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hearth.engine.scheduler import Chunk
 from hearth.engine.types import SamplingParams, TokenLogprob
@@ -30,6 +32,8 @@ class FakeRunner:
     decoded: list[list[Chunk]] = field(default_factory=list)
     trims: list[tuple[int, int]] = field(default_factory=list)
     copies: list[tuple[int, int]] = field(default_factory=list)
+    saves: list[tuple[int, int]] = field(default_factory=list)  # (seq_id, tokens)
+    loads: list[tuple[int, Path]] = field(default_factory=list)
     fail_next_decode: int = 0
     freed: int = 0
     _row_to_first_token: dict[int, int] = field(default_factory=dict)
@@ -80,6 +84,20 @@ class FakeRunner:
 
     def kv_copy(self, src: int, dst: int) -> None:
         self.copies.append((src, dst))
+
+    def kv_save(self, seq_id: int, path: Path, tokens: SequenceType[int]) -> bool:
+        # The "state" is the token list itself: enough to check what goes where.
+        path.write_text(json.dumps({"seq_id": seq_id, "tokens": list(tokens)}))
+        self.saves.append((seq_id, len(tokens)))
+        return True
+
+    def kv_load(self, seq_id: int, path: Path, max_tokens: int) -> list[int] | None:
+        self.loads.append((seq_id, path))
+        try:
+            tokens: list[int] = json.loads(path.read_text())["tokens"]
+        except (ValueError, KeyError):
+            return None
+        return tokens if len(tokens) <= max_tokens else None
 
 
 def text_tokens(text: str) -> list[int]:

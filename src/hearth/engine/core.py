@@ -12,14 +12,17 @@ model is reloaded (the model manager does it once nothing holds the model).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
 from collections.abc import Sequence as SequenceType
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-from hearth.engine.scheduler import Chunk, KvCopy, Scheduler, Sequence, StepPlan
+from hearth.engine.prompt_disk import PromptDiskCache, SavedPrefix
+from hearth.engine.scheduler import Chunk, KvCopy, KvRestore, Scheduler, Sequence, StepPlan
 from hearth.engine.text import StopMatcher, ThinkingTracker, Utf8Stream
 from hearth.engine.types import (
     BatchBudget,
@@ -77,6 +80,15 @@ class ModelRunner(Protocol):
         """Replace `dst`'s KV cache with a copy of `src`'s."""
         ...
 
+    def kv_save(self, seq_id: int, path: Path, tokens: SequenceType[int]) -> bool:
+        """Write `seq_id`'s KV cache, which holds `tokens`, to `path`; whether it was."""
+        ...
+
+    def kv_load(self, seq_id: int, path: Path, max_tokens: int) -> list[int] | None:
+        """Replace `seq_id`'s KV cache with the one saved in `path`; its tokens, or None (the
+        sequence is then empty)."""
+        ...
+
 
 @dataclass(eq=False, slots=True)
 class _Choice:
@@ -123,9 +135,13 @@ class EngineCore(Generic[SinkT]):
         *,
         queue_timeout_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        prompt_disk: PromptDiskCache | None = None,
     ) -> None:
         self.runner = runner
         self.scheduler = Scheduler(n_slots, budget)
+        self.prompt_disk = prompt_disk
+        if prompt_disk is not None:
+            self.scheduler.saved_prefix = prompt_disk.longest_prefix
         self.queue_timeout_s = queue_timeout_s
         self._clock = clock
         self.stats = EngineStats(slots_total=n_slots)
@@ -202,11 +218,17 @@ class EngineCore(Generic[SinkT]):
         # work between the decode and the samples, and the bookkeeping, are kept to a minimum.
         expired = self._expire_waiting() if self.scheduler.waiting else []
         plan = self.scheduler.schedule()
+        restored = True
         for op in plan.kv_ops:
             if isinstance(op, KvCopy):
                 self.runner.kv_copy(op.src, op.dst)
+            elif isinstance(op, KvRestore):
+                restored &= self._restore(op)
             else:
                 self.runner.kv_trim(op.seq_id, op.from_pos)
+        if not restored:  # the plan counted on a saved prefix: plan again without it
+            self._refresh_gauges()
+            return expired
         if not plan.chunks:
             self._refresh_gauges()
             return expired
@@ -231,6 +253,38 @@ class EngineCore(Generic[SinkT]):
         self._record_batch(plan, row + 1)
         self._refresh_gauges()
         return outputs
+
+    # -- the prompt cache on disk -------------------------------------------------------------
+
+    def _restore(self, op: KvRestore) -> bool:
+        """Load a saved prefix into a slot; if it fails, the slot starts empty."""
+        assert self.prompt_disk is not None and isinstance(op.saved, SavedPrefix)
+        runner, seq_id = self.runner, op.seq_id
+        if self.prompt_disk.restore(
+            op.saved, lambda path: runner.kv_load(seq_id, path, runner.n_ctx_per_slot)
+        ):
+            logger.info("Restored %d prompt tokens from disk", len(op.saved.tokens))
+            return True
+        runner.kv_trim(seq_id, 0)
+        self.scheduler.forget(seq_id, 0)
+        sequence = self.scheduler.slots[seq_id].sequence
+        if sequence is not None:
+            sequence.cached_tokens = 0
+        return False
+
+    def save_prompt_cache(self) -> int:
+        """Save every slot's KV cache to disk (unload, graceful stop), the least recently used
+        first; how many were written. Call with no request running."""
+        if self.prompt_disk is None or self.fault is not None:
+            return 0
+        saved = 0
+        for slot in sorted(self.scheduler.slots, key=lambda s: s.last_used):
+            write = functools.partial(self._kv_save, slot.seq_id, list(slot.cached))
+            saved += self.prompt_disk.save(slot.cached, write)
+        return saved
+
+    def _kv_save(self, seq_id: int, tokens: list[int], path: Path) -> bool:
+        return self.runner.kv_save(seq_id, path, tokens)
 
     # -- per-token work ----------------------------------------------------------------------
 

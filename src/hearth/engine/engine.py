@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from hearth.engine.commands import Abort, AbortAll, Stop
 from hearth.engine.core import EngineCore, ModelRunner
+from hearth.engine.prompt_disk import PromptDiskCache
 from hearth.engine.scheduler import Sequence
 from hearth.engine.types import (
     BatchBudget,
@@ -147,9 +148,10 @@ class Engine:
         n_slots: int,
         budget: BatchBudget,
         policy: QueuePolicy,
+        prompt_disk: PromptDiskCache | None = None,
     ) -> None:
         self._core: EngineCore[_Sink] = EngineCore(
-            runner, n_slots, budget, queue_timeout_s=policy.timeout_s
+            runner, n_slots, budget, queue_timeout_s=policy.timeout_s, prompt_disk=prompt_disk
         )
         # Requests between generate() and their end, counted on the event loop: a bound that
         # holds exactly, with no round trip to the engine thread.
@@ -294,12 +296,28 @@ class Engine:
                 )
                 self._running = False
                 self._deliver(outputs)
+                self._save_prompt_cache()
                 return
             step_at = time.perf_counter() if self._queued else 0.0
             outputs.extend(core.step())  # never raises: a fault fails its requests (core.fault)
             if self._queued:
                 self._note_admissions(step_at, outputs)
             self._deliver(outputs)
+
+    def _save_prompt_cache(self) -> None:
+        # On the engine thread, which owns the context, once nothing runs: unload and stop.
+        started = time.perf_counter()
+        try:
+            saved = self._core.save_prompt_cache()
+        except Exception:
+            logger.exception("Saving the prompt cache failed")
+            return
+        if saved:
+            logger.info(
+                "Saved the KV caches of %d slots to disk in %.2fs",
+                saved,
+                time.perf_counter() - started,
+            )
 
     def _note_admissions(self, step_at: float, outputs: list[tuple[_Sink, RequestOutput]]) -> None:
         """Stamp the requests this step admitted into a slot with the step's start; forget those

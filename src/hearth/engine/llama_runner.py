@@ -22,7 +22,7 @@ import numpy as np
 from hearth.engine.scheduler import Chunk
 from hearth.engine.types import Grammar, SamplingParams, TokenLogprob
 
-__all__ = ["LlamaRunner", "ModelInfo", "RunnerConfig"]
+__all__ = ["KV_CACHE_TYPES", "LlamaRunner", "ModelInfo", "RunnerConfig"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,12 @@ PENALTY_LAST_N = 64
 
 # enum llama_flash_attn_type
 _FLASH_ATTN_TYPES = {"auto": -1, "off": 0, "on": 1}
+# enum ggml_type, for the KV cache's K and V (--cache-type-k/-v)
+KV_CACHE_TYPES = {
+    "f16": llama.GGML_TYPE_F16,
+    "q8_0": llama.GGML_TYPE_Q8_0,
+    "q4_0": llama.GGML_TYPE_Q4_0,
+}
 
 _backend_ready = False
 
@@ -70,6 +76,9 @@ class RunnerConfig:
     n_batch: int
     gpu_layers: int = -1  # -1: as many as llama.cpp offers (none on a CPU-only build)
     flash_attn: str = "auto"  # "auto", "on" or "off"
+    type_k: str = "f16"  # the KV cache's types: a key of KV_CACHE_TYPES
+    type_v: str = "f16"
+    kv_unified: bool = False  # one KV pool for all slots, instead of n_ctx_per_slot cells each
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,12 +119,21 @@ class LlamaRunner:
         ctx_params.n_threads = config.n_threads
         ctx_params.n_threads_batch = config.n_threads
         # Split KV: every slot owns n_ctx_per_slot cells, so one long chat never starves others.
-        ctx_params.kv_unified = False
+        ctx_params.kv_unified = config.kv_unified
         ctx_params.no_perf = True
         ctx_params.flash_attn_type = _FLASH_ATTN_TYPES[config.flash_attn]
+        ctx_params.type_k = KV_CACHE_TYPES[config.type_k]
+        ctx_params.type_v = KV_CACHE_TYPES[config.type_v]
         self._ctx = llama.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
             llama.llama_model_free(self._model)
+            if config.type_v != "f16":
+                # llama.cpp refuses a quantized V cache when flash attention is not on.
+                raise RuntimeError(
+                    f"llama.cpp could not create a context with --cache-type-v {config.type_v}: "
+                    "a quantized V cache needs flash attention, which this backend could not "
+                    "turn on for this model (try --cache-type-v f16)"
+                )
             raise RuntimeError("llama.cpp could not create a context (out of memory?)")
         self._memory = llama.llama_get_memory(self._ctx)
         self._n_ctx_per_slot = int(llama.llama_n_ctx_seq(self._ctx))
@@ -287,6 +305,28 @@ class LlamaRunner:
         # (p0 = p1 = -1); the scheduler trims the copy's tail right after.
         llama.llama_memory_seq_rm(self._memory, dst, -1, -1)
         llama.llama_memory_seq_cp(self._memory, src, dst, -1, -1)
+
+    def kv_save(self, seq_id: int, path: Path, tokens: SequenceType[int]) -> bool:
+        """Write `seq_id`'s KV cache, which holds `tokens`, to `path` (the prompt cache on
+        disk)."""
+        array = (llama.llama_token * len(tokens))(*tokens)
+        written = llama.llama_state_seq_save_file(
+            self._ctx, str(path).encode(), seq_id, array, len(tokens)
+        )
+        return int(written) > 0
+
+    def kv_load(self, seq_id: int, path: Path, max_tokens: int) -> list[int] | None:
+        """Replace `seq_id`'s KV cache with the state in `path`; the tokens it holds, or None
+        if llama.cpp refused the file (the sequence is then empty)."""
+        tokens = (llama.llama_token * max_tokens)()
+        count = ctypes.c_size_t(0)
+        read = llama.llama_state_seq_load_file(
+            self._ctx, str(path).encode(), seq_id, tokens, max_tokens, ctypes.byref(count)
+        )
+        if not read:
+            llama.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
+            return None
+        return list(tokens[: count.value])
 
     # -- request side --------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Callable
 from collections.abc import Sequence as SequenceType
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ from hearth.engine.types import BatchBudget
 __all__ = [
     "Chunk",
     "KvCopy",
+    "KvRestore",
     "KvTrim",
     "Scheduler",
     "Sequence",
@@ -92,6 +94,18 @@ class KvCopy:
 
 
 @dataclass(frozen=True, slots=True)
+class KvRestore:
+    """Replace `seq_id`'s KV cache with a prefix saved on disk (`prompt_disk.SavedPrefix`)."""
+
+    seq_id: int
+    saved: object
+
+
+# (prompt, the fewest tokens worth it) -> (a saved prefix, its tokens, tokens shared), or None
+SavedPrefixLookup = Callable[[tuple[int, ...], int], tuple[object, tuple[int, ...], int] | None]
+
+
+@dataclass(frozen=True, slots=True)
 class KvTrim:
     """Drop `seq_id`'s KV cache from `from_pos` to the end."""
 
@@ -102,7 +116,7 @@ class KvTrim:
 @dataclass(slots=True)
 class StepPlan:
     chunks: list[Chunk]
-    kv_ops: list[KvCopy | KvTrim]  # to apply in order, before decoding
+    kv_ops: list[KvCopy | KvRestore | KvTrim]  # to apply in order, before decoding
     prompt_tokens: int = 0  # of the chunks' tokens, those of prompts (the rest: one per decode)
 
     @property
@@ -130,7 +144,9 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
         self._clock = itertools.count(1)
-        self._fork_copies: list[KvCopy | KvTrim] = []  # applied before the next step's decode
+        self._fork_copies: list[KvCopy | KvRestore | KvTrim] = []  # before the next decode
+        # Prefixes saved on disk by an earlier run (the engine sets it when --prompt-cache-disk).
+        self.saved_prefix: SavedPrefixLookup | None = None
 
     # -- queue -------------------------------------------------------------------------------
 
@@ -221,15 +237,21 @@ class Scheduler:
         """The KV cache of `seq_id` from `from_pos` on was dropped (after a failed decode)."""
         del self.slots[seq_id].cached[from_pos:]
 
-    def _admit(self) -> list[KvCopy | KvTrim]:
-        ops: list[KvCopy | KvTrim] = []
+    def _admit(self) -> list[KvCopy | KvRestore | KvTrim]:
+        ops: list[KvCopy | KvRestore | KvTrim] = []
         while self.waiting:
             free = [s for s in self.slots if s.sequence is None]
             if len(free) < 1 + len(self.waiting[0].forks):
                 break
             seq = self.waiting.popleft()
             slot, reuse, donor = self._pick_slot(free, seq.prompt)
-            if donor is not None:
+            saved = None
+            if self.saved_prefix is not None:
+                saved = self.saved_prefix(seq.prompt, reuse + MIN_COPY_TOKENS)
+            if saved is not None:  # no slot holds as much: restore it from disk, not decode it
+                ops.append(KvRestore(slot.seq_id, saved[0]))
+                slot.cached, reuse = list(saved[1]), saved[2]
+            elif donor is not None:
                 ops.append(KvCopy(donor.seq_id, slot.seq_id))
                 slot.cached = list(donor.cached)
             # Keep at least one prompt token to decode: its logits give the first sample.

@@ -45,6 +45,7 @@ from hearth.settings import ServeSettings, hearth_home
 
 if TYPE_CHECKING:
     from hearth.engine.devices import Device
+    from hearth.engine.prompt_disk import PromptDiskCache
 
 __all__ = ["create_app", "load_model", "load_state", "presets_path"]
 
@@ -78,6 +79,8 @@ def load_model(settings: ServeSettings, devices: list[Device], spec: ModelSpec) 
             n_batch=settings.max_batch_tokens,
             gpu_layers=settings.gpu_layers,
             flash_attn=settings.flash_attn,
+            type_k=settings.cache_type_k,
+            type_v=settings.cache_type_v,
         )
     )
     budget = BatchBudget(
@@ -99,7 +102,9 @@ def load_model(settings: ServeSettings, devices: list[Device], spec: ModelSpec) 
             architecture if template.source != FALLBACK_TEMPLATE else "ChatML",
         )
     shape = model_shape(model_path)
-    size = model_path.stat().st_size + shape.kv_bytes_per_token * spec.ctx_size * spec.parallel
+    kv_bytes = shape.kv_bytes_per_token * spec.ctx_size * spec.parallel  # in f16
+    kv_bytes = int(kv_bytes * _kv_scale(settings.cache_type_k, settings.cache_type_v))
+    size = model_path.stat().st_size + kv_bytes
     return LoadedModel(
         model_id=spec.name,
         runner=runner,
@@ -108,11 +113,45 @@ def load_model(settings: ServeSettings, devices: list[Device], spec: ModelSpec) 
             spec.parallel,
             budget,
             QueuePolicy(max_waiting=settings.max_queue, timeout_s=settings.queue_timeout),
+            prompt_disk=_prompt_disk(settings, model_path, runner.n_ctx_per_slot),
         ),
         chat_template=template,
         preset=spec.preset,
         size_bytes=size,
         size_vram=_offloaded_bytes(settings, devices, size, shape.layers),
+    )
+
+
+# Bytes per K or V value of each KV cache type (ggml blocks of 32: q8_0 34 bytes, q4_0 18).
+_KV_VALUE_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+
+
+def _kv_scale(type_k: str, type_v: str) -> float:
+    """The KV cache's size relative to f16, K and V being the same size."""
+    return (_KV_VALUE_BYTES[type_k] + _KV_VALUE_BYTES[type_v]) / (2 * _KV_VALUE_BYTES["f16"])
+
+
+def _prompt_disk(
+    settings: ServeSettings, model_path: Path, n_ctx_per_slot: int
+) -> PromptDiskCache | None:
+    """The prompt cache on disk for this model and KV configuration, or None when off."""
+    if settings.prompt_cache_disk <= 0:
+        return None
+    from hearth.engine.prompt_disk import (
+        PROMPT_CACHE_DIR,
+        PromptDiskCache,
+        cache_folder_name,
+        model_fingerprint,
+    )
+
+    folder = cache_folder_name(
+        model_fingerprint(model_path),
+        settings.cache_type_k,
+        settings.cache_type_v,
+        settings.flash_attn,
+    )
+    return PromptDiskCache(
+        hearth_home() / PROMPT_CACHE_DIR, folder, settings.prompt_cache_disk, n_ctx_per_slot
     )
 
 
