@@ -1,0 +1,12 @@
+"""Hearth on a Ray Serve cluster: replicas of Hearth's own app and engine behind an ingress that
+routes each conversation to the replica holding its KV cache (docs/cluster.md).
+
+`serve run hearth.cluster:build_app model=smollm2:135m min_replicas=1 max_replicas=4`, or
+`hearth cluster serve --address ADDR ...`. Needs the `cluster` extra (`ray[serve]`)."""
+
+from __future__ import annotations
+
+from hearth.cluster.app import build_app, build_application
+from hearth.cluster.settings import ClusterSettings
+
+__all__ = ["ClusterSettings", "build_app", "build_application"]
