@@ -197,6 +197,12 @@ class ServeSettings(BaseSettings):
     journal_bodies: bool = Field(
         False, description="Also write request and response bodies (64 KiB each) to the journal."
     )
+    journal_max_bytes: ByteSize = Field(
+        ByteSize(10 * 2**20),
+        gt=0,
+        description="Size at which the journal file is rotated (bytes, or '10MiB'); the last "
+        "five rotated files are kept.",
+    )
     responses_max_age: str = Field(
         "30d",
         description="How long /v1/responses keeps a stored response (and its conversation, for "

@@ -60,3 +60,31 @@ def test_requests_are_journaled_without_keys(tmp_path: Path) -> None:
     assert streamed["completion_tokens"] == 6 and streamed["ttft_ms"] <= streamed["duration_ms"]
     assert "model" not in refused and "request_body" not in refused
     assert "/v1/chat/completions" in shown.stdout and MODEL in shown.stdout
+
+
+def test_the_journal_rotates_by_size_and_hearth_journal_reads_across_files(
+    tmp_path: Path,
+) -> None:
+    journal = tmp_path / "journal"
+    with start_server(tmp_path, "--journal", str(journal), "--journal-max-bytes", "1500") as server:
+        client = server.client()
+        for index in range(8):
+            client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": f"Count to {index}"}],
+                max_tokens=2,
+            )
+    # Shut down: the lifespan closed the journal, with every line written out.
+    rotated = sorted(path.name for path in journal.iterdir())
+    assert "requests.jsonl" in rotated and "requests.jsonl.1" in rotated
+    assert all(path.stat().st_size <= 1500 for path in journal.iterdir())
+    shown = subprocess.run(
+        [sys.executable, "-m", "hearth", "journal", "--dir", str(journal), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    entries = [json.loads(line) for line in shown.stdout.splitlines() if line.strip()]
+    chats = [e for e in entries if e["route"] == "/v1/chat/completions"]
+    assert len(chats) == 8
+    assert all(e["status"] == 200 and e["completion_tokens"] == 2 for e in chats)

@@ -132,7 +132,8 @@ def test_a_second_signal_ends_a_drain_at_once(tmp_path: Path) -> None:
         events, ended_after = asyncio.run(run(server))
         exit_code = server.process.wait(timeout=30)
     assert ended_after < 5  # not the 120 s drain
-    assert json.loads(events[-1])["error"]["code"] == "server_shutting_down"
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"]["code"] == "server_shutting_down"
     assert exit_code == 0
     assert "Traceback" not in server.log()
 

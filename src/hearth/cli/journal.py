@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ def _cell(entry: dict[str, Any], key: str, suffix: str = "") -> str:
     help="The journal folder the server writes (its --journal; env HEARTH_JOURNAL).",
 )
 @click.option("-n", "--count", default=20, show_default=True, help="How many requests to show.")
-def command(directory: Path, count: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON lines.")
+def command(directory: Path, count: int, as_json: bool) -> None:
     """Show the latest requests: route, model, status, tokens and timings."""
     # Imported here: the journal module pulls in starlette, which `hearth --help` never needs.
     from hearth.server.journal import read_entries
@@ -38,6 +40,10 @@ def command(directory: Path, count: int) -> None:
         Console(stderr=True).print(Text(f"no journal in {directory}", style="bold red"))
         sys.exit(1)
     entries = read_entries(directory, count)
+    if as_json:
+        for entry in entries:
+            print(json.dumps(entry, ensure_ascii=False))
+        return
     table = Table(box=None, header_style="bold")
     for column in ("time", "route", "model", "status", "in", "cached", "out", "ttft", "total"):
         table.add_column(column, justify="right" if column in ("in", "cached", "out") else "left")

@@ -233,6 +233,9 @@ def create_app(settings: ServeSettings, state: ServerState | None = None) -> Fas
             await loaded.models.close()
             if loaded.responses is not None:
                 loaded.responses.close()
+            journal: Journal | None = getattr(app.state, "journal", None)
+            if journal is not None:
+                journal.close()
 
     app = _HearthAPI(
         title="Hearth",
@@ -258,8 +261,13 @@ def create_app(settings: ServeSettings, state: ServerState | None = None) -> Fas
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     if settings.journal is not None:  # outside the body limit: a refused body is journaled
-        journal = Journal(settings.journal.expanduser(), bodies=settings.journal_bodies)
+        journal = Journal(
+            settings.journal.expanduser(),
+            bodies=settings.journal_bodies,
+            max_bytes=settings.journal_max_bytes,
+        )
         app.add_middleware(JournalMiddleware, journal=journal)
+        app.state.journal = journal  # closed by the lifespan, after the last request
     if is_loopback_host(settings.host):  # outside the rest: a foreign Host reaches nothing
         app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
     app.state.http_counts = http_counts = HttpCounts()  # outermost: counts every answer

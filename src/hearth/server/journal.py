@@ -59,6 +59,8 @@ class Journal:
     def write(self, entry: dict[str, Any]) -> None:
         line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
         with self._lock:
+            if self._file.closed:  # a request that ended after the shutdown closed the journal
+                return
             if self._file.tell() + len(line) > self.max_bytes and self._file.tell() > 0:
                 self._rotate()
             self._file.write(line)

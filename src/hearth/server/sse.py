@@ -60,8 +60,14 @@ async def _guarded(
         yield on_error(HearthError("The server had an error while streaming."))
 
 
+def _error_then_done(error: HearthError) -> bytes:
+    """OpenAI's streams end with [DONE] even after an error event: a client reading to the end
+    sees a whole stream, not a cut socket."""
+    return sse_error_event(error) + SSE_DONE
+
+
 def streaming_response(
-    events: AsyncIterator[bytes], on_error: Callable[[HearthError], bytes] = sse_error_event
+    events: AsyncIterator[bytes], on_error: Callable[[HearthError], bytes] = _error_then_done
 ) -> StreamingResponse:
     return StreamingResponse(
         _guarded(events, on_error), media_type="text/event-stream", headers=_SSE_HEADERS
