@@ -9,6 +9,7 @@ affinity, spread and abandoned-stream tests use; failover removes a worker node 
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 import threading
 import time
@@ -228,6 +229,54 @@ def test_cluster_ps_lists_every_replica(local: Any) -> None:
     assert {m["replica"] for m in models} == set(_replicas(health))
     assert all(m["name"] == MODEL and m["slots_total"] == SLOTS for m in models)
     assert {m["node_id"] for m in models} == {r["node_id"] for r in health["replicas"]}
+
+
+def test_cli_deploys_and_auth_behaves_as_on_one_server(local: Any, tmp_path: Path) -> None:
+    """`hearth cluster serve` puts a second application, with an API key, beside the first;
+    `hearth cluster status` lists its replica; keys are checked as `hearth serve` checks them."""
+    deploy = subprocess.run(
+        [
+            sys.executable, "-m", "hearth", "cluster", "serve",
+            "--address", local.cluster.address, "--port", str(local.port),
+            "--app-name", "keyed", "--route-prefix", "/keyed",
+            "--min-replicas", "1", "--max-replicas", "1", "--replica-cpus", "0",
+            "--threads", "1", "--parallel", "2", "--ctx-size", "512", "--api-key", "sesame",
+        ],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert deploy.returncode == 0, deploy.stderr
+    url = f"{local.base_url}/keyed"
+    assert f"ready at {url}" in deploy.stdout
+
+    status = subprocess.run(
+        [
+            sys.executable, "-m", "hearth", "cluster", "status",
+            "--port", str(local.port), "--route-prefix", "/keyed",
+        ],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    assert "1/1 replicas answering" in status.stdout
+    assert MODEL in status.stdout and "0/2" in status.stdout
+
+    health = httpx.get(f"{url}/health", timeout=30)  # open, as on one server
+    assert health.status_code == 200 and health.json()["replicas_running"] == 1
+    unkeyed = httpx.get(f"{url}/api/ps", timeout=30)
+    assert unkeyed.status_code == 401 and "error" in unkeyed.json()
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0) as wrong:
+        with pytest.raises(openai.AuthenticationError) as refused:
+            wrong.models.list()
+        assert refused.value.code == "invalid_api_key"
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="sesame", max_retries=0) as keyed:
+        reply = keyed.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+        )
+        assert reply.choices[0].message.content
+        with pytest.raises(openai.NotFoundError):
+            keyed.chat.completions.create(
+                model="no-such-model", messages=[{"role": "user", "content": "Hi"}]
+            )
+    local.undeploy("keyed")
 
 
 def test_failover_when_a_worker_node_leaves(local: Any, client: openai.OpenAI) -> None:

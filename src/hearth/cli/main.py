@@ -17,6 +17,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "show": ("hearth.cli.show", "Show a model's metadata and chat template."),
     "rm": ("hearth.cli.rm", "Remove a pulled model."),
     "cp": ("hearth.cli.cp", "Copy a model under a new name."),
+    "cluster": ("hearth.cli.cluster", "Serve Hearth replicas on a Ray cluster, or show them."),
     "ps": ("hearth.cli.ps", "Show the models the running server has loaded."),
     "journal": ("hearth.cli.journal", "Show the latest requests from a server's --journal."),
     "devices": ("hearth.cli.devices", "List the devices llama.cpp can use."),

@@ -40,7 +40,7 @@ class ClusterSettings(BaseModel):
         30.0, gt=0, description="Seconds of load the autoscaler averages over."
     )
     replica_cpus: float | None = Field(
-        None, gt=0, description="CPUs Ray reserves per replica (default: its --threads)."
+        None, ge=0, description="CPUs Ray reserves per replica (default: its --threads)."
     )
     replica_gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves per replica.")
     max_ongoing_requests: int | None = Field(
