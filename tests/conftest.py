@@ -17,3 +17,6 @@ def clean_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HEARTH_HOME", str(tmp_path / "hearth-home"))
     # Never the developer's own Ollama store (models/ollama_store.py reads it).
     monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "ollama-models"))
+    # A pull by Ollama or Docker name never reaches the internet: port 9 refuses.
+    monkeypatch.setenv("HEARTH_OLLAMA_REGISTRY", "http://127.0.0.1:9")
+    monkeypatch.setenv("HEARTH_REGISTRIES", "docker.io=http://127.0.0.1:9")

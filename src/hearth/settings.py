@@ -208,6 +208,11 @@ class ServeSettings(BaseSettings):
         description="How long /v1/responses keeps a stored response (and its conversation, for "
         "previous_response_id) in the Hearth home: seconds or a duration ('30d', '12h', '10m').",
     )
+    no_ollama_store: bool = Field(
+        False,
+        description="Leave Ollama's model store ($OLLAMA_MODELS, else ~/.ollama/models) out: "
+        "its models are otherwise listed and served in place under their Ollama names.",
+    )
     config: Path | None = Field(
         None, description="Presets file (default: hearth.toml in the Hearth home, if present)."
     )

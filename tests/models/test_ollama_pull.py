@@ -202,7 +202,7 @@ def test_pull_errors_are_statuses(pulling: Pulling, stream: bool) -> None:
         (f"hf.co/{TINY_REPO}:IQ1_S", 404, "no .gguf file for 'IQ1_S'"),
         (f"hf.co/{TINY_REPO}/Tiny-1B-F16.gguf", 404, "has no file Tiny-1B-F16.gguf"),
         (f"hf.co/{TINY_REPO}:Q", 400, "matches several files"),
-        ("llama3.2", 400, "hf.co/ORG/REPO[:QUANT]"),
+        ("Not a name!", 400, "hf.co/ORG/REPO[:QUANT]"),
         ("hf.co/just-an-org", 400, "hf.co/ORG/REPO[:QUANT]"),
         (str(embedded_model_path()), 400, "from the Hugging Face hub"),  # never a server file
     ]

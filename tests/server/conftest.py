@@ -85,6 +85,9 @@ def _clean_environ(home: Path) -> dict[str, str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
     environ["HEARTH_HOME"] = str(home / "home")
     environ["OLLAMA_MODELS"] = str(home / "ollama-models")  # never the developer's store
+    # A pull by Ollama or Docker name never reaches the internet: port 9 refuses.
+    environ["HEARTH_OLLAMA_REGISTRY"] = "http://127.0.0.1:9"
+    environ["HEARTH_REGISTRIES"] = "docker.io=http://127.0.0.1:9"
     return environ
 
 

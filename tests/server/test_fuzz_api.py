@@ -5,8 +5,9 @@ input refused.
 
 One server of its own with a small context (256 tokens, 2 slots): a fuzzed `max_tokens` past
 the context is a quick 400 `context_length_exceeded`, and the rest are capped (cap_generation).
-Its hub (HF_ENDPOINT, for /api/pull) is the loopback fake with no repos: a fuzzed hub name is a
-404 from it, never a request to the internet.
+Its hub (HF_ENDPOINT, for /api/pull) is the loopback fake with no repos, and so is its OCI
+registry (Ollama's and Docker's names): a fuzzed name is a 404 from them, never a request to the
+internet.
 The run is bounded and reproducible: a few examples per operation, derandomized.
 
 Schemathesis' own pytest plugin is off (pyproject.toml: its lazy `from_fixture` schemas use
@@ -36,6 +37,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.models.fake_hub import FakeHub, running_hub
+from tests.models.fake_registry import FakeRegistry, running_registry
 from tests.server.conftest import MODEL, HearthServer, start_server
 
 pytestmark = pytest.mark.server
@@ -70,6 +72,9 @@ OPERATIONS = [
     ("POST", "/api/pull"),
     ("DELETE", "/api/delete"),
     ("POST", "/api/copy"),
+    ("POST", "/api/create"),
+    ("HEAD", "/api/blobs/{digest}"),
+    ("POST", "/api/blobs/{digest}"),
     ("GET", "/api/version"),
     ("GET", "/api/ps"),
     ("POST", "/admin/models/load"),
@@ -168,6 +173,10 @@ SEEDS: dict[tuple[str, str], list[dict[str, Any]]] = {
         {"model": "hf.co/hearth-test/Nope:Q4_K_M"},
     ],
     ("DELETE", "/api/delete"): [{"model": MODEL}, {"model": "hf.co/hearth-test/Nope:Q4_K_M"}],
+    ("POST", "/api/create"): [
+        {"model": "fuzz:created", "from": MODEL, "system": "Hi", "parameters": {"top_k": 5}},
+        {"model": "fuzz:go", "from": MODEL, "template": "{{ .Prompt }}", "stream": False},
+    ],
     ("POST", "/api/copy"): [
         {"source": MODEL, "destination": "fuzz:copy"},
         {"source": MODEL, "destination": MODEL},
@@ -195,8 +204,14 @@ CHECKS = [
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HearthServer]:
     tmp = tmp_path_factory.mktemp("fuzz")
     args = ["--ctx-size", str(CTX_SIZE), "--parallel", "2"]
-    with running_hub(FakeHub()) as hub:
-        env = {"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp / "hf-home"), "HF_HUB_OFFLINE": "0"}
+    with running_hub(FakeHub()) as hub, running_registry(FakeRegistry()) as registry:
+        env = {
+            "HF_ENDPOINT": hub.endpoint,
+            "HF_HOME": str(tmp / "hf-home"),
+            "HF_HUB_OFFLINE": "0",
+            "HEARTH_OLLAMA_REGISTRY": registry.url,
+            "HEARTH_REGISTRIES": f"docker.io={registry.url}",
+        }
         with start_server(tmp, *args, env=env) as server:
             yield server
 
@@ -290,7 +305,7 @@ def error_shape(
     """An error is OpenAI's {"error": {"message", "type", "param", "code"}}, except on /api/,
     which answers as Ollama does: {"error": "<message>"}, and on /v1/messages, which answers as
     Anthropic does: {"type": "error", "error": {"type", "message"}}."""
-    if response.status_code < 400:
+    if response.status_code < 400 or case.method == "HEAD":  # a HEAD reply has no body
         return None
     body = response.json()
     if case.operation.path.startswith("/v1/messages"):

@@ -1,4 +1,5 @@
-"""`hearth pull`: a GGUF from the Hugging Face hub, or a local file, into the model store."""
+"""`hearth pull`: a GGUF from the Hugging Face hub, an OCI registry (Ollama's library, Docker
+Hub) or a local file, into the model store."""
 
 from __future__ import annotations
 
@@ -79,12 +80,14 @@ def _route_hub_logs(console: Console) -> None:
 @click.argument("source")
 @click.option("--name", default=None, help="Store it under this name instead of the default.")
 def command(source: str, name: str | None) -> None:
-    """Pull a model into the store: hf.co/ORG/REPO[:QUANT], hf.co/ORG/REPO/FILE.gguf, or a
-    local .gguf file (copied).
+    """Pull a model into the store: hf.co/ORG/REPO[:QUANT], hf.co/ORG/REPO/FILE.gguf, an
+    Ollama name (qwen3:0.6b, user/model:tag), an OCI registry's HOST/NAMESPACE/NAME[:TAG]
+    (docker.io/ai/smollm2), or a local .gguf file (copied).
 
-    Without :QUANT, the Q4_K_M file is picked (else the only, else the smallest GGUF). A pull
-    that breaks off resumes where it stopped when run again; a file whose sha256 differs from
-    the hub's is discarded. Set HF_TOKEN for gated or private repos.
+    From the hub without :QUANT, the Q4_K_M file is picked (else the only, else the smallest
+    GGUF). A pull that breaks off resumes where it stopped when run again; a file whose sha256
+    differs from the hub's or the registry's digest is discarded. Set HF_TOKEN for gated or
+    private repos.
     """
     errors = Console(stderr=True, highlight=False)
     _route_hub_logs(errors)

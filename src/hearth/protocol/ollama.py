@@ -18,6 +18,7 @@ from hearth.protocol.base import StrictRequest
 __all__ = [
     "ChatRequest",
     "ChatResponse",
+    "CreateRequest",
     "DeleteRequest",
     "EmbedRequest",
     "EmbedResponse",
@@ -252,6 +253,29 @@ class CopyRequest(_Request):
 
     source: str
     destination: str
+
+
+class CreateRequest(_ModelRequest):
+    """POST /api/create
+    (https://github.com/ollama/ollama/blob/main/docs/api.md#create-a-model)
+
+    `files` names GGUF blobs sent before with POST /api/blobs/:digest; `template` is a Jinja
+    chat template here (Ollama's is Go's syntax, which is refused by name); `adapters` and
+    `messages` are refused: Hearth serves no LoRA adapters and no seeded conversations."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    model: str
+    from_: str | None = Field(None, alias="from")
+    files: dict[str, str] | None = None
+    adapters: dict[str, str] | None = None
+    template: str | None = None
+    license: str | list[str] | None = None
+    system: str | None = None
+    parameters: dict[str, Any] | None = None
+    messages: list[Message] | None = None
+    stream: bool = True
+    quantize: str | None = None
 
 
 class PullRequest(_ModelRequest):

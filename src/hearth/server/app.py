@@ -90,7 +90,8 @@ def load_model(settings: ServeSettings, devices: list[Device], spec: ModelSpec) 
     info = runner.info
     architecture = info.description.split()[0] if info.description else ""
     template = ChatTemplate(
-        info.chat_template,
+        # A preset's or the model's own (/api/create) Jinja template replaces the GGUF's.
+        spec.preset.template if spec.preset and spec.preset.template else info.chat_template,
         bos_token=info.bos_text,
         eos_token=info.eos_text,
         architecture=architecture,

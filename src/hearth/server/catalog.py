@@ -8,7 +8,9 @@ and its memory estimate, and loads it through the loader app.py gives it.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
     from hearth.server.state import LoadedModel
 
 __all__ = ["ModelSpec", "ServerCatalog"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +55,9 @@ class ServerCatalog:
         self._presets_source = presets_source
         self._presets = presets
         self._load = load
+        if settings.no_ollama_store:
+            # The registry is read by module functions (the CLI's too); it reads this variable.
+            os.environ["HEARTH_NO_OLLAMA_STORE"] = "1"
         self.default_name = registry.model_id(settings.model)
         self._validate_presets()
 
@@ -122,6 +129,7 @@ class ServerCatalog:
             source = settings.model if base == self.default_name else base
         else:
             source = settings.model if name == self.default_name else name
+            preset = self._model_defaults(source)
         return ModelSpec(
             name=name,
             source=source,
@@ -129,6 +137,23 @@ class ServerCatalog:
             ctx_size=preset.ctx_size if preset and preset.ctx_size else settings.ctx_size,
             parallel=preset.parallel if preset and preset.parallel else settings.parallel,
         )
+
+    def _model_defaults(self, source: str | None) -> Preset | None:
+        """The model's own defaults (an Ollama model's system and params layers, or what
+        /api/create gave it) as a preset over it; --ctx-size, when given, wins over num_ctx."""
+        if source is None or source.lower().endswith(".gguf"):
+            return None
+        defaults = registry.defaults(source)
+        if defaults is None:
+            return None
+        try:
+            preset = defaults.as_preset(source)
+        except ValueError as exc:  # pydantic's ValidationError: a value a preset refuses
+            logger.warning("Ignoring %s's defaults: %s", source, exc)
+            return None
+        if "ctx_size" in self._settings.model_fields_set:
+            preset = preset.model_copy(update={"ctx_size": None})
+        return preset
 
     # -- ModelCatalog[LoadedModel] -------------------------------------------------------------
 

@@ -1,14 +1,18 @@
-"""Model management routes: `GET /api/ps` (the loaded models, for `hearth ps`) and explicit
-`POST /admin/models/load` / `POST /admin/models/unload`. All need the API key when keys are set."""
+"""Model management routes: `GET /api/ps` (the loaded models, for `hearth ps`), Ollama's
+`POST /api/create` with `HEAD`/`POST /api/blobs/:digest` (the GGUF a create starts from), and
+explicit `POST /admin/models/load` / `POST /admin/models/unload`. All need the API key when keys
+are set."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
 
 from hearth.models.keep_alive import parse_keep_alive
 from hearth.models.manager import ModelStatus
+from hearth.protocol import ollama
 from hearth.protocol.admin import (
     LoadModelRequest,
     RunningModel,
@@ -18,6 +22,8 @@ from hearth.protocol.admin import (
 )
 from hearth.server.auth import require_api_key
 from hearth.server.errors import error_responses
+from hearth.server.ollama_models import blob_exists, receive_blob, serve_create
+from hearth.server.openapi import json_or_ndjson
 from hearth.server.state import LoadedModel, ServerState
 
 __all__ = ["iso_time", "models_router"]
@@ -54,6 +60,46 @@ def _running(status: ModelStatus[LoadedModel]) -> RunningModel:
 @models_router.get("/api/ps", responses=error_responses(401, 500, ollama=True))
 async def running_models(request: Request) -> RunningModels:
     return RunningModels(models=[_running(s) for s in _state(request).models.snapshot()])
+
+
+@models_router.post(
+    "/api/create",
+    response_model=None,
+    responses={
+        **json_or_ndjson(ollama.ProgressResponse),
+        **error_responses(400, 401, 404, 409, 500, ollama=True),
+    },
+)
+async def create_model(body: ollama.CreateRequest, request: Request) -> Response:
+    """A new model in the store from an existing one or a GGUF blob, with its own system
+    prompt, Jinja template, parameters and license; progress streams as Ollama's does."""
+    return await serve_create(_state(request), body, request)
+
+
+@models_router.head(
+    "/api/blobs/{digest}",
+    response_class=Response,
+    # A 404 when Hearth has not got it; a HEAD reply carries no body, error or not.
+    responses={200: {"description": "Hearth has the blob."}, **error_responses(404, ollama=True)},
+)
+async def has_blob(digest: str) -> Response:
+    if await blob_exists(digest):
+        return Response(status_code=200)
+    return Response(status_code=404, media_type="application/json")  # as documented, less body
+
+
+@models_router.post(
+    "/api/blobs/{digest}",
+    response_class=Response,
+    status_code=201,
+    responses={
+        201: {"description": "Kept, for a create's `files`.", "content": {}},
+        **error_responses(400, 401, 500, ollama=True),
+    },
+)
+async def push_blob(digest: str, request: Request) -> Response:
+    await receive_blob(digest, request)
+    return Response(status_code=201)
 
 
 @models_router.post("/admin/models/load", responses=_ADMIN_ERRORS)

@@ -22,11 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import os
 import threading
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -41,7 +45,7 @@ from hearth.errors import (
     UnsupportedParameterError,
     UpstreamError,
 )
-from hearth.models import registry
+from hearth.models import create, registry
 from hearth.models.model_names import OciReference
 from hearth.models.pull import (
     HubFile,
@@ -60,7 +64,15 @@ from hearth.protocol import ollama as wire
 from hearth.server.state import ServerState
 from hearth.server.turns import until_disconnect
 
-__all__ = ["PullJob", "copy_model", "delete_model", "serve_pull"]
+__all__ = [
+    "PullJob",
+    "blob_exists",
+    "copy_model",
+    "delete_model",
+    "receive_blob",
+    "serve_create",
+    "serve_pull",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -469,3 +481,126 @@ async def delete_model(state: ServerState, model: str) -> None:
             raise _in_use(entry.name)
     await asyncio.to_thread(registry.store().remove, entry.name)
     logger.info("Deleted %s (%d bytes)", entry.name, entry.size_bytes)
+
+
+# -- POST /api/create and /api/blobs/:digest ---------------------------------------------------
+
+
+def _create_plan(state: ServerState, req: wire.CreateRequest) -> create.CreatePlan:
+    """Checks everything before anything is written. Blocking: reads the store."""
+    if req.adapters:
+        raise UnsupportedParameterError(
+            "'adapters' is not supported: Hearth serves no LoRA adapters.", param="adapters"
+        )
+    if req.messages:
+        raise UnsupportedParameterError(
+            "'messages' is not supported: a created model has no seeded conversation.",
+            param="messages",
+        )
+    name = req.model.strip()
+    if name.lower() in (own.lower() for own in state.catalog.own_names()):
+        raise ConflictError(
+            f"'{name}' already names a model on this server; choose another.", param="model"
+        )
+    if name.lower() in (s.name.lower() for s in state.models.snapshot()):
+        raise _in_use(name)
+    try:
+        return create.plan(
+            registry.store(),
+            name,
+            from_model=req.from_,
+            files=req.files,
+            system=req.system,
+            template=req.template,
+            parameters=req.parameters,
+            license=req.license,
+            quantize=req.quantize,
+        )
+    except create.CreateSourceError as exc:
+        raise ModelNotFoundError(str(exc), param=exc.param) from exc
+    except create.CreateError as exc:
+        raise InvalidRequestError(str(exc), param=exc.param) from exc
+
+
+async def serve_create(
+    state: ServerState, req: wire.CreateRequest, http_request: Request
+) -> Response:
+    """Ollama's create: the plan's errors are real statuses; the build streams its steps."""
+    plan = await asyncio.to_thread(_create_plan, state, req)
+    loop = asyncio.get_running_loop()
+    steps: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+
+    def status(text: str) -> None:
+        loop.call_soon_threadsafe(steps.put_nowait, text)
+
+    def run() -> None:
+        try:
+            model = create.build(registry.store(), plan, status, state.settings.threads)
+            logger.info("Created %s (%s)", model.name, model.source)
+            outcome: BaseException | None = None
+        except Exception as exc:
+            logger.error("Creating %s failed", plan.name, exc_info=exc)
+            outcome = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the server has stopped
+            loop.call_soon_threadsafe(steps.put_nowait, outcome)
+
+    # A thread of its own, as a pull's: a quantization is never cut short midway.
+    threading.Thread(target=run, name="hearth-create", daemon=True).start()
+
+    async def lines() -> AsyncIterator[bytes]:
+        while True:
+            step = await steps.get()
+            if step is None:
+                yield _line("success")
+                return
+            if isinstance(step, BaseException):
+                yield json.dumps({"error": f"The create failed: {step}"}).encode() + b"\n"
+                return
+            yield _line(step)
+
+    if req.stream:
+        return StreamingResponse(lines(), media_type=_NDJSON)
+
+    async def finished() -> None:
+        while (step := await steps.get()) is not None:
+            if isinstance(step, BaseException):
+                raise HearthError(f"The create failed: {step}")
+
+    await until_disconnect(http_request, finished())
+    return _success(stream=False)
+
+
+def _blob_file(digest: str) -> Path:
+    path = create.blob_path(registry.store(), digest)
+    if path is None:
+        raise InvalidRequestError(
+            f"{digest!r} is not a sha256 digest (sha256:<64 hex>).", param="digest"
+        )
+    return path
+
+
+async def blob_exists(digest: str) -> bool:
+    """HEAD has no body to say why: a malformed digest is a blob Hearth does not have."""
+    path = create.blob_path(registry.store(), digest)
+    return path is not None and await asyncio.to_thread(path.is_file)
+
+
+async def receive_blob(digest: str, http_request: Request) -> None:
+    """Keep the body as the blob `digest` for a later create, once its sha256 matches."""
+    path = await asyncio.to_thread(_blob_file, digest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    hasher = hashlib.sha256()
+    try:
+        with partial.open("wb") as file:
+            async for chunk in http_request.stream():
+                hasher.update(chunk)
+                await asyncio.to_thread(file.write, chunk)
+        if f"sha256:{hasher.hexdigest()}" != digest.replace("-", ":", 1):
+            raise InvalidRequestError(
+                f"the body's sha256 is {hasher.hexdigest()}, not the digest {digest}",
+                param="digest",
+            )
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
