@@ -262,3 +262,54 @@ def test_go_template_text_is_what_the_fixture_serves() -> None:
     assert check_jinja_template(JINJA) == JINJA
     with pytest.raises(ValueError, match="not valid Jinja"):
         check_jinja_template("{% for x in %}")
+
+
+# --- hearth create ------------------------------------------------------------------------------
+
+
+def test_hearth_create_from_a_model_and_from_a_file(
+    tiny_files: dict[str, Path], tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    gguf = tiny_files["Tiny-1B-Q2_K.gguf"]
+    made = runner.invoke(
+        cli,
+        ["create", "base:q2", "--from", str(gguf), "--system", "Be brief.", "-p", "top_k=20"],
+    )
+    assert made.exit_code == 0, made.output
+    assert "using existing layer sha256:" in made.output and "creating system layer" in made.output
+    template = tmp_path / "chat.jinja"
+    template.write_text(JINJA)
+    derived = runner.invoke(
+        cli,
+        [
+            "create",
+            "derived:q2",
+            "--from",
+            "base:q2",
+            "--template",
+            str(template),
+            "-p",
+            "temperature=0.5",
+            "-p",
+            "stop=<end>",
+            "-p",
+            "stop=<stop>",
+        ],
+    )
+    assert derived.exit_code == 0, derived.output
+    model = registry.find("derived:q2")
+    assert model.defaults is not None
+    assert model.defaults.system == "Be brief."  # inherited from base:q2
+    assert model.defaults.params == {"top_k": 20, "temperature": 0.5, "stop": ["<end>", "<stop>"]}
+    assert model.defaults.template == JINJA
+    assert model.sha256 == _sha(gguf)
+    assert model.path is not None and model.path.stat().st_nlink >= 2  # linked, not copied
+
+    template.write_text(GO_TEMPLATE)
+    refused = runner.invoke(cli, ["create", "go", "--from", "base:q2", "--template", str(template)])
+    assert refused.exit_code == 1 and "Go's template syntax" in refused.output
+    unknown = runner.invoke(cli, ["create", "x", "--from", "nothing:here"])
+    assert unknown.exit_code == 1 and "unknown model" in unknown.output
+    bundled = runner.invoke(cli, ["create", "smollm2:135m", "--from", "base:q2"])
+    assert bundled.exit_code == 1 and "bundled model" in bundled.output

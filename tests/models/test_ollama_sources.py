@@ -90,8 +90,13 @@ def sources(
 def test_list_shows_the_ollama_store_model(sources: Sources) -> None:
     assert "smol:latest" in sources.names()
     with httpx.Client(base_url=sources.server.base_url) as http:
-        ids = [m["id"] for m in http.get("/v1/models").json()["data"]]
-    assert "smol:latest" in ids
+        cards = {m["id"]: m for m in http.get("/v1/models").json()["data"]}
+        tags = {m["name"]: m for m in http.get("/api/tags").json()["models"]}
+    assert cards["smol:latest"]["owned_by"] == "ollama"
+    assert cards["smollm2:135m"]["owned_by"] == "hearth"
+    assert tags["smol:latest"]["source"] == f"ollama store: {sources.blob.parent.parent}"
+    assert tags["smol:latest"]["digest"] == sources.blob.name.removeprefix("sha256-")
+    assert tags["smollm2:135m"]["source"].startswith("bundled")
 
 
 @pytest.mark.timeout(600)  # it generates: slow when the machine's cores are busy elsewhere

@@ -103,7 +103,7 @@ def command(
         model = create.build(
             models,
             plan,
-            lambda step: console.print(Text(step, style="dim")),
+            lambda step: console.print(Text(step, style="dim"), soft_wrap=True),
             physical_cores(),
         )
     except (create.CreateError, OSError, RuntimeError) as exc:

@@ -204,6 +204,9 @@ class TagModel(BaseModel):
     size: int
     digest: str
     details: ModelDetails
+    # extension, not in Ollama's spec: where the model comes from ("bundled: …", the hub repo,
+    # the registry, "ollama store: <folder>" for a model read in place from Ollama's store)
+    source: str | None = None
 
 
 class TagsResponse(BaseModel):

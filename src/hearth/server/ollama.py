@@ -642,6 +642,7 @@ def list_tags() -> wire.TagsResponse:
                 modified_at=entry.modified.isoformat(),
                 size=entry.size_bytes,
                 digest=entry.sha256 or "",
+                source=entry.source,
                 details=wire.ModelDetails(
                     family=info.architecture,
                     families=[info.architecture],

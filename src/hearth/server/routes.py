@@ -193,9 +193,10 @@ async def metrics(request: Request) -> Response:
     return Response(text, media_type=CONTENT_TYPE)
 
 
-def _model_card(state: ServerState, name: str) -> Model:
+def _model_card(state: ServerState, name: str, owned_by: str = "hearth") -> Model:
     loaded = state.models.get(name)
-    return Model(id=name, created=loaded.created if loaded is not None else state.started)
+    created = loaded.created if loaded is not None else state.started
+    return Model(id=name, created=created, owned_by=owned_by)
 
 
 def _anthropic_card(state: ServerState, name: str) -> anthropic_wire.ModelInfo:
@@ -228,7 +229,10 @@ async def list_models(request: Request) -> JSONResponse:
             last_id=names[-1] if names else None,
         )
         return JSONResponse(page.model_dump(mode="json"))
-    listing = ModelList(data=[_model_card(state, name) for name in names])
+    # A model read in place from Ollama's store is Ollama's: it says so.
+    in_ollama_store = {e.name for e in registry.list_models() if e.in_ollama_store}
+    cards = [_model_card(state, n, "ollama" if n in in_ollama_store else "hearth") for n in names]
+    listing = ModelList(data=cards)
     return JSONResponse(listing.model_dump(mode="json"))
 
 
