@@ -313,3 +313,16 @@ def test_hearth_create_from_a_model_and_from_a_file(
     assert unknown.exit_code == 1 and "unknown model" in unknown.output
     bundled = runner.invoke(cli, ["create", "smollm2:135m", "--from", "base:q2"])
     assert bundled.exit_code == 1 and "bundled model" in bundled.output
+
+
+def test_hearth_create_quantizes() -> None:
+    from hearth.models.gguf_info import read_gguf_info
+
+    made = CliRunner().invoke(
+        cli, ["create", "smol:q8", "--from", "smollm2:135m", "--quantize", "q8_0"]
+    )
+    assert made.exit_code == 0, made.output
+    assert "quantizing model to Q8_0" in made.output and "creating new layer sha256:" in made.output
+    model = registry.find("smol:q8")
+    assert model.path is not None and read_gguf_info(model.path).quantization == "Q8_0"
+    assert model.sha256 == _sha(model.path)
