@@ -10,6 +10,8 @@ In order, on one machine and in one run, so that the ratios compare like with li
 3. With Hearth up but idle: alternating rounds of the bare loop at batch 1 and one Hearth stream,
    for the 1-client decode ratio (the machine's speed drifts more than that gap), then of the
    bare loop at batch N and N Hearth streams (N the largest client count), for the aggregate.
+4. bench/kv_memory.py, with no other server up: KV cache types and layouts (memory, decode
+   speed, quality), and the prompt cache across a restart (TTFT restored vs cold).
 Streams go through a lean client (sse_client.py), a blocking socket on a thread per stream: the
 clients share the cores with the servers.
 Both servers get the same requests, with the end-of-generation tokens banned through logit_bias
@@ -52,6 +54,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+import kv_memory
 from hearth.models.registry import embedded_model_path
 from hearth.settings import physical_cores
 from prompts import chat_messages
@@ -211,6 +214,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="smoke run: clients 1,4, 8 requests, 32 tokens, 1 multi-turn and ceiling repeat, "
         "2 + 1 paired rounds, 1 side-by-side round",
+    )
+    parser.add_argument(
+        "--no-kv-memory",
+        action="store_true",
+        help="skip bench/kv_memory.py (KV cache types and layouts, the restart's TTFT)",
     )
     parser.add_argument(
         "--out", type=Path, default=RESULTS_DIR / "latest.json", help="JSON output path"
@@ -1397,7 +1405,21 @@ def markdown(report: dict[str, Any]) -> str:
         header = ["batch", "decode tok/s", "median step tok/s", "prefill + decode tok/s"]
         header += ["Hearth tok/s"]
         lines += table([*header, "÷ decode", "÷ prefill + decode"], rows)
+    lines += kv_memory.markdown_lines(report.get("kv_memory"))
     return "\n".join(lines) + "\n"
+
+
+def kv_memory_process(args: argparse.Namespace) -> dict[str, Any]:
+    """bench/kv_memory.py in its own process: its JSON report, or {"error": …}."""
+    cmd = [sys.executable, str(BENCH_DIR / "kv_memory.py"), "--json"]
+    if args.quick:
+        cmd.append("--quick")
+    console.print("KV cache types and layouts, and a restart (bench/kv_memory.py)")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        return {"error": f"kv_memory.py exited {done.returncode}: {done.stderr.strip()[-500:]}"}
+    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1421,6 +1443,9 @@ def main(argv: list[str] | None = None) -> int:
     side: dict[str, Any] | None = None
     if args.peer_rounds and set(args.servers) == set(SERVERS):
         side = run_side_by_side(args)
+    kv: dict[str, Any] | None = None
+    if not args.no_kv_memory:  # its own servers and processes, after the others stopped
+        kv = kv_memory_process(args)
 
     report = {
         "machine": machine,
@@ -1445,6 +1470,7 @@ def main(argv: list[str] | None = None) -> int:
         "side_by_side": side,
         "acceptance": acceptance(args, servers.get(HEARTH), ceiling, side),
         "ceiling": ceiling,
+        "kv_memory": kv,
     }
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     text = markdown(report)

@@ -1,10 +1,14 @@
-"""What re-quantizing costs in quality: top-1 agreement with the original model.
+"""What re-quantizing, or a quantized KV cache, costs in quality: top-1 agreement.
 
 Teacher forcing over a fixed text: both models read the same tokens, and at every position we
 compare their most likely next token. 100% means the re-quantized model would have made every
 greedy choice the original makes on this text.
 
     .venv/bin/python bench/quality.py /path/to/requantized.gguf
+    .venv/bin/python bench/quality.py --cache-types    # KV cache types against an f16 cache
+
+With --cache-types the model is the same and only the KV cache's types differ (flash attention
+on for all, as a quantized V cache needs it): the reference keeps K and V in f16.
 """
 
 from __future__ import annotations
@@ -33,7 +37,21 @@ TEXT = (
 )
 
 
-def argmaxes(model_path: Path, threads: int) -> list[int]:
+# --cache-types: (K, V) pairs measured against f16/f16.
+CACHE_TYPES = [("q8_0", "f16"), ("q8_0", "q8_0"), ("q4_0", "f16"), ("q4_0", "q4_0")]
+_GGML_TYPES = {
+    "f16": llama.GGML_TYPE_F16,
+    "q8_0": llama.GGML_TYPE_Q8_0,
+    "q4_0": llama.GGML_TYPE_Q4_0,
+}
+
+
+def argmaxes(
+    model_path: Path,
+    threads: int,
+    cache_types: tuple[str, str] | None = None,
+    flash_attn: int = 1,
+) -> list[int]:
     model = llama.llama_model_load_from_file(
         str(model_path).encode(), llama.llama_model_default_params()
     )
@@ -41,6 +59,9 @@ def argmaxes(model_path: Path, threads: int) -> list[int]:
     params = llama.llama_context_default_params()
     params.n_ctx, params.n_batch, params.n_ubatch = 1024, 1024, 1024
     params.n_threads = params.n_threads_batch = threads
+    if cache_types is not None:
+        params.flash_attn_type = flash_attn  # 1, on: a quantized V cache needs it
+        params.type_k, params.type_v = (_GGML_TYPES[t] for t in cache_types)
     ctx = llama.llama_init_from_model(model, params)
     data = TEXT.encode()
     buffer = (llama.llama_token * 1024)()
@@ -64,13 +85,44 @@ def argmaxes(model_path: Path, threads: int) -> list[int]:
     return best
 
 
+def cache_type_agreement(model_path: Path, threads: int) -> list[dict[str, object]]:
+    """Top-1 agreement of each KV cache type pair with an f16 cache, on the same model."""
+    reference = argmaxes(model_path, threads, ("f16", "f16"))
+    results: list[dict[str, object]] = []
+    # The noise floor: the same f16 cache with flash attention off (another summation order).
+    runs = [("f16", "f16", 0), *((k, v, 1) for k, v in CACHE_TYPES)]
+    for type_k, type_v, flash_attn in runs:
+        candidate = argmaxes(model_path, threads, (type_k, type_v), flash_attn)
+        agree = sum(a == b for a, b in zip(reference, candidate, strict=True))
+        results.append(
+            {
+                "type_k": type_k,
+                "type_v": type_v,
+                "flash_attn": bool(flash_attn),
+                "positions": len(reference),
+                "top1_agreement": round(agree / len(reference), 4),
+            }
+        )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("candidate", type=Path, help="the re-quantized GGUF")
+    parser.add_argument("candidate", type=Path, nargs="?", help="the re-quantized GGUF")
     parser.add_argument("--reference", type=Path, default=None, help="default: embedded model")
     parser.add_argument("--threads", type=int, default=physical_cores())
+    parser.add_argument(
+        "--cache-types", action="store_true", help="compare KV cache types instead of models"
+    )
     args = parser.parse_args()
     init_backend()
+    if args.cache_types:
+        print(
+            json.dumps(cache_type_agreement(args.reference or embedded_model_path(), args.threads))
+        )
+        return
+    if args.candidate is None:
+        parser.error("give the re-quantized GGUF, or --cache-types")
     reference = argmaxes(args.reference or embedded_model_path(), args.threads)
     candidate = argmaxes(args.candidate, args.threads)
     agree = sum(a == b for a, b in zip(reference, candidate, strict=True))
