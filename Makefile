@@ -11,7 +11,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 ARGS ?=
 
-.PHONY: serve test lint typecheck unit bench soak clean
+.PHONY: serve test lint typecheck unit bench soak clean browser web-vendor
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Hearth needs Python 3.11 or newer"; exit 1; }
@@ -38,8 +38,26 @@ typecheck: $(STAMP)
 unit: $(STAMP)  ## The fast tier: no model, no server
 	$(BIN)/pytest tests/unit
 
-test: lint typecheck  ## Everything CI runs: lint, types, unit and real-server tests
-	$(BIN)/pytest $(ARGS)
+# tests/web drive Debian's Chromium (Playwright's own browser download is not used): installed
+# here when missing and the machine allows it (root, apt-get); otherwise a stop that says what to do.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing Debian's chromium for tests/web"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "tests/web need Chromium at $(CHROMIUM), which is missing. Install Debian's chromium"; \
+	    echo "package (sudo apt-get install chromium), or run make test as root to install it."; \
+	    exit 1; \
+	  fi; }
+	@test -x $(CHROMIUM) || { echo "apt-get did not install $(CHROMIUM)"; exit 1; }
+
+web-vendor:  ## Refresh the web page's vendored libraries from npm (pins in scripts/vendor_web.sh)
+	scripts/vendor_web.sh
+
+test: lint typecheck browser  ## Everything CI runs: lint, types, unit, real-server and browser tests
+	HEARTH_TEST_CHROMIUM=$(CHROMIUM) $(BIN)/pytest $(ARGS)
 
 bench: $(BENCH_STAMP)  ## Hearth vs llama-cpp-python's server and bare llama.cpp (ARGS="--quick")
 	$(BIN)/python bench/bench.py $(ARGS)

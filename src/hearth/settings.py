@@ -118,6 +118,9 @@ class ServeSettings(BaseSettings):
     metrics_public: bool = Field(
         False, description="Serve /metrics without an API key even when --api-key is set."
     )
+    no_ui: bool = Field(
+        False, description="Leave out the web page at / (chat, models, pulls); the API stays."
+    )
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger gets 413."
     )

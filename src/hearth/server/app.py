@@ -41,6 +41,7 @@ from hearth.server.routes import (
     openai_router,
 )
 from hearth.server.state import LoadedModel, ServerState
+from hearth.server.web import web_router
 from hearth.settings import ServeSettings, hearth_home
 
 if TYPE_CHECKING:
@@ -251,6 +252,8 @@ def create_app(settings: ServeSettings, state: ServerState | None = None) -> Fas
     app.include_router(extensions_router)
     app.include_router(ollama_router)
     app.include_router(models_router)
+    if not settings.no_ui:
+        app.include_router(web_router())
     # Innermost: its 503 while the server drains still gets CORS headers.
     app.add_middleware(DrainGate)
     if settings.cors_origin:
