@@ -23,6 +23,7 @@ from playwright.sync_api import Browser, Locator, Page, expect
 from hearth.models.registry import GEMMA_MODEL_ID, embedded_model_path
 from tests.models.conftest import SMOL_FILE, SMOL_REPO
 from tests.models.fake_hub import FakeHub, HubBlob, running_hub
+from tests.reasoning_model import write_reasoning_model
 from tests.server.conftest import MODEL, HearthServer, start_server
 from tests.web.conftest import ARTIFACTS, Console, watch_console
 
@@ -426,12 +427,16 @@ def test_a_pull_shows_progress_to_100_then_the_model_is_in_the_picker(tab: Tab, 
 
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HearthServer]:
+    """A server with an API key, serving a reasoning model first (the bundled SmolLM2 with a
+    thinking template, which Hearth ends after --reasoning-budget tokens)."""
     tmp = tmp_path_factory.mktemp("web-key")
-    with start_server(tmp, "--api-key", KEY, "--ctx-size", "512", api_key=KEY) as server:
+    thinker = write_reasoning_model(tmp / "smollm2-thinking.gguf")
+    args = ["--api-key", KEY, "--model", str(thinker), "--reasoning-budget", "4"]
+    with start_server(tmp, *args, "--ctx-size", "512", api_key=KEY) as server:
         yield server
 
 
-def test_with_an_api_key_the_page_asks_for_it_then_works(
+def test_with_an_api_key_the_page_asks_for_it_then_works_and_shows_reasoning(
     browser: Browser, keyed_server: HearthServer
 ) -> None:
     for tab in _open_tab(browser, keyed_server, viewport={"width": 1280, "height": 800}):
@@ -448,10 +453,17 @@ def test_with_an_api_key_the_page_asks_for_it_then_works(
         key.fill(KEY)
         dialog.get_by_label("Save API key").click()
         expect(dialog).to_have_count(0)
-        assert tab.options()[:2] == [MODEL, GEMMA_MODEL_ID]
-        tab.configure(max_tokens=6)
-        tab.send("Say hello.")
+        assert tab.options()[1:3] == [MODEL, GEMMA_MODEL_ID]
+        tab.configure(max_tokens=12)
+        tab.send("What is the capital of France?")
         tab.figures()
+        # The thinking is in a block above the answer, collapsed.
+        reasoning = tab.last_reply().locator("details.reasoning")
+        expect(reasoning).not_to_have_attribute("open", "")
+        expect(reasoning.locator("summary")).to_have_text("Reasoning")
+        reasoning.locator("summary").click()
+        assert reasoning.locator(".markdown").inner_text().strip()
+        assert "<think>" not in tab.last_reply().inner_text()
         # Kept in the browser: a reload asks nothing.
         tab.page.reload()
         expect(tab.page.get_by_label("Model", exact=True)).to_be_enabled()
