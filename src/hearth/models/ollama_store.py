@@ -15,10 +15,12 @@ Hearth never writes here: `hearth rm` refuses these models. `HEARTH_NO_OLLAMA_ST
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +50,9 @@ LAYER_PARAMS = "application/vnd.ollama.image.params"
 LAYER_LICENSE = "application/vnd.ollama.image.license"
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 _TEXT_LIMIT = 1 << 20  # a system prompt or params layer bigger than this is not one
+_FRESH_S = 1.0
+# root -> (when listed, the models): a cache of what is on disk, shared by every caller.
+_LISTINGS: dict[Path, tuple[float, list[OllamaModel]]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +110,16 @@ class OllamaStore:
             return None
 
     def _read(self, manifest: Path) -> OllamaModel | None:
+        """The model a manifest describes. Cached by the manifest's mtime and size: every
+        request's name check lists the models, and blobs never change (content-addressed)."""
+        try:
+            stat = manifest.stat()
+        except OSError:
+            return None
+        model = _read_manifest(self.root, manifest, stat.st_mtime_ns, stat.st_size)
+        return model if model is not None and model.path.is_file() else None
+
+    def _parse(self, manifest: Path) -> OllamaModel | None:
         name = _display_name(manifest.relative_to(self.root / "manifests").parts)
         if name is None:
             return None
@@ -149,6 +164,24 @@ class OllamaStore:
         )
 
     def entries(self) -> list[OllamaModel]:
-        manifests = self.root / "manifests"
-        found = (self._read(path) for path in manifests.rglob("*") if path.is_file())
-        return sorted((m for m in found if m is not None), key=lambda m: m.name.lower())
+        """Every GGUF model in the store, by name; a listing at most _FRESH_S old, since every
+        request's name check asks (a model `ollama pull` just added shows up a second later)."""
+        now = time.monotonic()
+        listed = _LISTINGS.get(self.root)
+        if listed is not None and now - listed[0] < _FRESH_S:
+            return listed[1]
+        # os.walk, not Path.rglob, which is several times slower.
+        paths = (
+            Path(folder, file)
+            for folder, _, files in os.walk(self.root / "manifests")
+            for file in files
+        )
+        found = (self._read(path) for path in paths)
+        models = sorted((m for m in found if m is not None), key=lambda m: m.name.lower())
+        _LISTINGS[self.root] = (now, models)
+        return models
+
+
+@functools.lru_cache(maxsize=1024)
+def _read_manifest(root: Path, manifest: Path, mtime_ns: int, size: int) -> OllamaModel | None:
+    return OllamaStore(root)._parse(manifest)
