@@ -1,4 +1,5 @@
-"""Ollama's POST /api/pull, POST /api/copy and DELETE /api/delete over Hearth's model store.
+"""Ollama's POST /api/pull, POST /api/copy, DELETE /api/delete, POST /api/create and
+/api/blobs/:digest over Hearth's model store.
 
 A pull is `hearth pull`'s own machinery (`models/pull.py`: the Hugging Face hub through
 huggingface_hub, or an OCI registry, Ollama's library or Docker Hub; resumable, sha256-checked)
@@ -13,6 +14,11 @@ its next chunk once every client has left; what arrived stays in `.partial/`, an
 of the file resumes from it.
 
 A copy is `hearth cp`'s (`registry.copy_model`), under a name no request uses yet.
+
+A create is `hearth create`'s (models/create.py): everything is checked before the reply starts,
+then the link (or the quantization) runs on a thread of its own, its steps streamed as
+Ollama's progress lines. A blob is a GGUF kept in `.partial/blobs/` for a create's `files`, once
+its sha256 matches its digest.
 
 A delete is `hearth rm`'s: `registry.removable` decides what may go, and a model this server
 has loaded is unloaded first when idle, refused while requests use it.
