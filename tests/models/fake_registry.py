@@ -95,11 +95,15 @@ class FakeRegistry:
         params: dict[str, Any] | None = None,
         license: str | None = None,
         wrong_digest: bool = False,
+        declared_size: int | None = None,
     ) -> str:
-        """An Ollama-style model; returns its GGUF layer's digest (the one the manifest names)."""
+        """An Ollama-style model; returns its GGUF layer's digest (the one the manifest names).
+        `wrong_digest` and `declared_size` make the manifest lie about the GGUF."""
         blob = HubBlob(path=gguf)
         digest = digest_of(b"not the model") if wrong_digest else None
         layers = [self._layer(OLLAMA_MODEL, blob, digest)]
+        if declared_size is not None:
+            layers[0]["size"] = declared_size
         layers.append(self._text(OLLAMA_TEMPLATE, GO_TEMPLATE))
         if system is not None:
             layers.append(self._text(OLLAMA_SYSTEM, system))

@@ -225,6 +225,17 @@ def test_a_wrong_digest_leaves_nothing(oci: FakeRegistry, tiny_files: dict[str, 
     assert not list(store.staging_dir.iterdir())
 
 
+def test_a_blob_of_another_size_is_refused(oci: FakeRegistry, tiny_files: dict[str, Path]) -> None:
+    gguf = tiny_files["Tiny-1B-Q2_K.gguf"]
+    digest = oci.add_ollama_model(
+        "library/short", "latest", gguf, declared_size=gguf.stat().st_size - 100
+    )
+    with pytest.raises(PullError, match="whose size is"):
+        pull("short")
+    assert len(oci.downloads_of(digest)) == 4  # the first try and three more
+    assert ModelStore(hearth_home()).get("short") is None
+
+
 def test_a_dropped_connection_resumes_within_the_pull(oci: FakeRegistry) -> None:
     smol = registry.embedded_model_path()
     digest = oci.add_ollama_model("library/smol", "latest", smol)

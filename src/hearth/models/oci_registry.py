@@ -225,8 +225,16 @@ class _Registry:
                 ) from exc
             finally:
                 reporter.end_transfer()
-            if file.tell() >= size:
+            if file.tell() == size:
                 return
+            # A body cut short, or longer than the layer, without a transport error: retried as
+            # a drop, then refused (a longer file is discarded at the top of the loop).
+            drops += 1
+            if drops > _RETRIES:
+                raise PullError(
+                    f"{self.ref.host} sent {file.tell()} bytes of {digest}, whose size is {size} "
+                    "(pull again to resume the download)"
+                )
 
 
 def _layers(manifest: dict[str, Any]) -> list[dict[str, Any]]:
