@@ -95,8 +95,8 @@ function App() {
   const [streaming, setStreaming] = useState(null);
   const [sidebarOpen, setSidebarOpen] = useState(false);
   const [showSettings, setShowSettings] = useState(false);
-  const currentRef = useRef(null);
-  currentRef.current = current;
+  // Deleted while a reply was still streaming into them: its end must not store them again.
+  const deleted = useRef(new Set());
 
   const report = useCallback((problem) => {
     if (problem && problem.name === "AbortError") return;
@@ -129,7 +129,7 @@ function App() {
   // streamed delta, which would redraw the whole list many times a second).
   const commit = useCallback((conversation, persist) => {
     setCurrent((open) => (open && open.id === conversation.id ? conversation : open));
-    if (!persist) return;
+    if (!persist || deleted.current.has(conversation.id)) return;
     setConversations((all) => {
       const rest = all.filter((c) => c.id !== conversation.id);
       return conversation.messages.length ? [conversation, ...rest] : rest;
@@ -279,6 +279,8 @@ function App() {
   };
   const remove = async (conversation) => {
     if (!confirm(`Delete “${conversation.title}”?`)) return;
+    deleted.current.add(conversation.id);
+    if (streaming && conversation.id === current.id) streaming.abort();
     try {
       await deleteConversation(conversation.id);
     } catch (problem) {
@@ -292,6 +294,7 @@ function App() {
     try {
       const ids = new Set(conversations.map((c) => c.id));
       const conversation = parseImport(await file.text(), ids);
+      deleted.current.delete(conversation.id);
       await saveConversation(conversation);
       setConversations((all) => [conversation, ...all]);
       setCurrent(conversation);
