@@ -308,7 +308,7 @@ def test_cli_deploys_and_auth_behaves_as_on_one_server(local: Any, tmp_path: Pat
 
 
 def test_failover_when_a_worker_node_leaves(local: Any, client: openai.OpenAI) -> None:
-    health = local.wait_for_replicas(2)
+    local.wait_for_replicas(2)
     conversations = [
         [
             {"role": "system", "content": f"You are helper {i}. " * 8},
@@ -318,9 +318,29 @@ def test_failover_when_a_worker_node_leaves(local: Any, client: openai.OpenAI) -
     ]
     for messages in conversations:
         client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)
-    doomed = health["replicas"][0]
-    local.remove_worker(local.worker_with_node_id(doomed["node_id"]))
-    removed_at = time.monotonic()
+    long_stream = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Write a very long story."}],
+        "max_tokens": 900,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    with (
+        httpx.Client(base_url=local.base_url, timeout=60) as http,
+        http.stream("POST", "/v1/chat/completions", json=long_stream) as streaming,
+    ):
+        lines = streaming.iter_lines()
+        for line in lines:
+            if line.startswith("data:") and '"content"' in line:
+                break
+        # The worker node whose replica is streaming leaves.
+        (doomed,) = [r for r in local.health()["replicas"] if r["slots_in_use"]]
+        local.remove_worker(local.worker_with_node_id(doomed["node_id"]))
+        removed_at = time.monotonic()
+        rest = [line for line in lines if line.startswith("data:")]
+    # The stream ends with the API's error event instead of hanging or stopping mid-event.
+    assert rest and '"no_replica"' in rest[-1], rest[-3:]
+    assert time.monotonic() - removed_at < 30
 
     answered_at: dict[int, float] = {}
     server_errors: list[str] = []

@@ -165,10 +165,10 @@ async def _rest_of(
     try:
         async for chunk in stream:
             yield chunk
-    except (RayActorError, ReplicaUnavailableError) as exc:
+    except (RayError, RayServeException) as exc:  # its node left, or its process died
         logger.warning("A replica failed mid-answer: %s", exc)
         yield _failure_trailer(
-            path, content_type, NoReplicaError("The replica serving this request stopped.")
+            path, content_type, NoReplicaError("The replica serving this request failed.")
         )
     finally:
         # The client left (this generator was cancelled or closed): the replica's request
