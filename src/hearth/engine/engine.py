@@ -164,6 +164,7 @@ class Engine:
         self._requests = RequestStats()  # the event loop's
         # Requests not yet admitted into a slot, with their first sequence: the engine thread's.
         self._queued: dict[_Sink, Sequence] = {}
+        self._saving = False  # the engine thread is writing the prompt cache (at its stop)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -176,6 +177,9 @@ class Engine:
             return
         self._inbox.put(Stop())
         self._thread.join(timeout)
+        if self._thread.is_alive() and self._saving:
+            # Writing the prompt cache to disk ends by itself; the caller frees the context next.
+            self._thread.join()
         self._thread = None
 
     def abort_all(self, error: HearthError) -> None:
@@ -307,11 +311,14 @@ class Engine:
     def _save_prompt_cache(self) -> None:
         # On the engine thread, which owns the context, once nothing runs: unload and stop.
         started = time.perf_counter()
+        self._saving = True
         try:
             saved = self._core.save_prompt_cache()
         except Exception:
             logger.exception("Saving the prompt cache failed")
             return
+        finally:
+            self._saving = False
         if saved:
             logger.info(
                 "Saved the KV caches of %d slots to disk in %.2fs",
