@@ -12,6 +12,8 @@ In order, on one machine and in one run, so that the ratios compare like with li
    bare loop at batch N and N Hearth streams (N the largest client count), for the aggregate.
 4. bench/kv_memory.py, with no other server up: KV cache types and layouts (memory, decode
    speed, quality), and the prompt cache across a restart (TTFT restored vs cold).
+5. bench/speculation.py: one stream with and without speculative decoding (an edit with and
+   without `prediction`, a RAG quote, free story writing), two servers in alternating rounds.
 Streams go through a lean client (sse_client.py), a blocking socket on a thread per stream: the
 clients share the cores with the servers.
 Both servers get the same requests, with the end-of-generation tokens banned through logit_bias
@@ -55,6 +57,7 @@ from rich.progress import (
 )
 
 import kv_memory
+import speculation
 from hearth.models.registry import embedded_model_path
 from hearth.settings import physical_cores
 from prompts import chat_messages
@@ -139,6 +142,7 @@ DEFAULTS: dict[str, Any] = {
     "paired_rounds": 12,
     "paired_rounds_top": 6,
     "peer_rounds": 4,
+    "speculation_rounds": 3,
 }
 QUICK: dict[str, Any] = {
     "clients": [1, 4],
@@ -149,6 +153,7 @@ QUICK: dict[str, Any] = {
     "paired_rounds": 2,
     "paired_rounds_top": 1,
     "peer_rounds": 1,
+    "speculation_rounds": 1,
 }
 
 
@@ -219,6 +224,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-kv-memory",
         action="store_true",
         help="skip bench/kv_memory.py (KV cache types and layouts, the restart's TTFT)",
+    )
+    parser.add_argument(
+        "--speculation-rounds",
+        type=non_negative_int,
+        help="paired rounds of bench/speculation.py's cases; 0 skips them (3)",
     )
     parser.add_argument(
         "--out", type=Path, default=RESULTS_DIR / "latest.json", help="JSON output path"
@@ -1406,6 +1416,9 @@ def markdown(report: dict[str, Any]) -> str:
         header += ["Hearth tok/s"]
         lines += table([*header, "÷ decode", "÷ prefill + decode"], rows)
     lines += kv_memory.markdown_lines(report.get("kv_memory"))
+    spec = report.get("speculation")
+    if spec is not None:
+        lines += ["", spec["error"] if "error" in spec else speculation.markdown(spec)]
     return "\n".join(lines) + "\n"
 
 
@@ -1446,6 +1459,13 @@ def main(argv: list[str] | None = None) -> int:
     kv: dict[str, Any] | None = None
     if not args.no_kv_memory:  # its own servers and processes, after the others stopped
         kv = kv_memory_process(args)
+    spec: dict[str, Any] | None = None
+    if args.speculation_rounds:
+        console.print("Speculative decoding, one stream (bench/speculation.py)")
+        try:
+            spec = speculation.run_speculation(args.speculation_rounds, args.threads)
+        except (RuntimeError, OSError, httpx.HTTPError) as exc:
+            spec = {"error": f"speculation: {type(exc).__name__}: {exc}"}
 
     report = {
         "machine": machine,
@@ -1471,6 +1491,7 @@ def main(argv: list[str] | None = None) -> int:
         "acceptance": acceptance(args, servers.get(HEARTH), ceiling, side),
         "ceiling": ceiling,
         "kv_memory": kv,
+        "speculation": spec,
     }
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     text = markdown(report)

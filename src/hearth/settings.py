@@ -164,6 +164,12 @@ class ServeSettings(BaseSettings):
         "KV caches saved at unload and on a graceful stop, restored when a prompt starts with "
         "one; least recently used evicted. 0: off.",
     )
+    speculation: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Speculative decoding from the request's own text (its 'prediction', or "
+        "n-grams of prompt and output): 'auto' drafts while few requests decode and drafts are "
+        "accepted, 'on' always, 'off' never. The output is the same either way.",
+    )
     quantize: Literal["none", "q8_0", "q4_0"] = Field(
         "none",
         description="Serve the model re-quantized to a type with fast batched CPU kernels "

@@ -47,7 +47,8 @@ class FakeRunner:
         row = -1
         for chunk in chunks:
             row += len(chunk.tokens)
-            self._row_to_first_token[row] = chunk.sequence.prompt[0]
+            for draft_row in range(row - chunk.n_draft, row + 1):  # a draft's rows have logits
+                self._row_to_first_token[draft_row] = chunk.sequence.prompt[0]
         return 0
 
     def new_sampler(self, params: SamplingParams) -> object:

@@ -23,6 +23,13 @@ from typing import Generic, Protocol, TypeVar
 
 from hearth.engine.prompt_disk import PromptDiskCache, SavedPrefix
 from hearth.engine.scheduler import Chunk, KvCopy, KvRestore, Scheduler, Sequence, StepPlan
+from hearth.engine.speculative import (
+    AUTO_MAX_DECODING,
+    Drafter,
+    DraftLength,
+    DraftSource,
+    SpeculationMode,
+)
 from hearth.engine.text import StopMatcher, ThinkingTracker, Utf8Stream
 from hearth.engine.types import (
     BatchBudget,
@@ -101,6 +108,12 @@ class _Choice:
     completion_tokens: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet sent with text
     done: bool = False
+    last_token: int = -1  # the token sampled (or written) last
+    drafter: Drafter | None = None  # speculation: where drafts come from, and how long
+    draft_length: DraftLength | None = None
+    draft_source: DraftSource | None = None  # of the draft in this step's batch
+    accepted_prediction: int = 0
+    rejected_prediction: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -136,8 +149,10 @@ class EngineCore(Generic[SinkT]):
         queue_timeout_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         prompt_disk: PromptDiskCache | None = None,
+        speculation: SpeculationMode = SpeculationMode.OFF,
     ) -> None:
         self.runner = runner
+        self.speculation = speculation
         self.scheduler = Scheduler(n_slots, budget)
         self.prompt_disk = prompt_disk
         if prompt_disk is not None:
@@ -217,6 +232,8 @@ class EngineCore(Generic[SinkT]):
         # This runs between two llama_decode calls, while the other compute threads wait: the
         # work between the decode and the samples, and the bookkeeping, are kept to a minimum.
         expired = self._expire_waiting() if self.scheduler.waiting else []
+        if self.speculation is not SpeculationMode.OFF:
+            self._plan_drafts()
         plan = self.scheduler.schedule()
         restored = True
         for op in plan.kv_ops:
@@ -249,7 +266,10 @@ class EngineCore(Generic[SinkT]):
                 for other in gen.choices[1:]:
                     self.scheduler.fork(other.sequence, chunk.sequence)
                     outputs.extend(self._sample(gen, other, row))
-            outputs.extend(self._sample(gen, choice, row))
+            if chunk.n_draft:
+                outputs.extend(self._verify(gen, choice, chunk, row))
+            else:
+                outputs.extend(self._sample(gen, choice, row))
         self._record_batch(plan, row + 1)
         self._refresh_gauges()
         return outputs
@@ -295,6 +315,9 @@ class EngineCore(Generic[SinkT]):
             choice.stops = StopMatcher(choice.params.stop)
             if choice.params.reasoning is not None:
                 choice.thinking = ThinkingTracker(choice.params.reasoning)
+            if self.speculation is not SpeculationMode.OFF:
+                choice.drafter = Drafter(gen.request.prompt_tokens, gen.request.prediction)
+                choice.draft_length = DraftLength(self.speculation)
         self.stats.prompt_tokens_total += len(gen.request.prompt_tokens)
         self.stats.prompt_tokens_cached_total += gen.first.cached_tokens
 
@@ -312,6 +335,11 @@ class EngineCore(Generic[SinkT]):
             self.runner.accept(choice.sampler, token)
         else:
             token = self.runner.sample(choice.sampler, row)
+        choice.last_token = token
+        if choice.drafter is not None:
+            choice.drafter.push(token)
+            assert choice.draft_length is not None
+            choice.draft_length.produced(1)
         choice.completion_tokens += 1
         self.stats.generated_tokens_total += 1
 
@@ -337,6 +365,67 @@ class EngineCore(Generic[SinkT]):
         if not text:
             return []
         return [(gen.sink, self._output(gen, choice, text, None))]
+
+    # -- speculation (engine/speculative.py) ---------------------------------------------------
+
+    def _plan_drafts(self) -> None:
+        """Give each decoding sequence a draft to verify in the next step, where it may pay."""
+        decoding = [seq for seq in self.scheduler.running if seq.next_token is not None]
+        if self.speculation is SpeculationMode.AUTO and len(decoding) > AUTO_MAX_DECODING:
+            return
+        n_ctx = self.runner.n_ctx_per_slot
+        for seq in decoding:
+            choice = self._choice_of[seq][1]
+            drafter, lengths, slot = choice.drafter, choice.draft_length, seq.slot
+            if drafter is None or lengths is None or slot is None or not lengths.allowed():
+                continue
+            # The pending token takes a cell and a token of max_tokens; the draft gets the rest.
+            room = min(
+                n_ctx - len(slot.cached) - 1,
+                choice.params.max_tokens - choice.completion_tokens - 1,
+            )
+            draft = drafter.draft(room)
+            if draft is not None:
+                seq.draft = draft.tokens[: lengths.length(draft.source)]
+                choice.draft_source = draft.source
+
+    def _verify(
+        self, gen: _Generation[SinkT], choice: _Choice, chunk: Chunk, row: int
+    ) -> list[tuple[SinkT, RequestOutput]]:
+        """Sample row by row while the samples equal the draft (`row` is the chunk's last), keep
+        what was accepted, and remove the rejected rows from the KV cache."""
+        n_draft = chunk.n_draft
+        draft = chunk.tokens[-n_draft:]
+        slot = self.scheduler.slots[chunk.seq_id]
+        del slot.cached[chunk.start_pos + 1 :]  # a draft token is cached once it is accepted
+        outputs: list[tuple[SinkT, RequestOutput]] = []
+        accepted = 0
+        for i in range(n_draft + 1):
+            outputs.extend(self._sample(gen, choice, row - n_draft + i))
+            if choice.done or i == n_draft or choice.last_token != draft[i]:
+                break
+            slot.cached.append(draft[i])
+            accepted += 1
+        if accepted < n_draft:
+            self.runner.kv_trim(chunk.seq_id, len(slot.cached))
+        self.stats.draft_tokens_total += n_draft
+        self.stats.draft_tokens_accepted_total += accepted
+        source = choice.draft_source or DraftSource.LOOKUP
+        if source is DraftSource.PREDICTION:
+            choice.accepted_prediction += accepted
+            choice.rejected_prediction += n_draft - accepted
+        if choice.draft_length is not None:
+            choice.draft_length.verified(source, n_draft, accepted)
+        if not outputs:
+            return outputs
+        # One output per step, as without a draft: the text of every token kept.
+        sink, last = outputs[-1]
+        if len(outputs) > 1:
+            last.text = "".join(output.text for _, output in outputs)
+            last.logprobs = tuple(lp for _, output in outputs for lp in output.logprobs)
+        last.accepted_prediction_tokens = choice.accepted_prediction
+        last.rejected_prediction_tokens = choice.rejected_prediction
+        return [(sink, last)]
 
     def _finish(
         self, gen: _Generation[SinkT], choice: _Choice, text: str, reason: FinishReason
@@ -393,6 +482,8 @@ class EngineCore(Generic[SinkT]):
             logprobs=logprobs,
             stop_sequence=stop_sequence,
             reasoning_tokens=choice.thinking.tokens if choice.thinking is not None else 0,
+            accepted_prediction_tokens=choice.accepted_prediction,
+            rejected_prediction_tokens=choice.rejected_prediction,
         )
 
     # -- failures and bookkeeping ------------------------------------------------------------

@@ -29,6 +29,7 @@ from hearth.engine.commands import Abort, AbortAll, Stop
 from hearth.engine.core import EngineCore, ModelRunner
 from hearth.engine.prompt_disk import PromptDiskCache
 from hearth.engine.scheduler import Sequence
+from hearth.engine.speculative import SpeculationMode
 from hearth.engine.types import (
     BatchBudget,
     EngineStats,
@@ -149,9 +150,15 @@ class Engine:
         budget: BatchBudget,
         policy: QueuePolicy,
         prompt_disk: PromptDiskCache | None = None,
+        speculation: SpeculationMode = SpeculationMode.OFF,
     ) -> None:
         self._core: EngineCore[_Sink] = EngineCore(
-            runner, n_slots, budget, queue_timeout_s=policy.timeout_s, prompt_disk=prompt_disk
+            runner,
+            n_slots,
+            budget,
+            queue_timeout_s=policy.timeout_s,
+            prompt_disk=prompt_disk,
+            speculation=speculation,
         )
         # Requests between generate() and their end, counted on the event loop: a bound that
         # holds exactly, with no round trip to the engine thread.

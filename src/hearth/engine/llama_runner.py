@@ -176,6 +176,9 @@ class LlamaRunner:
                 i += 1
             if chunk.wants_logits:
                 logits[i - 1] = 1
+            if chunk.n_draft:  # a draft is verified row by row: its rows and the one before
+                for row in range(i - chunk.n_draft - 1, i - 1):
+                    logits[row] = 1
         batch.n_tokens = i
         return int(llama.llama_decode(self._ctx, batch))
 

@@ -23,7 +23,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable
 from collections.abc import Sequence as SequenceType
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hearth.engine.types import BatchBudget
 
@@ -60,6 +60,7 @@ class Sequence:
     prompt: tuple[int, ...]
     slot: Slot | None = None
     next_token: int | None = None  # sampled, not yet in the KV cache
+    draft: tuple[int, ...] = ()  # guessed tokens after next_token, to verify in the same step
     cached_tokens: int = 0  # prompt tokens reused from the slot's cache
     index: int = 0  # which choice of its request
     forks: tuple[Sequence, ...] = ()  # the other choices, which start from this one's prompt
@@ -83,6 +84,7 @@ class Chunk:
     start_pos: int
     tokens: SequenceType[int]
     wants_logits: bool
+    n_draft: int = 0  # the last n_draft tokens are a draft: they and the row before want logits
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,11 +202,15 @@ class Scheduler:
         kv_ops += self._admit()
         chunks: list[Chunk] = []
         budget = self.budget.max_batch_tokens
+        drafting = False
         for seq in self.running:
             if seq.next_token is not None:
                 slot = _slot_of(seq)
                 chunks.append(Chunk(seq, slot.seq_id, len(slot.cached), (seq.next_token,), True))
+                drafting |= bool(seq.draft)
         budget -= len(chunks)
+        if drafting:
+            budget = self._add_drafts(chunks, budget)
         prefill_budget = min(budget, self.budget.max_prefill_tokens) if chunks else budget
         prompt_tokens = 0
         for seq in self.running:
@@ -224,6 +230,21 @@ class Scheduler:
         # pass over the weights per break.
         chunks.sort(key=_chunk_seq_id)
         return StepPlan(chunks=chunks, kv_ops=kv_ops, prompt_tokens=prompt_tokens)
+
+    def _add_drafts(self, chunks: list[Chunk], budget: int) -> int:
+        """Put each decoding sequence's draft after its pending token, within what the budget
+        leaves once waiting prompts had their share (a draft is a bet; a prompt is owed)."""
+        spare = budget
+        if any(seq.prefilling for seq in self.running):
+            spare -= self.budget.max_prefill_tokens
+        for i, chunk in enumerate(chunks):
+            seq = chunk.sequence
+            draft, seq.draft = seq.draft[: max(spare, 0)], ()
+            if draft:
+                chunks[i] = replace(chunk, tokens=(*chunk.tokens, *draft), n_draft=len(draft))
+                spare -= len(draft)
+                budget -= len(draft)
+        return budget
 
     def commit(self, plan: StepPlan) -> None:
         """Record that every chunk of `plan` is now in the KV cache."""

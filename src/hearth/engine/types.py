@@ -90,6 +90,7 @@ class GenerationRequest:
     prompt_tokens: tuple[int, ...]
     params: SamplingParams
     n: int = 1
+    prediction: tuple[int, ...] = ()  # the expected output's tokens: drafts to verify
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,8 @@ class RequestOutput:
     logprobs: tuple[TokenLogprob, ...] = ()  # for the tokens behind `text`, when asked for
     stop_sequence: str | None = None  # the stop string that ended it, with FinishReason.STOP
     reasoning_tokens: int = 0  # of completion_tokens, those generated inside a thinking block
+    accepted_prediction_tokens: int = 0  # drafts from the prediction the model agreed with
+    rejected_prediction_tokens: int = 0  # drafts from the prediction it decoded and refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,5 +157,7 @@ class EngineStats:
     prompt_tokens_cached_total: int = 0
     prompt_tokens_decoded_total: int = 0  # prompt tokens that went through llama_decode
     generated_tokens_total: int = 0
+    draft_tokens_total: int = 0  # speculative draft tokens verified
+    draft_tokens_accepted_total: int = 0  # of those, the ones kept
     requests_finished: int = 0
     batch_size_histogram: dict[int, int] = field(default_factory=dict)

@@ -56,6 +56,13 @@ class TextContentPart(_Lenient):
     text: str
 
 
+class PredictionContent(_Request):
+    """https://platform.openai.com/docs/api-reference/chat/create#chat-create-prediction"""
+
+    type: Literal["content"]
+    content: str | list[TextContentPart]
+
+
 class ImageContentPart(_Lenient):
     type: Literal["image_url"]
     image_url: dict[str, Any]
@@ -158,7 +165,7 @@ class ChatCompletionRequest(_Request):
     modalities: list[str] | None = None
     n: int | None = Field(None, ge=1, le=128)
     parallel_tool_calls: bool | None = None
-    prediction: dict[str, Any] | None = None
+    prediction: PredictionContent | None = None
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     prompt_cache_key: str | None = None
     reasoning_effort: str | None = None
@@ -238,12 +245,20 @@ class PromptTokensDetails(BaseModel):
     cached_tokens: int = 0
 
 
+class CompletionTokensDetails(BaseModel):
+    accepted_prediction_tokens: int = 0
+    audio_tokens: int | None = None
+    reasoning_tokens: int = 0
+    rejected_prediction_tokens: int = 0
+
+
 class Usage(BaseModel):
     """https://platform.openai.com/docs/api-reference/chat/object#chat/object-usage"""
 
     completion_tokens: int
     prompt_tokens: int
     total_tokens: int
+    completion_tokens_details: CompletionTokensDetails | None = None
     prompt_tokens_details: PromptTokensDetails | None = None
 
 

@@ -61,6 +61,7 @@ def load_model(settings: ServeSettings, devices: list[Device], spec: ModelSpec) 
     """Load one model and build its engine (not started). Blocking: call it off the event loop."""
     from hearth.engine.engine import Engine
     from hearth.engine.llama_runner import LlamaRunner, RunnerConfig
+    from hearth.engine.speculative import SpeculationMode
     from hearth.engine.types import BatchBudget, QueuePolicy
 
     model = registry.resolve(spec.source)
@@ -116,6 +117,7 @@ def load_model(settings: ServeSettings, devices: list[Device], spec: ModelSpec) 
             budget,
             QueuePolicy(max_waiting=settings.max_queue, timeout_s=settings.queue_timeout),
             prompt_disk=_prompt_disk(settings, model_path, runner.n_ctx_per_slot),
+            speculation=SpeculationMode(settings.speculation),
         ),
         chat_template=template,
         preset=spec.preset,

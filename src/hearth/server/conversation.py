@@ -152,3 +152,4 @@ class Conversation:
     messages_param: str = "messages"  # where the messages came from, for errors
     reasoning: Reasoning = field(default_factory=Reasoning)
     template_kwargs: dict[str, Any] | None = None  # checked against what the template reads
+    prediction: str | None = None  # the expected output (Predicted Outputs): speculation drafts

@@ -72,8 +72,6 @@ def _refuse_unservable_fields(req: ChatCompletionRequest) -> None:
         raise unsupported("audio", "this model produces text only.")
     if req.modalities and any(m != "text" for m in req.modalities):
         raise unsupported("modalities", "this model produces text only.")
-    if req.prediction is not None:
-        raise unsupported("prediction", "predicted outputs are not served.")
     if req.web_search_options is not None:
         raise unsupported("web_search_options", "a local server does not search the web.")
     if req.verbosity not in (None, "medium"):
@@ -252,7 +250,15 @@ def chat_conversation(req: ChatCompletionRequest) -> Conversation:
         user=req.user or req.safety_identifier,
         reasoning=Reasoning.from_effort(req.reasoning_effort, "reasoning_effort"),
         template_kwargs=req.chat_template_kwargs,
+        prediction=_prediction_text(req.prediction),
     )
+
+
+def _prediction_text(prediction: wire.PredictionContent | None) -> str | None:
+    if prediction is None:
+        return None
+    content = prediction.content
+    return content if isinstance(content, str) else "".join(part.text for part in content)
 
 
 # -- the renderer ------------------------------------------------------------------------------
@@ -292,7 +298,16 @@ async def serve_chat(
 
 
 def _usage(totals: UsageTotals) -> wire.Usage:
-    return wire_usage(totals.prompt_tokens, totals.cached_tokens, totals.total_completion_tokens)
+    return wire_usage(
+        totals.prompt_tokens,
+        totals.cached_tokens,
+        totals.total_completion_tokens,
+        details=wire.CompletionTokensDetails(
+            accepted_prediction_tokens=sum(totals.accepted_prediction_tokens.values()),
+            reasoning_tokens=totals.total_reasoning_tokens,
+            rejected_prediction_tokens=sum(totals.rejected_prediction_tokens.values()),
+        ),
+    )
 
 
 def _chat_choice(index: int, choice: ChoiceResult, *, logprobs: bool) -> wire.ChatChoice:

@@ -70,11 +70,17 @@ def check_stream_options(stream: bool | None, options: object | None) -> None:
         )
 
 
-def wire_usage(prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> wire.Usage:
+def wire_usage(
+    prompt_tokens: int,
+    cached_tokens: int,
+    completion_tokens: int,
+    details: wire.CompletionTokensDetails | None = None,
+) -> wire.Usage:
     return wire.Usage(
         completion_tokens=completion_tokens,
         prompt_tokens=prompt_tokens,
         total_tokens=prompt_tokens + completion_tokens,
+        completion_tokens_details=details,
         prompt_tokens_details=wire.PromptTokensDetails(cached_tokens=cached_tokens),
     )
 

@@ -98,7 +98,9 @@ def prepare_turn(state: ServerState, conversation: Conversation, *, id_prefix: s
         logger.info("%s for user %r (n=%d)", request_id, conversation.user, n)
     return PreparedTurn(
         model,
-        GenerationRequest(request_id, tuple(tokens), params, n=n),
+        GenerationRequest(
+            request_id, tuple(tokens), params, n=n, prediction=_prediction(model, conversation)
+        ),
         parse_tools=plan.offered,
     )
 
@@ -420,6 +422,14 @@ def _render(
     return model.chat_template.render(
         messages, add_generation_prompt=True, tools=native_tools, extra=template_kwargs
     )
+
+
+def _prediction(model: LoadedModel, conversation: Conversation) -> tuple[int, ...]:
+    # Plain text, as the model would write it: special tokens are not parsed from it.
+    if not conversation.prediction:
+        return ()
+    tokens = model.runner.tokenize(conversation.prediction, add_special=False, parse_special=False)
+    return tuple(tokens)
 
 
 def _tokenize(model: LoadedModel, text: str) -> list[int]:

@@ -110,6 +110,8 @@ def _engine_fields(stats: EngineStats) -> dict[str, Any]:
         "prompt_tokens_cached_total": stats.prompt_tokens_cached_total,
         "prompt_tokens_decoded_total": stats.prompt_tokens_decoded_total,
         "generated_tokens_total": stats.generated_tokens_total,
+        "draft_tokens_total": stats.draft_tokens_total,
+        "draft_tokens_accepted_total": stats.draft_tokens_accepted_total,
         "requests_finished": stats.requests_finished,
         "batch_size_histogram": {str(k): v for k, v in stats.batch_size_histogram.items()},
     }

@@ -185,6 +185,8 @@ class UsageTotals:
     cached_tokens: int = 0
     completion_tokens: dict[int, int] = field(default_factory=dict)  # by choice index
     reasoning_tokens: dict[int, int] = field(default_factory=dict)  # by choice index
+    accepted_prediction_tokens: dict[int, int] = field(default_factory=dict)  # by choice index
+    rejected_prediction_tokens: dict[int, int] = field(default_factory=dict)  # by choice index
     prompts_seen: set[int] = field(default_factory=set)
 
     def add(self, output: RequestOutput, prompt_index: int = 0) -> None:
@@ -194,6 +196,8 @@ class UsageTotals:
             self.cached_tokens += output.cached_tokens
         self.completion_tokens[output.index] = output.completion_tokens
         self.reasoning_tokens[output.index] = output.reasoning_tokens
+        self.accepted_prediction_tokens[output.index] = output.accepted_prediction_tokens
+        self.rejected_prediction_tokens[output.index] = output.rejected_prediction_tokens
 
     @property
     def total_completion_tokens(self) -> int:

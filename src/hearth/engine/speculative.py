@@ -1,0 +1,190 @@
+"""Speculative decoding without a second model: drafts from the request's own text.
+
+A draft is a guess at the next tokens of one sequence. The engine decodes the sequence's
+pending token and the draft as rows of one `llama_decode` (logits on every row), then verifies
+them in order: at row i it samples the next token from the request's own sampler chain, exactly
+as without speculation, and moves on to row i + 1 only while the sampled token equals draft
+token i. The first token that differs (or the token after a wholly accepted draft) is kept too;
+the KV cells of the rejected rows are removed (`llama_memory_seq_rm`).
+
+Why the output is distributed exactly as without speculation: a draft from text is a point
+mass q = δ(d). The speculative-sampling rule (Leviathan et al., Chen et al.) accepts d with
+probability min(1, p(d) / q(d)) = p(d), and on rejection samples from max(0, p − q)
+renormalised, which is p with d removed and renormalised. Sampling x ~ p and accepting iff
+x = d does both at once: P(accept) = p(d), and a rejected x is p conditioned on x ≠ d. Here p is
+whatever the chain samples from (penalties, grammar, logit bias, top-k, top-p, min-p,
+temperature), so every sampler is honoured, and the chain only ever accepts the tokens that
+are kept, so penalty and grammar state never see a rejected draft. At temperature 0 the kept
+tokens are the greedy ones; with a seed, even the random draws happen in the same order.
+
+Where drafts come from (`Drafter`):
+- the request's `prediction` (OpenAI's Predicted Outputs), followed with a cursor that moves
+  as the output agrees with it, and found again after the output departs from it;
+- else prompt lookup: the last n tokens of the prompt + output so far, looked up in that same
+  text, and what followed their latest earlier occurrence.
+
+How much to draft (`DraftLength`): drafts cost rows in the batch, so in `auto` a sequence drafts
+only while few sequences decode and its drafts are being accepted; the length grows while whole
+drafts are accepted and shrinks when they are not.
+"""
+
+from __future__ import annotations
+
+import enum
+from bisect import bisect_left
+from dataclasses import dataclass
+
+__all__ = [
+    "AUTO_MAX_DECODING",
+    "Draft",
+    "DraftLength",
+    "DraftSource",
+    "Drafter",
+    "SpeculationMode",
+]
+
+# The n-gram sizes looked up, longest first; a single token matches too often to be worth a row.
+NGRAM_MAX = 3
+NGRAM_MIN = 2
+# After the output departs from the prediction (a renamed variable), the next token is looked
+# for this far ahead of where they parted, before any n-gram search of the whole prediction.
+RESYNC_WINDOW = 16
+# In auto, sequences draft only while at most this many decode in a step: beyond it the rows
+# are better spent on other sequences (batching already uses the compute).
+AUTO_MAX_DECODING = 4
+
+
+class SpeculationMode(enum.StrEnum):
+    AUTO = "auto"  # draft while the batch has room and drafts are being accepted
+    ON = "on"  # always draft when a draft exists
+    OFF = "off"  # never (a prediction is then accepted and ignored)
+
+
+class DraftSource(enum.Enum):
+    PREDICTION = "prediction"
+    LOOKUP = "lookup"
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    tokens: tuple[int, ...]
+    source: DraftSource
+
+
+class Drafter:
+    """Drafts for one choice from its prediction and from its prompt + output so far. The engine
+    pushes every token the choice produces (`push`) and asks for a draft before each step."""
+
+    def __init__(self, prompt: tuple[int, ...], prediction: tuple[int, ...] = ()) -> None:
+        self._text: list[int] = []
+        # n-gram -> where what followed its latest occurrence starts, in _text
+        self._follows: dict[tuple[int, ...], int] = {}
+        for token in prompt:
+            self.push_context(token)
+        self._prediction = prediction
+        # n-gram -> every position in the prediction right after one of its occurrences
+        self._prediction_follows: dict[tuple[int, ...], list[int]] = {}
+        for n in range(NGRAM_MIN, NGRAM_MAX + 1):
+            for end in range(n, len(prediction)):
+                key = prediction[end - n : end]
+                self._prediction_follows.setdefault(key, []).append(end)
+        self._cursor: int | None = 0 if prediction else None  # next prediction token expected
+        self._parted_at = 0  # where the output last departed from the prediction
+
+    def push_context(self, token: int) -> None:
+        """Append a token of the prompt or the output to the text that lookups search."""
+        text = self._text
+        text.append(token)
+        end = len(text) - 1  # n-grams ending just before this token are followed by it
+        for n in range(NGRAM_MIN, NGRAM_MAX + 1):
+            if end >= n:
+                self._follows[tuple(text[end - n : end])] = end
+
+    def push(self, token: int) -> None:
+        """The choice produced `token`."""
+        self.push_context(token)
+        cursor = self._cursor
+        if cursor is not None:
+            if cursor < len(self._prediction) and self._prediction[cursor] == token:
+                self._cursor = cursor + 1
+            else:
+                self._cursor = None
+                self._parted_at = cursor
+
+    def draft(self, max_tokens: int) -> Draft | None:
+        if max_tokens <= 0:
+            return None
+        if self._prediction:
+            cursor = self._cursor if self._cursor is not None else self._find_in_prediction()
+            self._cursor = cursor
+            if cursor is not None and cursor < len(self._prediction):
+                return Draft(self._prediction[cursor : cursor + max_tokens], DraftSource.PREDICTION)
+        text = self._text
+        for n in range(NGRAM_MAX, NGRAM_MIN - 1, -1):
+            if len(text) <= n:
+                continue
+            start = self._follows.get(tuple(text[-n:]))
+            if start is not None:
+                return Draft(tuple(text[start : start + max_tokens]), DraftSource.LOOKUP)
+        return None
+
+    def _find_in_prediction(self) -> int | None:
+        """Where in the prediction the output goes on, after it departed from it: its last token
+        a little ahead of where they parted, else its last n-gram, nearest after that."""
+        text, prediction, parted = self._text, self._prediction, self._parted_at
+        last = text[-1]
+        for position in range(parted, min(parted + RESYNC_WINDOW, len(prediction))):
+            if prediction[position] == last:
+                return position + 1
+        for n in range(NGRAM_MAX, NGRAM_MIN - 1, -1):
+            positions = self._prediction_follows.get(tuple(text[-n:]))
+            if positions:
+                after = bisect_left(positions, parted)
+                return positions[after] if after < len(positions) else positions[-1]
+        return None
+
+
+# Draft lengths: the first try, the ceiling, and how far a sequence backs off after rejections.
+_START = {DraftSource.PREDICTION: 8, DraftSource.LOOKUP: 4}
+_MAX = {DraftSource.PREDICTION: 32, DraftSource.LOOKUP: 16}
+_MIN = 2
+_PAUSE_AFTER_MISSES = 2  # drafts in a row with nothing accepted before auto pauses drafting
+_PAUSE_MAX = 64  # the longest pause, in produced tokens
+
+
+class DraftLength:
+    """How many draft tokens one choice tries next: doubled after a wholly accepted draft, cut
+    to what was accepted + 1 otherwise. In auto, drafts that keep failing pause drafting for a
+    while (doubling, up to _PAUSE_MAX tokens), so free text pays almost nothing."""
+
+    def __init__(self, mode: SpeculationMode) -> None:
+        self._mode = mode
+        self._length = dict(_START)
+        self._misses = 0
+        self._pause = 0  # tokens to produce before drafting again
+        self._next_pause = 4
+
+    def allowed(self) -> bool:
+        return self._pause <= 0
+
+    def length(self, source: DraftSource) -> int:
+        return self._length[source]
+
+    def produced(self, count: int) -> None:
+        """`count` tokens were produced in a step without a draft."""
+        self._pause -= count
+
+    def verified(self, source: DraftSource, drafted: int, accepted: int) -> None:
+        if accepted == drafted:
+            self._length[source] = min(_MAX[source], max(self._length[source], drafted) * 2)
+        else:
+            self._length[source] = max(_MIN, accepted + 1)
+        if accepted:
+            self._misses = 0
+            self._next_pause = 4
+            return
+        self._misses += 1
+        if self._mode is SpeculationMode.AUTO and self._misses >= _PAUSE_AFTER_MISSES:
+            self._pause = self._next_pause
+            self._next_pause = min(_PAUSE_MAX, self._next_pause * 2)
+            self._misses = 0

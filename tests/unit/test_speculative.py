@@ -1,0 +1,342 @@
+"""Speculative decoding from the request's own text: drafting, verification, and the output
+it must leave unchanged (token for token, and in distribution)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence as SequenceType
+from dataclasses import dataclass, field
+
+from hearth.engine.core import EngineCore
+from hearth.engine.scheduler import Chunk, Scheduler, Sequence
+from hearth.engine.speculative import (
+    AUTO_MAX_DECODING,
+    Drafter,
+    DraftLength,
+    DraftSource,
+    SpeculationMode,
+)
+from hearth.engine.types import BatchBudget, GenerationRequest, RequestOutput, SamplingParams
+from tests.stats import goodness_of_fit, homogeneity
+from tests.unit.fake_runner import EOG, FakeRunner, text_tokens
+from tests.unit.test_engine_core import joined, run
+
+
+def tokens(text: str) -> tuple[int, ...]:
+    return tuple(text_tokens(text))
+
+
+def spec_request(
+    rid: str, prompt: str, prediction: str = "", **params: object
+) -> GenerationRequest:
+    sampling = SamplingParams(**{"max_tokens": 64, **params})  # type: ignore[arg-type]
+    return GenerationRequest(rid, tokens(prompt), sampling, prediction=tokens(prediction))
+
+
+def generate(
+    script: str, request: GenerationRequest, mode: SpeculationMode, **runner_args: object
+) -> tuple[list[RequestOutput], FakeRunner]:
+    runner = FakeRunner(scripts={request.prompt_tokens[0]: [*text_tokens(script), EOG]})
+    for name, value in runner_args.items():
+        setattr(runner, name, value)
+    core: EngineCore[str] = EngineCore(runner, 2, BatchBudget(64, 16), speculation=mode)
+    core.add(request, "r")
+    return run(core)["r"], runner
+
+
+def draft_chunks(runner: FakeRunner) -> list[Chunk]:
+    return [chunk for step in runner.decoded for chunk in step if chunk.n_draft]
+
+
+# -- drafting -------------------------------------------------------------------------------
+
+
+def test_prompt_lookup_drafts_what_followed_the_last_ngram() -> None:
+    drafter = Drafter(tokens("the cat sat on the mat. the cat"))
+    draft = drafter.draft(6)
+    assert draft is not None
+    assert draft.source is DraftSource.LOOKUP
+    assert bytes(draft.tokens) == b" sat o"
+
+
+def test_prompt_lookup_finds_nothing_in_new_text() -> None:
+    assert Drafter(tokens("abcdefgh")).draft(4) is None
+
+
+def test_output_tokens_become_lookup_text() -> None:
+    drafter = Drafter(tokens("Q: "))
+    for token in tokens("xyz-xy"):
+        drafter.push(token)
+    draft = drafter.draft(3)
+    assert draft is not None and bytes(draft.tokens) == b"z-x"
+
+
+def test_prediction_is_drafted_from_a_cursor_that_follows_the_output() -> None:
+    drafter = Drafter(tokens("rewrite it"), prediction=tokens("def f(count): return count"))
+    first = drafter.draft(4)
+    assert first is not None and first.source is DraftSource.PREDICTION
+    assert bytes(first.tokens) == b"def "
+    for token in tokens("def f("):
+        drafter.push(token)
+    after = drafter.draft(5)
+    assert after is not None and bytes(after.tokens) == b"count"
+
+
+def test_prediction_is_found_again_after_the_output_departs_from_it() -> None:
+    drafter = Drafter(tokens("rename"), prediction=tokens("def f(count): return count + 1"))
+    for token in tokens("def f(total):"):  # "count" became "total"
+        drafter.push(token)
+    draft = drafter.draft(7)
+    assert draft is not None and draft.source is DraftSource.PREDICTION
+    assert bytes(draft.tokens) == b" return"
+
+
+def test_draft_length_grows_on_whole_drafts_and_shrinks_on_rejections() -> None:
+    lengths = DraftLength(SpeculationMode.AUTO)
+    start = lengths.length(DraftSource.PREDICTION)
+    lengths.verified(DraftSource.PREDICTION, start, start)
+    assert lengths.length(DraftSource.PREDICTION) == 2 * start
+    lengths.verified(DraftSource.PREDICTION, 2 * start, 3)
+    assert lengths.length(DraftSource.PREDICTION) == 4
+
+
+def test_auto_pauses_after_drafts_keep_failing_and_on_does_not() -> None:
+    auto, forced = DraftLength(SpeculationMode.AUTO), DraftLength(SpeculationMode.ON)
+    for lengths in (auto, forced):
+        lengths.verified(DraftSource.LOOKUP, 4, 0)
+        lengths.verified(DraftSource.LOOKUP, 2, 0)
+    assert not auto.allowed() and forced.allowed()
+    auto.produced(4)
+    assert auto.allowed()
+
+
+# -- verification in the engine ---------------------------------------------------------------
+
+
+def test_output_is_the_same_with_and_without_speculation() -> None:
+    script = "def add(total, b):\n    return total + b\n"
+    prediction = "def add(count, b):\n    return count + b\n"
+    results = {}
+    for mode in SpeculationMode:
+        request = spec_request("r", "Rewrite: " + prediction, prediction=prediction)
+        outputs, runner = generate(script, request, mode, n_ctx_per_slot=256)
+        results[mode] = (joined(outputs), outputs[-1].completion_tokens, len(runner.decoded))
+    assert results[SpeculationMode.ON][:2] == results[SpeculationMode.OFF][:2]
+    assert results[SpeculationMode.AUTO][:2] == results[SpeculationMode.OFF][:2]
+    assert results[SpeculationMode.OFF][0] == script
+    # Fewer decode steps is the point.
+    assert results[SpeculationMode.ON][2] < results[SpeculationMode.OFF][2] / 2
+
+
+def test_rejected_draft_rows_leave_the_kv_cache() -> None:
+    request = spec_request("r", "Say", prediction="abcdXYZW")
+    outputs, runner = generate("abcdefgh", request, SpeculationMode.ON, n_ctx_per_slot=128)
+    assert joined(outputs) == "abcdefgh"
+    chunks = draft_chunks(runner)
+    assert chunks, "the prediction was never drafted"
+    first = chunks[0]
+    assert bytes(first.tokens) == b"abcdXYZW"  # the pending "a", then the draft "bcdXYZW"
+    # "a" and "bcd" kept: position start + 4 and on ("XYZW") removed.
+    assert (first.seq_id, first.start_pos + 4) in runner.trims
+
+
+def test_prediction_tokens_accepted_and_rejected_are_counted() -> None:
+    request = spec_request("r", "Say", prediction="abcdXYZW")
+    outputs, _ = generate("abcdefgh", request, SpeculationMode.ON, n_ctx_per_slot=128)
+    last = outputs[-1]
+    assert last.accepted_prediction_tokens == 3  # "bcd" ("a" was sampled before any draft)
+    assert last.rejected_prediction_tokens == 4  # "XYZW"
+    assert last.completion_tokens == 9  # eight letters and the end token
+
+
+def test_speculation_off_ignores_the_prediction() -> None:
+    request = spec_request("r", "Say", prediction="abcdefgh")
+    outputs, runner = generate("abcdefgh", request, SpeculationMode.OFF)
+    assert joined(outputs) == "abcdefgh"
+    assert not draft_chunks(runner)
+    assert outputs[-1].accepted_prediction_tokens == 0
+
+
+def test_a_stop_string_inside_a_draft_ends_the_output_there() -> None:
+    request = spec_request("r", "Say", prediction="hello world. more", stop=("world",))
+    outputs, runner = generate("hello world. more", request, SpeculationMode.ON)
+    assert joined(outputs) == "hello "
+    assert outputs[-1].stop_sequence == "world"
+    assert draft_chunks(runner)
+
+
+def test_max_tokens_bounds_the_draft() -> None:
+    request = spec_request("r", "Say", prediction="abcdefghijkl", max_tokens=5)
+    outputs, runner = generate("abcdefghijkl", request, SpeculationMode.ON)
+    assert joined(outputs) == "abcde"
+    assert outputs[-1].completion_tokens == 5
+    # The step after "a" may produce at most four more: three drafted, one sampled after them.
+    assert all(chunk.n_draft <= 3 for chunk in draft_chunks(runner))
+
+
+def test_the_slot_context_bounds_the_draft() -> None:
+    request = spec_request("r", "Say", prediction="abcdefghijkl")
+    outputs, runner = generate("abcdefghijkl", request, SpeculationMode.ON, n_ctx_per_slot=8)
+    for chunk in draft_chunks(runner):
+        assert chunk.start_pos + len(chunk.tokens) <= 8
+    plain, _ = generate("abcdefghijkl", request, SpeculationMode.OFF, n_ctx_per_slot=8)
+    assert joined(outputs) == joined(plain) == "abcdef"  # eight cells, and the last sample
+    assert outputs[-1].finish_reason is plain[-1].finish_reason
+
+
+def test_logprobs_come_for_every_token_kept() -> None:
+    request = spec_request("r", "Say", prediction="abcdXYZ", logprobs=1)
+    outputs, runner = generate("abcdefg", request, SpeculationMode.ON)
+    assert draft_chunks(runner)
+    logprobs = [lp for output in outputs for lp in output.logprobs]
+    assert bytes(lp.token for lp in logprobs) == b"abcdefg"
+
+
+def test_one_output_per_step_carries_every_token_kept() -> None:
+    request = spec_request("r", "Say", prediction="abcdefgh")
+    outputs, runner = generate("abcdefgh", request, SpeculationMode.ON)
+    assert joined(outputs) == "abcdefgh"
+    assert len(outputs) <= len(runner.decoded)
+
+
+def test_n_choices_each_verify_their_own_drafts() -> None:
+    runner = FakeRunner(scripts={ord("S"): [*text_tokens("abcdef"), EOG]})
+    core: EngineCore[str] = EngineCore(
+        runner, 2, BatchBudget(64, 16), speculation=SpeculationMode.ON
+    )
+    core.add(
+        GenerationRequest("r", tokens("Say"), SamplingParams(max_tokens=32), 2, tokens("abcdef")),
+        "r",
+    )
+    outputs = run(core)["r"]
+    by_choice = {i: joined([o for o in outputs if o.index == i]) for i in (0, 1)}
+    assert by_choice == {0: "abcdef", 1: "abcdef"}
+    assert {chunk.seq_id for chunk in draft_chunks(runner)} == {0, 1}
+
+
+def test_auto_drafts_only_while_few_sequences_decode() -> None:
+    n = AUTO_MAX_DECODING + 1
+    runner = FakeRunner(n_ctx_per_slot=256)
+    core: EngineCore[str] = EngineCore(
+        runner, n, BatchBudget(256, 64), speculation=SpeculationMode.AUTO
+    )
+    for i in range(n):
+        prompt = chr(ord("A") + i) + "say"
+        runner.scripts[ord(prompt[0])] = [*text_tokens("abcabcabcabc"), EOG]
+        core.add(spec_request(f"r{i}", prompt, prediction="abcabcabcabc"), f"r{i}")
+    run(core)
+    steps_with_all = [step for step in runner.decoded if len(step) == n]
+    assert steps_with_all
+    assert not any(chunk.n_draft for step in steps_with_all for chunk in step)
+
+
+def test_drafts_leave_waiting_prompts_their_share_of_the_step() -> None:
+    scheduler = Scheduler(2, BatchBudget(max_batch_tokens=24, max_prefill_tokens=16))
+    running = Sequence("a", tokens("ab"))
+    scheduler.add(running)
+    scheduler.commit(scheduler.schedule())
+    running.next_token = ord("x")
+    running.draft = tokens("0123456789")
+    scheduler.add(Sequence("b", tokens("p" * 40)))
+    plan = scheduler.schedule()
+    decode, prefill = plan.chunks
+    assert decode.n_draft == 24 - 1 - 16  # the budget less the pending token and the prompt's share
+    assert len(prefill.tokens) == 16
+    assert plan.n_tokens <= 24
+
+
+# -- the distribution -------------------------------------------------------------------------
+
+
+@dataclass
+class MarkovSampler:
+    rng: random.Random
+
+
+@dataclass
+class MarkovRunner(FakeRunner):
+    """Each row's next token is drawn from a fixed table given the row's own token, with the
+    sampler's seeded generator: a model whose exact distribution the test knows."""
+
+    table: dict[int, dict[int, float]] = field(default_factory=dict)
+    _row_tokens: list[int] = field(default_factory=list)
+
+    def decode(self, chunks: SequenceType[Chunk]) -> int:
+        self._row_tokens = [token for chunk in chunks for token in chunk.tokens]
+        return super().decode(chunks)
+
+    def new_sampler(self, params: SamplingParams) -> object:
+        return MarkovSampler(random.Random(params.seed))
+
+    def sample(self, sampler: object, batch_row: int) -> int:
+        assert isinstance(sampler, MarkovSampler)
+        options = self.table[self._row_tokens[batch_row]]
+        return sampler.rng.choices(list(options), weights=list(options.values()))[0]
+
+
+A, B, C = ord("a"), ord("b"), ord("c")
+TABLE = {
+    ord("?"): {A: 0.5, B: 0.3, C: 0.2},
+    A: {A: 0.6, B: 0.4},
+    B: {A: 0.3, C: 0.7},
+    C: {A: 0.5, B: 0.25, C: 0.25},
+}
+CONTINUATION = 4
+
+
+def exact_distribution() -> dict[bytes, float]:
+    paths = {b"": 1.0}
+    previous = {b"": ord("?")}
+    for _ in range(CONTINUATION):
+        grown, grown_previous = {}, {}
+        for path, probability in paths.items():
+            for token, p in TABLE[previous[path]].items():
+                key = path + bytes([token])
+                grown[key] = probability * p
+                grown_previous[key] = token
+        paths, previous = grown, grown_previous
+    return paths
+
+
+def sample_continuations(mode: SpeculationMode, seeds: range) -> dict[int, bytes]:
+    runner = MarkovRunner(n_ctx_per_slot=64, table=TABLE)
+    core: EngineCore[str] = EngineCore(runner, 4, BatchBudget(64, 16), speculation=mode)
+    results: dict[int, bytes] = {}
+    for seed in seeds:
+        # A prediction the model often agrees with, and one it often does not.
+        request = spec_request(
+            f"r{seed}",
+            "abacab?",
+            prediction="aab" if seed % 2 else "bca",
+            max_tokens=CONTINUATION,
+            seed=seed,
+        )
+        core.add(request, f"r{seed}")
+        results[seed] = text_tokens_of(run(core)[f"r{seed}"])
+    if mode is not SpeculationMode.OFF:
+        assert core.stats.draft_tokens_total > len(seeds)
+        assert 0 < core.stats.draft_tokens_accepted_total < core.stats.draft_tokens_total
+    return results
+
+
+def text_tokens_of(outputs: list[RequestOutput]) -> bytes:
+    return joined(outputs).encode()
+
+
+def test_sampling_with_drafts_keeps_the_model_distribution() -> None:
+    seeds = range(3000)
+    speculative = sample_continuations(SpeculationMode.ON, seeds)
+    observed = Counter(speculative.values())
+    assert goodness_of_fit(observed, exact_distribution()) > 0.001
+    # Against sampling without drafts from other seeds: the same distribution.
+    plain = Counter(sample_continuations(SpeculationMode.OFF, range(5000, 8000)).values())
+    assert homogeneity(observed, plain) > 0.001
+
+
+def test_a_seeded_sample_is_the_same_with_and_without_drafts() -> None:
+    # The chain draws once per token kept, in order, with or without a draft.
+    seeds = range(200)
+    assert sample_continuations(SpeculationMode.ON, seeds) == sample_continuations(
+        SpeculationMode.OFF, seeds
+    )
