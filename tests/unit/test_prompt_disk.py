@@ -3,6 +3,7 @@ save at stop and restore at admission (with the fake runner, whose "state" is th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -11,13 +12,21 @@ from pathlib import Path
 import pytest
 
 from hearth.engine.core import EngineCore
+from hearth.engine.engine import Engine
 from hearth.engine.prompt_disk import (
     MIN_SAVED_TOKENS,
     PromptDiskCache,
     cache_folder_name,
     model_fingerprint,
 )
-from hearth.engine.types import BatchBudget, FinishReason, GenerationRequest, SamplingParams
+from hearth.engine.types import (
+    BatchBudget,
+    FinishReason,
+    GenerationRequest,
+    QueuePolicy,
+    RequestOutput,
+    SamplingParams,
+)
 from tests.unit.fake_runner import EOG, FakeRunner
 from tests.unit.test_engine_core import run
 
@@ -266,3 +275,24 @@ def test_a_faulted_engine_saves_nothing(tmp_path: Path) -> None:
     core.fault = "RuntimeError: boom"
     assert core.save_prompt_cache() == 0
     assert runner.saves == []
+
+
+def test_the_engine_thread_saves_its_slots_when_it_stops(tmp_path: Path) -> None:
+    history = tokens(120)
+    runner = FakeRunner(n_ctx_per_slot=512, scripts={history[0]: [65, 66, EOG]})
+    disk = PromptDiskCache(tmp_path, FOLDER, 1 << 30, runner.n_ctx_per_slot)
+
+    async def scenario() -> list[RequestOutput]:
+        engine = Engine(runner, 2, BatchBudget(512, 128), QueuePolicy(8, 60), prompt_disk=disk)
+        engine.start()
+        try:
+            return [output async for output in engine.generate(chat("a", history))]
+        finally:
+            await asyncio.to_thread(engine.shutdown)
+
+    outputs = asyncio.run(scenario())
+    assert outputs[-1].finish_reason is FinishReason.STOP
+    assert runner.saves == [(0, 122)]
+    assert [
+        len(e.tokens) for e in PromptDiskCache(tmp_path, FOLDER, 1 << 30, 512).entries.values()
+    ] == [122]
