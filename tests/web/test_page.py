@@ -55,7 +55,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             "HF_HUB_OFFLINE": "0",
             "HF_HUB_DISABLE_TELEMETRY": "1",
         }
-        with start_server(tmp, "--ctx-size", "1024", env=env) as server:
+        # One thread: no OpenMP barriers, so steps stay short when other work shares the cores.
+        with start_server(tmp, "--ctx-size", "1024", "--threads", "1", env=env) as server:
             yield Site(server, hub, tmp)
 
 
@@ -431,7 +432,7 @@ def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HearthSer
     thinking template, which Hearth ends after --reasoning-budget tokens)."""
     tmp = tmp_path_factory.mktemp("web-key")
     thinker = write_reasoning_model(tmp / "smollm2-thinking.gguf")
-    args = ["--api-key", KEY, "--model", str(thinker), "--reasoning-budget", "4"]
+    args = ["--api-key", KEY, "--model", str(thinker), "--reasoning-budget", "4", "--threads", "1"]
     with start_server(tmp, *args, "--ctx-size", "512", api_key=KEY) as server:
         yield server
 
