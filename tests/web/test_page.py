@@ -321,6 +321,13 @@ def test_markup_in_messages_and_replies_is_shown_as_text(tab: Tab, site: Site) -
     expect(reply.locator("pre code")).to_contain_text("<script>alert(2)</script>")
     reply.locator("summary").click()
     expect(reply.locator(".reasoning")).to_contain_text("<script>alert(2)</script>")
+    # The code block's copy button copies the code as text.
+    tab.page.context.grant_permissions(
+        ["clipboard-read", "clipboard-write"], origin=site.server.base_url
+    )
+    reply.get_by_label("Copy code").click()
+    expect(reply.get_by_label("Copy code")).to_have_text("Copied")
+    assert tab.page.evaluate("navigator.clipboard.readText()") == XSS
     created = tab.page.locator("#messages img, #messages script, #messages iframe").count()
     assert created == 0
     hrefs = reply.locator("a").evaluate_all("(nodes) => nodes.map((n) => n.href)")
@@ -360,9 +367,19 @@ def test_a_reload_keeps_the_conversation_and_export_then_import_gives_it_back(
     expect(tab.page.locator(".conversation.active")).to_contain_text("My name is Ada.")
     expect(tab.page.locator(".figures").last).to_have_text(FIGURES)
 
+    # Renamed in the sidebar, and kept so.
+    tab.page.get_by_label("Rename My name is Ada. Remember it.").click()
+    title_box = tab.page.get_by_label("Conversation title")
+    title_box.fill("About Ada")
+    title_box.press("Enter")
+    expect(tab.page.locator(".conversation.active")).to_contain_text("About Ada")
+    tab.page.reload()
+    expect(tab.page.locator(".conversation.active")).to_contain_text("About Ada")
+
     exported = _export(tab, site.tmp, "export.json")
     assert exported["format"] == "hearth.conversation"
     title = exported["conversation"]["title"]
+    assert title == "About Ada"
     tab.page.get_by_label(f"Delete {title}").click()
     expect(tab.page.locator(".conversation")).to_have_count(0)
     expect(tab.page.locator(".message")).to_have_count(0)
