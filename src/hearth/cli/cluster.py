@@ -102,6 +102,14 @@ def serve_command(address: str, **flags: Any) -> None:
         build_application(settings), name=settings.app_name, route_prefix=settings.route_prefix
     )
     url = base_url(serve_settings.host, serve_settings.port) + settings.route_prefix.rstrip("/")
+    try:
+        httpx.get(f"{url}/health", timeout=30).raise_for_status()
+    except httpx.HTTPError as exc:
+        # Serve was already running with other HTTP options, which serve.start cannot change.
+        raise click.ClickException(
+            f"Deployed, but {url}/health does not answer ({exc}); `serve status` shows where "
+            "Ray Serve's proxies listen."
+        ) from exc
     click.echo(
         f"Hearth cluster `{settings.app_name}` ready at {url} · model "
         f"{serve_settings.model or 'smollm2:135m'} · {settings.min_replicas}–"

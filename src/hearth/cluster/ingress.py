@@ -31,7 +31,7 @@ from hearth.cluster.affinity import affinity_key
 from hearth.cluster.bridge import RequestHead, ResponseHead
 from hearth.cluster.replica import ReplicaAnswer
 from hearth.cluster.router import pinned_session
-from hearth.cluster.topology import ReplicaPlace, running_replicas
+from hearth.cluster.topology import ReplicaPlace, own_request_id, running_replicas
 from hearth.errors import HearthError, PayloadTooLargeError, ServerOverloadedError
 from hearth.server.errors import anthropic_error_event, install_error_handlers, sse_error_event
 
@@ -128,8 +128,10 @@ async def _open_stream(
     attempt = 0
     while True:
         session = key or ""
-        if key and attempt:
-            session = f"{key}#{attempt}"  # the owner may still be on the ring: look elsewhere
+        if attempt:
+            own_request_id()  # the failed call's routing may still be pending
+            if key:
+                session = f"{key}#{attempt}"  # the owner may still be on the ring: elsewhere
         stream: DeploymentResponseGenerator[Any] = state.replicas.options(
             stream=True, session_id=session
         ).forward.remote(head, body)
@@ -209,6 +211,7 @@ async def _ask_every_replica(request: Request, path: str) -> list[_Asked]:
     places = await running_replicas(state.app_name, state.deployment)
 
     async def ask(place: ReplicaPlace) -> _Asked:
+        own_request_id()  # each ask runs in its own task, with a copy of the context
         pinned = state.replicas.options(session_id=pinned_session(place.replica))
         call = pinned.answer.remote(head, b"")
 
@@ -224,9 +227,7 @@ async def _ask_every_replica(request: Request, path: str) -> list[_Asked]:
         except (RayError, RayServeException) as exc:
             return _Asked(place, None, type(exc).__name__)
 
-    # One at a time: calls made while serving one request share its internal request id, which
-    # Ray's router matches routed requests by; concurrent ones could take each other's replica.
-    return [await ask(place) for place in places]
+    return list(await asyncio.gather(*(ask(place) for place in places)))
 
 
 def _where(asked: _Asked) -> dict[str, Any]:

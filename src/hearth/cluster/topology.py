@@ -1,16 +1,24 @@
-"""Which Hearth replicas are running, and on which nodes: the Serve controller's view, the same
-details Ray's dashboard serves at /api/serve/applications/ (ServeInstanceDetails)."""
+"""The two places hearth.cluster reaches into Ray Serve's internals (ray[serve] is pinned):
+
+- which Hearth replicas are running, and on which nodes: the Serve controller's view, the same
+  details Ray's dashboard serves at /api/serve/applications/ (ServeInstanceDetails);
+- the internal request id a handle call carries, which the router matches a routed call by.
+  Calls made while serving one HTTP request inherit its id; two of them pending at once (the
+  /health fan-out, a retry after a failed call) could take each other's replica.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
 from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+from ray.serve._private.utils import generate_request_id
+from ray.serve.context import _get_serve_request_context, _serve_request_context
 
-__all__ = ["ReplicaPlace", "running_replicas"]
+__all__ = ["ReplicaPlace", "own_request_id", "replicas_in", "running_replicas"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,3 +50,10 @@ async def running_replicas(app_name: str, deployment: str) -> list[ReplicaPlace]
     )
     details: dict[str, Any] = await controller.get_serve_instance_details.remote()
     return replicas_in(details, app_name, deployment)
+
+
+def own_request_id() -> None:
+    """Give the handle calls made from here on, in this task's context, an internal request id
+    of their own."""
+    current = _get_serve_request_context()  # the rest of it (route, request id...) is kept
+    _serve_request_context.set(replace(current, _internal_request_id=generate_request_id()))
