@@ -354,7 +354,8 @@ function App() {
             ${models.map((name) => html`<option value=${name} key=${name}>
               ${loadedNames.has(name) ? `● ${name}` : name}</option>`)}
           </select>
-          <span class="loaded-hint">${loadedNames.has(selected) ? "loaded" : "loads on first use"}</span>
+          ${models.length > 0 && html`<span class="loaded-hint">
+            ${loadedNames.has(selected) ? "loaded" : "loads on first use"}</span>`}
           <span class="spacer"></span>
           <button type="button" class=${`ghost${showSettings ? " active" : ""}`}
             aria-label="Conversation settings" aria-expanded=${showSettings}
@@ -380,4 +381,11 @@ function App() {
   </div>`;
 }
 
-render(html`<${App} />`, document.getElementById("app"));
+const root = document.getElementById("app");
+// A failure the views did not catch still ends in words, never in a blank page.
+window.addEventListener("error", (event) => {
+  if (!root.querySelector(".app")) {
+    root.textContent = `The page could not start: ${event.message}. Reload to try again.`;
+  }
+});
+render(html`<${App} />`, root);
