@@ -133,7 +133,7 @@ class LocalCluster:
         while time.monotonic() < deadline:
             try:
                 health = self.health()
-            except httpx.TransportError:
+            except (httpx.TransportError, ValueError):  # not up, or not deployed yet (no JSON)
                 health = {}
             if health.get("replicas_answering") == count == health.get("replicas_running"):
                 return health
