@@ -23,6 +23,10 @@ pytestmark = pytest.mark.server
 
 # Long enough that a prompt with it is clearly longer than one with a short system message.
 SYSTEM = " ".join(["You are a terse assistant who answers every question in one short line."] * 6)
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 STALL_AT = 8 << 20
 DROP_AT = 30 << 20
 
@@ -229,9 +233,19 @@ def test_create_with_a_system_prompt_and_parameters_then_chat(sources: Sources) 
         assert statuses[-1] == "success"
         reply = client.chat(model="brief", messages=[{"role": "user", "content": "Hello!"}])
         base = client.chat(model="smollm2:135m", messages=[{"role": "user", "content": "Hello!"}])
+        shown = client.show("brief")
+        templated = client.create(model="templated", from_="brief", template=CHATML)
+        assert templated.status == "success"
+        shown_templated = client.show("templated")
     assert reply.eval_count is not None and reply.eval_count <= 3
     assert (reply.prompt_eval_count or 0) > (base.prompt_eval_count or 0) + 50
     assert "brief" in sources.names()
+    # The client models no `system` (Ollama's reply has one, and so does Hearth's): the
+    # Modelfile says it.
+    assert shown.modelfile is not None and f'SYSTEM """{SYSTEM}"""' in shown.modelfile
+    assert shown.parameters is not None and "num_predict" in shown.parameters
+    assert shown_templated.template == CHATML
+    assert shown_templated.modelfile is not None and SYSTEM in shown_templated.modelfile
 
 
 @pytest.mark.parametrize(

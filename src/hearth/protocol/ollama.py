@@ -226,6 +226,7 @@ class ShowResponse(BaseModel):
     modelfile: str
     parameters: str
     template: str
+    system: str | None = None
     details: ModelDetails
     model_info: dict[str, Any]
     capabilities: list[str]

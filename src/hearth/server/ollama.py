@@ -607,6 +607,18 @@ def model_details(model: LoadedModel) -> wire.ModelDetails:
     )
 
 
+def _modelfile_parameters(model: LoadedModel) -> list[str]:
+    """The model's defaults (a preset's, an Ollama model's params layer, /api/create's
+    `parameters`) as a Modelfile's PARAMETER lines, by Ollama's names."""
+    params = model.preset.params.model_dump(exclude_none=True) if model.preset else {}
+    lines = []
+    for name, value in params.items():
+        ollama_name = "num_predict" if name == "max_tokens" else name
+        for one in value if isinstance(value, list) else [value]:
+            lines.append(f"{ollama_name:<30} {json.dumps(one)}")
+    return lines
+
+
 def show_model(model: LoadedModel) -> wire.ShowResponse:
     info = model.model_info
     details = model_details(model)
@@ -615,10 +627,17 @@ def show_model(model: LoadedModel) -> wire.ShowResponse:
         capabilities.append("insert")
     if model.chat_template.reasoning is not None:
         capabilities.append("thinking")
+    parameters = _modelfile_parameters(model)
+    system = model.preset.system if model.preset else None
+    modelfile = f"# Served by Hearth\nFROM {model.model_id}\n"
+    modelfile += "".join(f"PARAMETER {line}\n" for line in parameters)
+    if system:
+        modelfile += f'SYSTEM """{system}"""\n'
     return wire.ShowResponse(
-        modelfile=f"# Served by Hearth\nFROM {model.model_id}\n",
-        parameters="",
+        modelfile=modelfile,
+        parameters="\n".join(parameters),
         template=model.chat_template.source,
+        system=system,
         details=details,
         model_info={
             "general.architecture": details.family,
