@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 from hearth.engine.types import TokenLogprob
 from hearth.errors import HearthError, InvalidRequestError, UnsupportedParameterError
 from hearth.models import registry
-from hearth.models.gguf_info import read_gguf_info
+from hearth.models.gguf_info import NotAGGUFError, read_gguf_info
 from hearth.models.presets import apply_preset
 from hearth.protocol import ollama as wire
 from hearth.protocol.embeddings import EmbeddingRequest
@@ -653,7 +653,13 @@ def list_tags() -> wire.TagsResponse:
     """Every model a request may name, read from GGUF headers (blocking: call in a thread)."""
     tags = []
     for entry in registry.list_models():
-        info = read_gguf_info(entry.header_path, require_complete=entry.path is not None)
+        try:
+            info = read_gguf_info(entry.header_path, require_complete=entry.path is not None)
+        except NotAGGUFError as exc:
+            # Deleted while we listed (no word needed), or broken: the rest are still listed.
+            if entry.header_path.exists():
+                logger.warning("Not listing %s: %s", entry.name, exc)
+            continue
         tags.append(
             wire.TagModel(
                 name=entry.name,
