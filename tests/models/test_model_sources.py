@@ -87,6 +87,11 @@ def test_ollama_store_models_are_listed_served_in_place_and_never_removed(
     assert entry.path == blob and entry.sha256 == blob.name.removeprefix("sha256-")
     assert registry.resolve("tiny:q2").path == blob  # the blob itself: no copy
     assert "me/other:latest" in registry.available_ids()
+    # No tag means `latest`, as in Ollama.
+    assert registry.find("me/other").name == "me/other:latest"
+    assert registry.resolve("me/other").path == registry.find("me/other:latest").path
+    with pytest.raises(registry.UnknownModelError, match="unknown model 'tiny'"):
+        registry.resolve("tiny")  # only tiny:q2 exists
     defaults = entry.defaults
     assert defaults is not None and defaults.system == "Be brief."
     assert defaults.template is None  # Ollama's Go template is never rendered

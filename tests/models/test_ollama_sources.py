@@ -108,8 +108,9 @@ def test_chat_with_the_ollama_store_model_uses_its_layers(sources: Sources) -> N
     question = {"role": "user", "content": "What is the capital of France?"}
     with sources.client() as client:
         plain = client.chat(model="smol:latest", messages=[question])
+        # `smol` is `smol:latest`, as in Ollama.
         own_system = client.chat(
-            model="smol:latest", messages=[{"role": "system", "content": "Hi."}, question]
+            model="smol", messages=[{"role": "system", "content": "Hi."}, question]
         )
     # The params layer: num_predict 6.
     assert plain.eval_count is not None and plain.eval_count <= 6

@@ -11,6 +11,7 @@ Three kinds of names:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -42,6 +43,7 @@ __all__ = [
     "removable",
     "resolve",
     "store",
+    "with_default_tag",
 ]
 
 logger = logging.getLogger(__name__)
@@ -261,11 +263,21 @@ def available_ids() -> list[str]:
     return [entry.name for entry in list_models()]
 
 
+def with_default_tag(name: str) -> str | None:
+    """`NAME:latest` for a name without a tag, as Ollama reads `llama3.2`; else None."""
+    if ":" in name.rsplit("/", 1)[-1] or name.lower().endswith(".gguf"):
+        return None
+    return f"{name}:latest"
+
+
 def find(name: str) -> ModelEntry:
-    """The model called `name` (case-insensitive), without assembling anything."""
-    for entry in list_models():
-        if entry.name.lower() == name.lower():
-            return entry
+    """The model called `name` (case-insensitive; `NAME` finds `NAME:latest` when there is no
+    `NAME`), without assembling anything."""
+    entries = list_models()
+    for candidate in (name, with_default_tag(name)):
+        for entry in entries:
+            if candidate is not None and entry.name.lower() == candidate.lower():
+                return entry
     raise _unknown(name)
 
 
@@ -365,4 +377,8 @@ def resolve(name: str | None) -> ModelRef:
     for entry in _ollama_entries():
         if entry.name.lower() == name.lower() and entry.path is not None:
             return ModelRef(entry.name, entry.path)
+    tagged = with_default_tag(name)
+    if tagged is not None:
+        with contextlib.suppress(UnknownModelError):
+            return resolve(tagged)
     raise _unknown(name)

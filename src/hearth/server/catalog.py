@@ -98,7 +98,9 @@ class ServerCatalog:
     def check(self, name: str) -> None:
         if name in self._presets or name == self.default_name:
             return
-        if name not in registry.available_ids():
+        ids = registry.available_ids()
+        tagged = registry.with_default_tag(name)  # `llama3.2` is `llama3.2:latest`, as in Ollama
+        if name not in ids and (tagged is None or tagged not in ids):
             raise ModelNotFoundError(
                 f"The model `{name}` does not exist. This server serves: "
                 f"{', '.join(self.names())}.",

@@ -296,8 +296,11 @@ def _store_name(model: str, source: HubSource | OciReference) -> str | None:
 
 
 def _served(state: ServerState, model: str) -> bool:
-    """Whether a request may already name `model`. Blocking: reads the store's manifests."""
-    return model.strip().lower() in (name.lower() for name in state.catalog.names())
+    """Whether a request may already name `model` (`NAME` being `NAME:latest`). Blocking: reads
+    the store's manifests."""
+    names = {name.lower() for name in state.catalog.names()}
+    tagged = registry.with_default_tag(model.strip())
+    return model.strip().lower() in names or (tagged is not None and tagged.lower() in names)
 
 
 def _line(
