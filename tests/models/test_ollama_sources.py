@@ -283,3 +283,16 @@ def test_create_from_a_blob(sources: Sources, tiny_files: dict[str, Path]) -> No
         assert http.head(f"/api/blobs/{digest}").status_code == 200
         wrong = http.post(f"/api/blobs/sha256:{'1' * 64}", content=b"not these bytes")
     assert wrong.status_code == 400 and "sha256" in wrong.json()["error"]
+
+
+def test_no_ollama_store_leaves_it_out(sources: Sources, tmp_path: Path) -> None:
+    env = {"OLLAMA_MODELS": str(sources.blob.parent.parent)}
+    with (
+        start_server(tmp_path, "--no-ollama-store", env=env) as server,
+        ollama.Client(host=server.base_url) as client,
+    ):
+        names = [m.model for m in client.list().models]
+        with pytest.raises(ollama.ResponseError) as missing:
+            client.chat(model="smol:latest", messages=[{"role": "user", "content": "Hi"}])
+    assert "smol:latest" not in names and "smollm2:135m" in names
+    assert missing.value.status_code == 404
