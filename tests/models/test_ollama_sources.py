@@ -189,19 +189,22 @@ def test_two_clients_pulling_one_model_share_the_download(sources: Sources) -> N
     before = len(registry.downloads_of(sources.digests["shared"]))
     outcomes: dict[str, list[ollama.ProgressResponse]] = {}
     second_sees_progress = threading.Event()
+    first_at_stall = threading.Event()  # the server has passed on every byte before the stall
 
     def pull(who: str) -> None:
         seen: list[ollama.ProgressResponse] = []
         with sources.client() as client:
             for line in client.pull("shared", stream=True):
                 seen.append(line)
+                if who == "first" and (line.completed or 0) >= STALL_AT:
+                    first_at_stall.set()
                 if who == "second" and line.status.startswith("downloading"):
                     second_sees_progress.set()
         outcomes[who] = seen
 
     first = threading.Thread(target=pull, args=("first",))
     first.start()
-    assert registry.stalled.wait(60)
+    assert registry.stalled.wait(60) and first_at_stall.wait(60)
     second = threading.Thread(target=pull, args=("second",))
     second.start()
     assert second_sees_progress.wait(60)
