@@ -137,6 +137,85 @@ def probe(config: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
+def race(rounds: int, steps: int) -> dict[str, Any]:
+    """Split against unified KV in one process, in alternating rounds (the machine's speed
+    drifts more than the gap): decode tok/s of each at 1 and 16 sequences, and the ratios."""
+    from hearth.engine.llama_runner import LlamaRunner, RunnerConfig, init_backend
+    from hearth.engine.scheduler import Chunk
+    from hearth.engine.types import SamplingParams
+    from hearth.models.registry import embedded_model_path
+    from hearth.settings import physical_cores
+
+    init_backend()
+    runners = {
+        name: LlamaRunner(
+            RunnerConfig(
+                model_path=embedded_model_path(),
+                n_slots=SLOTS,
+                n_ctx_per_slot=CTX_PER_SLOT,
+                n_threads=physical_cores(),
+                n_batch=512,
+                kv_unified=unified,
+            )
+        )
+        for name, unified in (("split", False), ("unified", True))
+    }
+    prompt = runners["split"].tokenize(
+        "Tell me a long story about a lighthouse keeper and the storms of one winter. " * 8,
+        add_special=False,
+        parse_special=False,
+    )[:PREFILL_TOKENS]
+    sampler = runners["split"].new_sampler(SamplingParams(max_tokens=1, temperature=0))
+    positions = {name: [PREFILL_TOKENS] * SLOTS for name in runners}  # each sequence's next
+    for runner in runners.values():
+        for seq in range(SLOTS):
+            if runner.decode([Chunk(None, seq, 0, prompt, True)]) != 0:  # type: ignore[arg-type]
+                raise RuntimeError("prefill failed")
+    speeds: dict[str, dict[int, list[float]]] = {n: {1: [], SLOTS: []} for n in runners}
+    for _ in range(rounds):
+        for batch in (1, SLOTS):
+            for name, runner in runners.items():
+                token, times = 42, []
+                for _ in range(steps):
+                    chunks = [
+                        Chunk(None, seq, positions[name][seq], (token,), True)  # type: ignore[arg-type]
+                        for seq in range(batch)
+                    ]
+                    started = time.perf_counter()
+                    if runner.decode(chunks) != 0:
+                        raise RuntimeError("decode failed")
+                    token = runner.sample(sampler, 0)
+                    times.append(time.perf_counter() - started)
+                    for seq in range(batch):
+                        positions[name][seq] += 1
+                speeds[name][batch].append(batch / statistics.median(times))
+    report: dict[str, Any] = {"rounds": rounds, "steps": steps}
+    for batch in (1, SLOTS):
+        split, unified = speeds["split"][batch], speeds["unified"][batch]
+        report[f"split_tok_s_{batch}"] = round(statistics.median(split), 1)
+        report[f"unified_tok_s_{batch}"] = round(statistics.median(unified), 1)
+        report[f"unified_over_split_{batch}"] = round(
+            statistics.median(u / s for u, s in zip(unified, split, strict=True)), 3
+        )
+    runners["split"].free_sampler(sampler)
+    for runner in runners.values():
+        runner.close()
+    return report
+
+
+def run_race(rounds: int, steps: int) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--race", f"{rounds},{steps}"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if done.returncode != 0:
+        return {"error": done.stderr.strip()[-400:]}
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
 def run_configs(steps: int) -> list[dict[str, Any]]:
     results = []
     for name, type_k, type_v, unified, cells in CONFIGS:
@@ -339,7 +418,7 @@ def markdown_lines(report: dict[str, Any] | None) -> list[str]:
     if report.get("error"):
         return ["", f"KV memory bench failed: {report['error']}"]
     lines: list[str] = []
-    if report.get("configs") or report.get("idle_rss") or report.get("quality"):
+    if any(report.get(k) for k in ("configs", "layouts", "idle_rss", "quality")):
         lines += ["", f"## KV cache: {SLOTS} slots × {CTX_PER_SLOT} tokens, by layout and type"]
     if report.get("configs"):
         lines += [
@@ -361,6 +440,23 @@ def markdown_lines(report: dict[str, Any] | None) -> list[str]:
         lines += ["", f"Idle `hearth serve --parallel {SLOTS} --ctx-size {CTX_PER_SLOT}`:", ""]
         lines += ["| cache types (K/V) | idle RSS MiB |", "|---|---|"]
         lines += [f"| {r['type_k']}/{r['type_v']} | {r['idle_rss_mib']} |" for r in idle]
+    layouts = report.get("layouts") or {}
+    if layouts.get("error"):
+        lines += ["", f"Layout race failed: {layouts['error']}"]
+    elif layouts:
+        lines += [
+            "",
+            f"Split against unified KV in one process, {layouts['rounds']} alternating rounds "
+            f"of {layouts['steps']} steps (median step):",
+            "",
+            "| sequences | split tok/s | unified tok/s | unified ÷ split |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {b} | {layouts[f'split_tok_s_{b}']} | {layouts[f'unified_tok_s_{b}']} "
+            f"| {layouts[f'unified_over_split_{b}']} |"
+            for b in (1, SLOTS)
+        ]
     quality = report.get("quality") or {}
     if quality.get("error"):
         lines += ["", f"Quality bench failed: {quality['error']}"]
@@ -403,17 +499,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer steps, a shorter chat")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument(
-        "--skip", default="", help="comma-separated: configs, restart, idle, quality"
+        "--skip", default="", help="comma-separated: configs, layouts, restart, idle, quality"
     )
     parser.add_argument("--probe", help=argparse.SUPPRESS)
+    parser.add_argument("--race", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe:
         print(json.dumps(probe(json.loads(args.probe))))
+        return 0
+    if args.race:
+        rounds, steps = (int(part) for part in args.race.split(","))
+        print(json.dumps(race(rounds, steps)))
         return 0
     skip = set(args.skip.split(","))
     report: dict[str, Any] = {}
     if "configs" not in skip:
         report["configs"] = run_configs(steps=12 if args.quick else 40)
+    if "layouts" not in skip:
+        report["layouts"] = run_race(rounds=2 if args.quick else 8, steps=8 if args.quick else 16)
     if "restart" not in skip:
         try:
             report["restart"] = run_restart(exchanges=3 if args.quick else 9)
