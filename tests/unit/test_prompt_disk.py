@@ -296,3 +296,27 @@ def test_the_engine_thread_saves_its_slots_when_it_stops(tmp_path: Path) -> None
     assert [
         len(e.tokens) for e in PromptDiskCache(tmp_path, FOLDER, 1 << 30, 512).entries.values()
     ] == [122]
+
+
+def test_a_failed_restore_also_empties_a_slot_that_copied_it_in_the_same_step(
+    tmp_path: Path,
+) -> None:
+    history = tokens(150)
+    core = engine(FakeRunner(n_ctx_per_slot=512, scripts={history[0]: [65, EOG]}), tmp_path)
+    core.add(chat("turn1", history), "turn1")
+    run(core)
+    core.save_prompt_cache()
+    state = next((tmp_path / FOLDER).glob("*.kv"))
+    state.write_text(state.read_text().replace("1", "2"))  # same size, other bytes
+
+    after = FakeRunner(n_ctx_per_slot=512, scripts={history[0]: [66, EOG]})
+    restarted = engine(after, tmp_path)
+    restarted.add(chat("a", [*history, 5, 6]), "a")
+    restarted.add(chat("b", [*history[:120], 7, 8]), "b")  # copies a's slot, in the same step
+    outputs = run(restarted)
+    assert after.copies == [(0, 1)]
+    for rid in ("a", "b"):
+        assert outputs[rid][-1].finish_reason is FinishReason.STOP
+        assert outputs[rid][-1].cached_tokens == 0
+    first_chunks = {c.seq_id: c.start_pos for c in after.decoded[0]}
+    assert first_chunks == {0: 0, 1: 0}

@@ -235,15 +235,20 @@ class EngineCore(Generic[SinkT]):
         if self.speculation is not SpeculationMode.OFF:
             self._plan_drafts()
         plan = self.scheduler.schedule()
-        restored = True
+        unrestored: set[int] = set()  # slots whose saved prefix failed to load, or a copy of it
         for op in plan.kv_ops:
             if isinstance(op, KvCopy):
                 self.runner.kv_copy(op.src, op.dst)
+                if op.src in unrestored:
+                    unrestored.add(op.dst)
             elif isinstance(op, KvRestore):
-                restored &= self._restore(op)
+                if not self._restore(op):
+                    unrestored.add(op.seq_id)
             else:
                 self.runner.kv_trim(op.seq_id, op.from_pos)
-        if not restored:  # the plan counted on a saved prefix: plan again without it
+        if unrestored:  # the plan counted on a saved prefix: empty those slots, plan again
+            for seq_id in unrestored:
+                self._empty_slot(seq_id)
             self._refresh_gauges()
             return expired
         if not plan.chunks:
@@ -277,7 +282,7 @@ class EngineCore(Generic[SinkT]):
     # -- the prompt cache on disk -------------------------------------------------------------
 
     def _restore(self, op: KvRestore) -> bool:
-        """Load a saved prefix into a slot; if it fails, the slot starts empty."""
+        """Load a saved prefix into a slot; whether it loaded."""
         assert self.prompt_disk is not None and isinstance(op.saved, SavedPrefix)
         runner, seq_id = self.runner, op.seq_id
         if self.prompt_disk.restore(
@@ -285,12 +290,15 @@ class EngineCore(Generic[SinkT]):
         ):
             logger.info("Restored %d prompt tokens from disk", len(op.saved.tokens))
             return True
-        runner.kv_trim(seq_id, 0)
+        return False
+
+    def _empty_slot(self, seq_id: int) -> None:
+        """Start a slot over from nothing: its sequence decodes its whole prompt."""
+        self.runner.kv_trim(seq_id, 0)
         self.scheduler.forget(seq_id, 0)
         sequence = self.scheduler.slots[seq_id].sequence
         if sequence is not None:
             sequence.cached_tokens = 0
-        return False
 
     def save_prompt_cache(self) -> int:
         """Save every slot's KV cache to disk (unload, graceful stop), the least recently used
