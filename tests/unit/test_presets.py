@@ -3,6 +3,7 @@ and the memory estimate read from a GGUF header."""
 
 from __future__ import annotations
 
+import logging
 import math
 import struct
 from pathlib import Path
@@ -182,6 +183,22 @@ def test_catalog_refuses_presets_that_could_never_load(
 ) -> None:
     with pytest.raises(PresetError, match=message):
         catalog(tmp_path, text, max_batch_tokens=64)
+
+
+def test_an_alias_may_hide_a_model_in_ollamas_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.models.fake_registry import ollama_store
+
+    # Another program's store must not stop `hearth serve` starting: the alias wins, with a word.
+    ollama_root = tmp_path / "ollama"
+    ollama_store(ollama_root, "pirate", "latest", embedded_model_path())
+    monkeypatch.setenv("OLLAMA_MODELS", str(ollama_root))
+    with caplog.at_level(logging.WARNING, logger="hearth.server.catalog"):
+        served = catalog(tmp_path, PIRATE.replace('"pirate"', '"pirate:latest"'))
+    assert "hides the model of that name in Ollama's store" in caplog.text
+    assert served.spec("pirate:latest").preset is not None
+    assert served.spec("pirate:latest").source is None  # the alias's base, not Ollama's blob
 
 
 def test_a_gguf_startup_model_is_served_under_its_stem_and_can_be_a_base(tmp_path: Path) -> None:

@@ -63,11 +63,16 @@ class ServerCatalog:
 
     def _validate_presets(self) -> None:
         """Fail `hearth serve` at start, with one line, for a preset that could never load."""
-        models = {self.default_name, *registry.available_ids()}
+        entries = registry.list_models()
+        models = {self.default_name, *(e.name for e in entries if not e.in_ollama_store)}
+        # Ollama's store is another program's: what it adds must not stop the server starting.
+        ollama_names = {e.name for e in entries if e.in_ollama_store}
         for alias, preset in self._presets.items():
             where = f"{self._presets_source}: models.{alias}"
             if alias in models:
                 raise PresetError(f"{where}: the alias is already the name of a model")
+            if alias in ollama_names:
+                logger.warning("%s hides the model of that name in Ollama's store", where)
             if preset.base in self._presets:
                 raise PresetError(f"{where}.base: {preset.base!r} is an alias, not a model")
             if preset.base != self.default_name:
