@@ -112,6 +112,9 @@ def test_chat_with_the_ollama_store_model_uses_its_layers(sources: Sources) -> N
         own_system = client.chat(
             model="smol", messages=[{"role": "system", "content": "Hi."}, question]
         )
+        running = [model.model for model in client.ps().models]
+    # Both names share one loaded copy.
+    assert running.count("smol:latest") == 1 and "smol" not in running
     # The params layer: num_predict 6.
     assert plain.eval_count is not None and plain.eval_count <= 6
     assert plain.done_reason in ("length", "stop") and plain.message.content

@@ -100,6 +100,15 @@ class ServerCatalog:
         aliases. Reads nothing from the store."""
         return [self.default_name, *self._presets]
 
+    def canonical(self, name: str) -> str:
+        """The name a model is loaded under: `smol` is `smol:latest` when only that exists, so
+        both names share one loaded copy."""
+        if name in self._presets or name == self.default_name:
+            return name
+        ids = registry.available_ids()
+        tagged = registry.with_default_tag(name)
+        return tagged if name not in ids and tagged is not None and tagged in ids else name
+
     def check(self, name: str) -> None:
         if name in self._presets or name == self.default_name:
             return

@@ -105,7 +105,7 @@ class ServerState:
     async def acquire(self, name: str, keep_alive: float | None = None) -> Lease[LoadedModel]:
         """Hold the model `name` for a request, loading it if needed; release the lease once
         the response is fully sent (`server/leases.py` does it for the routes)."""
-        return await self.models.acquire(name, keep_alive)
+        return await self.models.acquire(self.catalog.canonical(name), keep_alive)
 
     def end_requests(self, error: HearthError) -> None:
         """End every request on every loaded model, and every pull, with `error` (the server
@@ -119,7 +119,7 @@ class ServerState:
 
     def model_for(self, name: str) -> LoadedModel:
         """The loaded model a request names (held by the request's lease), or a 404."""
-        model = self.models.get(name)
+        model = self.models.get(self.catalog.canonical(name))
         if model is None:
             self.catalog.check(name)
             raise EngineError(f"The model `{name}` is not loaded: a request must hold a lease.")
