@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 
 from hearth.errors import ModelNotFoundError
-from hearth.models.footprint import estimate_bytes, model_shape, read_metadata
+from hearth.models.footprint import (
+    estimate_bytes,
+    kv_cache_scale,
+    model_shape,
+    read_metadata,
+)
 from hearth.models.presets import Preset, PresetError, apply_preset, load_presets
 from hearth.models.registry import embedded_model_path
 from hearth.protocol.openai import ChatCompletionRequest, CompletionRequest
@@ -221,6 +226,22 @@ def test_kv_estimate_of_the_embedded_model_matches_llama_cpp() -> None:
     # 30 layers × 3 KV heads × (64 + 64) × 2 bytes: 22.5 KiB per token, as llama.cpp reports
     assert (shape.layers, shape.kv_bytes_per_token) == (30, 23040)
     assert estimate_bytes(path, 1000) == path.stat().st_size + 23040 * 1000
+
+
+@pytest.mark.parametrize(
+    ("type_k", "type_v", "kv_mib"),
+    # llama.cpp's own KV buffer sizes for 16 × 2048 cells of the embedded model.
+    [
+        ("f16", "f16", 720.0),
+        ("q8_0", "q8_0", 382.5),
+        ("q4_0", "q4_0", 202.5),
+        ("q8_0", "f16", 551.25),
+    ],
+)
+def test_kv_estimate_follows_the_cache_types(type_k: str, type_v: str, kv_mib: float) -> None:
+    path = embedded_model_path()
+    scale = kv_cache_scale(type_k, type_v)
+    assert estimate_bytes(path, 16 * 2048, scale) - path.stat().st_size == kv_mib * 2**20
 
 
 def test_metadata_reader_skips_arrays_and_reads_scalars(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["ModelShape", "estimate_bytes", "model_shape", "read_metadata"]
+__all__ = ["ModelShape", "estimate_bytes", "kv_cache_scale", "model_shape", "read_metadata"]
 
 _F16_BYTES = 2
 # GGUF value types -> struct format of a scalar (GGUF is little-endian)
@@ -111,6 +111,17 @@ def model_shape(path: Path) -> ModelShape:
     return ModelShape(layers, layers * heads_kv * (key_length + value_length) * _F16_BYTES)
 
 
-def estimate_bytes(path: Path, context_tokens: int) -> int:
-    """Weights (the file) plus the KV cache for `context_tokens` (ctx_size × parallel)."""
-    return path.stat().st_size + model_shape(path).kv_bytes_per_token * context_tokens
+# Bytes per K or V value of each KV cache type (ggml blocks of 32: q8_0 34 bytes, q4_0 18).
+_KV_VALUE_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+
+
+def kv_cache_scale(type_k: str, type_v: str) -> float:
+    """The KV cache's size with these types (--cache-type-k/-v) relative to f16."""
+    return (_KV_VALUE_BYTES[type_k] + _KV_VALUE_BYTES[type_v]) / (2 * _KV_VALUE_BYTES["f16"])
+
+
+def estimate_bytes(path: Path, context_tokens: int, kv_scale: float = 1.0) -> int:
+    """Weights (the file) plus the KV cache for `context_tokens` (ctx_size × parallel), its
+    f16 size times `kv_scale` (`kv_cache_scale`)."""
+    kv_bytes = model_shape(path).kv_bytes_per_token * context_tokens
+    return path.stat().st_size + int(kv_bytes * kv_scale)

@@ -21,7 +21,7 @@ from hearth import __version__
 from hearth.errors import ModelLoadError
 from hearth.models import registry
 from hearth.models.chat_template import FALLBACK_TEMPLATE, ChatTemplate
-from hearth.models.footprint import model_shape
+from hearth.models.footprint import kv_cache_scale, model_shape
 from hearth.models.gguf_info import NotAGGUFError, read_gguf_info
 from hearth.models.manager import ManagerLimits, ModelManager
 from hearth.models.presets import PRESETS_FILE_NAME, Preset, load_presets
@@ -106,7 +106,7 @@ def load_model(settings: ServeSettings, devices: list[Device], spec: ModelSpec) 
         )
     shape = model_shape(model_path)
     kv_bytes = shape.kv_bytes_per_token * spec.ctx_size * spec.parallel  # in f16
-    kv_bytes = int(kv_bytes * _kv_scale(settings.cache_type_k, settings.cache_type_v))
+    kv_bytes = int(kv_bytes * kv_cache_scale(settings.cache_type_k, settings.cache_type_v))
     size = model_path.stat().st_size + kv_bytes
     return LoadedModel(
         model_id=spec.name,
@@ -124,15 +124,6 @@ def load_model(settings: ServeSettings, devices: list[Device], spec: ModelSpec) 
         size_bytes=size,
         size_vram=_offloaded_bytes(settings, devices, size, shape.layers),
     )
-
-
-# Bytes per K or V value of each KV cache type (ggml blocks of 32: q8_0 34 bytes, q4_0 18).
-_KV_VALUE_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
-
-
-def _kv_scale(type_k: str, type_v: str) -> float:
-    """The KV cache's size relative to f16, K and V being the same size."""
-    return (_KV_VALUE_BYTES[type_k] + _KV_VALUE_BYTES[type_v]) / (2 * _KV_VALUE_BYTES["f16"])
 
 
 def _prompt_disk(

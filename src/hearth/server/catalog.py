@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from hearth.errors import ModelNotFoundError
 from hearth.models import registry
-from hearth.models.footprint import estimate_bytes
+from hearth.models.footprint import estimate_bytes, kv_cache_scale
 from hearth.models.keep_alive import parse_keep_alive
 from hearth.models.presets import Preset, PresetError
 from hearth.settings import ServeSettings
@@ -187,7 +187,9 @@ class ServerCatalog:
     def estimate_bytes(self, name: str) -> int:
         spec = self.spec(name)
         path: Path = registry.resolve(spec.source).path
-        return estimate_bytes(path, spec.ctx_size * spec.parallel)
+        settings = self._settings
+        kv_scale = kv_cache_scale(settings.cache_type_k, settings.cache_type_v)
+        return estimate_bytes(path, spec.ctx_size * spec.parallel, kv_scale)
 
     def load(self, name: str) -> LoadedModel:
         return self._load(self.spec(name))
