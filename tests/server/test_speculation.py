@@ -158,6 +158,23 @@ def test_a_grammar_holds_with_a_prediction_that_breaks_it(
     json.loads(plain)
 
 
+def test_penalties_see_only_the_tokens_kept(servers: dict[str, HearthServer]) -> None:
+    """Penalties steer the output away from the prediction, so drafts get rejected; the chain's
+    penalty state must hold the kept tokens only, or the outputs would part."""
+    body = {
+        "messages": EDIT,
+        "max_tokens": 48,
+        "temperature": 0,
+        "presence_penalty": 1.5,
+        "frequency_penalty": 1.0,
+    }
+    plain = chat(servers["off"], **body)
+    predicted = chat(servers["on"], prediction={"type": "content", "content": PREDICTION}, **body)
+    assert predicted.choices[0].message.content == plain.choices[0].message.content
+    details = predicted.usage.completion_tokens_details
+    assert details is not None and details.rejected_prediction_tokens > 0
+
+
 @pytest.mark.parametrize(
     "prediction",
     [{"type": "file", "content": "x"}, {"type": "content", "content": 3}, {"content": "x"}],

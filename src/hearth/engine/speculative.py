@@ -148,21 +148,26 @@ class Drafter:
 _START = {DraftSource.PREDICTION: 8, DraftSource.LOOKUP: 4}
 _MAX = {DraftSource.PREDICTION: 32, DraftSource.LOOKUP: 16}
 _MIN = 2
-_PAUSE_AFTER_MISSES = 2  # drafts in a row with nothing accepted before auto pauses drafting
-_PAUSE_MAX = 64  # the longest pause, in produced tokens
+# In auto, a choice whose drafts are accepted at less than this rate (a moving average) pauses
+# drafting: on a CPU a draft row costs about half a decode step, so drafts pay only when most of
+# their rows are kept.
+AUTO_MIN_ACCEPTANCE = 0.6
+_RATE_WEIGHT = 0.3  # of the latest draft in the moving average
+_PAUSE_FIRST = 4  # tokens produced before drafting again; doubles while drafts keep failing
+_PAUSE_MAX = 64
 
 
 class DraftLength:
     """How many draft tokens one choice tries next: doubled after a wholly accepted draft, cut
-    to what was accepted + 1 otherwise. In auto, drafts that keep failing pause drafting for a
-    while (doubling, up to _PAUSE_MAX tokens), so free text pays almost nothing."""
+    to what was accepted + 1 otherwise. In auto, a choice whose drafts are mostly refused pauses
+    drafting for a while (doubling, up to _PAUSE_MAX tokens), so free text pays almost nothing."""
 
     def __init__(self, mode: SpeculationMode) -> None:
         self._mode = mode
         self._length = dict(_START)
-        self._misses = 0
+        self._rate = 1.0  # moving average of accepted / drafted
         self._pause = 0  # tokens to produce before drafting again
-        self._next_pause = 4
+        self._next_pause = _PAUSE_FIRST
 
     def allowed(self) -> bool:
         return self._pause <= 0
@@ -171,7 +176,7 @@ class DraftLength:
         return self._length[source]
 
     def produced(self, count: int) -> None:
-        """`count` tokens were produced in a step without a draft."""
+        """`count` tokens were produced."""
         self._pause -= count
 
     def verified(self, source: DraftSource, drafted: int, accepted: int) -> None:
@@ -179,12 +184,13 @@ class DraftLength:
             self._length[source] = min(_MAX[source], max(self._length[source], drafted) * 2)
         else:
             self._length[source] = max(_MIN, accepted + 1)
-        if accepted:
-            self._misses = 0
-            self._next_pause = 4
+        self._rate += _RATE_WEIGHT * (accepted / drafted - self._rate)
+        if self._mode is not SpeculationMode.AUTO:
             return
-        self._misses += 1
-        if self._mode is SpeculationMode.AUTO and self._misses >= _PAUSE_AFTER_MISSES:
-            self._pause = self._next_pause
-            self._next_pause = min(_PAUSE_MAX, self._next_pause * 2)
-            self._misses = 0
+        if self._rate >= AUTO_MIN_ACCEPTANCE:
+            self._next_pause = _PAUSE_FIRST
+            return
+        self._pause = self._next_pause
+        self._next_pause = min(_PAUSE_MAX, self._next_pause * 2)
+        # After the pause one draft is tried again: a good one lifts the average back over.
+        self._rate = AUTO_MIN_ACCEPTANCE - _RATE_WEIGHT * AUTO_MIN_ACCEPTANCE / 2
