@@ -17,7 +17,13 @@ from hearth.engine.speculative import (
     DraftSource,
     SpeculationMode,
 )
-from hearth.engine.types import BatchBudget, GenerationRequest, RequestOutput, SamplingParams
+from hearth.engine.types import (
+    BatchBudget,
+    GenerationRequest,
+    Grammar,
+    RequestOutput,
+    SamplingParams,
+)
 from tests.stats import goodness_of_fit, homogeneity
 from tests.unit.fake_runner import EOG, FakeRunner, text_tokens
 from tests.unit.test_engine_core import joined, run
@@ -229,6 +235,15 @@ def test_auto_drafts_only_while_few_sequences_decode() -> None:
     steps_with_all = [step for step in runner.decoded if len(step) == n]
     assert steps_with_all
     assert not any(chunk.n_draft for step in steps_with_all for chunk in step)
+
+
+def test_auto_leaves_grammar_requests_undrafted_and_on_drafts_them() -> None:
+    grammar = Grammar("root ::= [a-z]+")
+    for mode, drafted in ((SpeculationMode.AUTO, False), (SpeculationMode.ON, True)):
+        request = spec_request("r", "Say", prediction="abcdefgh", grammar=grammar)
+        outputs, runner = generate("abcdefgh", request, mode)
+        assert joined(outputs) == "abcdefgh"
+        assert bool(draft_chunks(runner)) is drafted
 
 
 def test_drafts_leave_waiting_prompts_their_share_of_the_step() -> None:

@@ -387,6 +387,10 @@ class EngineCore(Generic[SinkT]):
             drafter, lengths, slot = choice.drafter, choice.draft_length, seq.slot
             if drafter is None or lengths is None or slot is None or not lengths.allowed():
                 continue
+            # A grammar's output (tools, JSON) drafts only when forced: in auto, a tool-call
+            # test's greedy answer changed with drafts (docs/speculation.md).
+            if self.speculation is SpeculationMode.AUTO and choice.params.grammar is not None:
+                continue
             # The pending token takes a cell and a token of max_tokens; the draft gets the rest.
             room = min(
                 n_ctx - len(slot.cached) - 1,
