@@ -217,7 +217,8 @@ def test_a_stop_mid_stream_ends_running_requests_with_an_error(tmp_path: Path) -
         exit_code = server.process.wait(timeout=20)
     # The 2 s drain, well before uvicorn's 10 s deadline; the generation would take ~20 s.
     assert 1.5 < ended_after < 9.5
-    last = json.loads(events[-1])
+    assert events[-1] == "[DONE]", events[-3:]
+    last = json.loads(events[-2])
     assert last["error"]["code"] == "server_shutting_down", events[-3:]
     assert last["error"]["type"] == "server_error"
     assert plain.status_code == 503
