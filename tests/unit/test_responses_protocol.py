@@ -112,6 +112,7 @@ def test_content_parts_that_hearth_refuses_still_parse_by_type() -> None:
         {"type": "function_call", "name": "f", "arguments": "{}"},  # no call_id
         {"type": "function_call_output", "call_id": "c", "output": 5},
         "a bare string",
+        {"type": ["message"], "role": "user", "content": "a type that is not a string"},
     ],
 )
 def test_malformed_items_are_refused(item: Any) -> None:
@@ -140,6 +141,8 @@ def test_function_tools_and_built_in_tools() -> None:
         parse(tools=[{"type": "function", "name": "f", "defer_loading": True}])
     with pytest.raises(ValidationError):
         parse(tools=[{"type": "function", "function": {"name": "f"}}])
+    with pytest.raises(ValidationError):  # found by the fuzzer: a 500 before
+        parse(tools=[{"type": ["function"], "name": "f"}])
 
 
 def test_tool_choice_forms() -> None:

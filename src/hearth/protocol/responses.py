@@ -109,7 +109,8 @@ def _tag(value: Any, known: frozenset[str]) -> str | None:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
     if kind is None:
         return None
-    return kind if kind in known else "other"
+    # A type that is not even a string (a list, say) is "other": its own schema refuses it.
+    return kind if isinstance(kind, str) and kind in known else "other"
 
 
 # -- input: content parts ----------------------------------------------------------------------
