@@ -420,7 +420,9 @@ def test_a_pull_shows_progress_to_100_then_the_model_is_in_the_picker(tab: Tab, 
     seen: list[list[Any]] = tab.page.evaluate("window.pullSeen")
     values = [value for value, _ in seen]
     assert values == sorted(values) and values[-1] == 100
-    assert any(text.endswith("pulling manifest") for _, text in seen)
+    # Live progress: frames before the end (Ollama's "pulling manifest" line can come and go
+    # between two frames, so it is not looked for).
+    assert any(value < 100 for value in values)
     assert any("downloading sha256:" in text for _, text in seen)
     row = tab.page.locator(".models-table tr", has_text=name)
     expect(row).to_contain_text("Q4_1")
