@@ -246,21 +246,29 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def running_hub(hub: FakeHub) -> Iterator[FakeHub]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(hub))
+def serving_on_loopback(
+    handler: type[BaseHTTPRequestHandler], release: threading.Event, name: str
+) -> Iterator[int]:
+    """Serve `handler` on a free loopback port (yielded) in a thread; on exit, `release` lets a
+    stalled response go before the server stops."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    hub.port = server.server_address[1]
-    thread = threading.Thread(
-        target=server.serve_forever, args=(0.05,), name="fake-hub", daemon=True
-    )
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name=name, daemon=True)
     thread.start()
     try:
-        yield hub
+        yield server.server_address[1]
     finally:
-        hub.release.set()
+        release.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@contextmanager
+def running_hub(hub: FakeHub) -> Iterator[FakeHub]:
+    with serving_on_loopback(_handler(hub), hub.release, "fake-hub") as port:
+        hub.port = port
+        yield hub
 
 
 def tiny_gguf(path: Path, *, seed: int, file_type: int = 15, context_length: int = 2048) -> Path:

@@ -26,12 +26,12 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from tests.models.fake_hub import HubBlob
+from tests.models.fake_hub import HubBlob, serving_on_loopback
 
 OLLAMA_MODEL = "application/vnd.ollama.image.model"
 OLLAMA_SYSTEM = "application/vnd.ollama.image.system"
@@ -272,20 +272,9 @@ def _handler(registry: FakeRegistry) -> type[BaseHTTPRequestHandler]:
 
 @contextmanager
 def running_registry(registry: FakeRegistry) -> Iterator[FakeRegistry]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(registry))
-    server.daemon_threads = True
-    registry.port = server.server_address[1]
-    thread = threading.Thread(
-        target=server.serve_forever, args=(0.05,), name="fake-registry", daemon=True
-    )
-    thread.start()
-    try:
+    with serving_on_loopback(_handler(registry), registry.release, "fake-registry") as port:
+        registry.port = port
         yield registry
-    finally:
-        registry.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def ollama_store(
