@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from fastapi.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from hearth.models.keep_alive import KeepAliveInput, parse_keep_alive
 from hearth.models.manager import Lease
@@ -30,10 +30,17 @@ class _LeasedStream(StreamingResponse):
         self._lease = lease
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_releasing_at_the_end(message: Message) -> None:
+            # Released before the body's last message goes out: a client that acts on the model
+            # (a delete, an unload) the moment its reply ends must find it idle.
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                self._lease.release()
+            await send(message)
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, send_releasing_at_the_end)
         finally:
-            self._lease.release()
+            self._lease.release()  # a no-op when already released
 
 
 async def with_model(
