@@ -187,3 +187,11 @@ class EngineError(HearthError):
     status_code = 500
     error_type = "server_error"
     default_code = "engine_error"
+
+
+class KvCacheFullError(EngineError):
+    """A shared KV cache (--kv-unified) ran out of room mid-generation: the request holding the
+    most of it ends, so that the others go on."""
+
+    status_code = 503
+    default_code = "kv_cache_full"

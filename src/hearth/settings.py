@@ -157,6 +157,13 @@ class ServeSettings(BaseSettings):
         description="Type of the KV cache's values, as --cache-type-k; a quantized V cache needs "
         "flash attention (--flash-attn auto or on).",
     )
+    kv_unified: bool = Field(
+        False,
+        description="One KV cache shared by all slots (--parallel x --ctx-size cells) instead of "
+        "one --ctx-size part each: a request may then use the whole of it while others are idle. "
+        "When it fills, idle caches go first, then the request holding the most of it ends with "
+        "a 503 error so that the others go on.",
+    )
     prompt_cache_disk: ByteSize = Field(
         ByteSize(2 * 2**30),
         ge=0,

@@ -182,3 +182,54 @@ def test_a_truncated_startup_model_fails_at_start_with_one_line(tmp_path: Path) 
     with pytest.raises(RuntimeError, match=r"cut short") as failure:
         start_server(tmp_path, "--model", str(broken))
     assert "Traceback" not in str(failure.value)
+
+
+def test_a_full_shared_kv_cache_ends_one_request_while_its_neighbour_completes(
+    tmp_path: Path,
+) -> None:
+    """A real llama_decode failure: two requests that each fit a shared KV cache (--kv-unified,
+    2 x 128 cells) but not both. The one holding the most ends with an error event; the other
+    gets every token it asked for."""
+    first = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}],
+        "max_tokens": 200,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    second = {
+        **first,
+        "messages": [{"role": "user", "content": "Count the stars."}],
+        "stream": False,
+    }
+
+    async def run(server: HearthServer) -> tuple[list[str], httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as http:
+            events: list[str] = []
+            neighbour: asyncio.Task[httpx.Response] | None = None
+            async with http.stream("POST", "/v1/chat/completions", json=first) as stream:
+                assert stream.status_code == 200
+                async for line in stream.aiter_lines():
+                    if line.startswith("data: "):
+                        events.append(line[len("data: ") :])
+                        if len(events) == 20:  # well ahead: it holds the most when it fills
+                            neighbour = asyncio.create_task(
+                                http.post("/v1/chat/completions", json=second)
+                            )
+            assert neighbour is not None
+            return events, await neighbour
+
+    flags = ("--kv-unified", "--parallel", "2", "--ctx-size", "128")
+    with start_server(tmp_path, *flags) as server:
+        assert server.client().models.retrieve(MODEL)  # serving
+        events, answer = asyncio.run(run(server))
+        health = httpx.get(f"{server.base_url}/health").json()
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == "kv_cache_full" and "shared KV cache" in error["message"]
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == 200
+    assert health["status"] == "ok" and health["slots_in_use"] == 0
+    assert "Traceback" not in server.log()

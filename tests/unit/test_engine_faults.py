@@ -4,21 +4,23 @@ exception in the engine thread fails every request instead of leaving one waitin
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from collections.abc import Sequence as SequenceType
+from dataclasses import dataclass, field
 
 import pytest
 
 from hearth.engine.core import EngineCore
 from hearth.engine.engine import Engine
+from hearth.engine.scheduler import Chunk
 from hearth.engine.types import (
     BatchBudget,
     FinishReason,
     QueuePolicy,
     RequestOutput,
 )
-from hearth.errors import EngineError
+from hearth.errors import EngineError, KvCacheFullError
 from tests.unit.fake_runner import EOG, FakeRunner, text_tokens
-from tests.unit.test_engine_core import request, run
+from tests.unit.test_engine_core import joined, request, run
 
 
 @pytest.mark.parametrize(
@@ -116,3 +118,54 @@ def test_an_engine_thread_whose_step_raises_leaves_no_request_waiting() -> None:
 
     results = asyncio.run(scenario())
     assert all(isinstance(result, EngineError) for result in results), results
+
+
+@dataclass
+class PoolRunner(FakeRunner):
+    """A shared KV cache of `pool` cells (--kv-unified): a decode that would overfill it is
+    refused with status 1, as llama_decode refuses it."""
+
+    pool: int = 0
+    cells: dict[int, int] = field(default_factory=dict)  # seq_id -> cells held
+
+    def decode(self, chunks: SequenceType[Chunk]) -> int:
+        for chunk in chunks:
+            assert chunk.start_pos == self.cells.get(chunk.seq_id, 0), "KV out of step"
+        if sum(self.cells.values()) + sum(len(c.tokens) for c in chunks) > self.pool:
+            return 1
+        for chunk in chunks:
+            self.cells[chunk.seq_id] = chunk.start_pos + len(chunk.tokens)
+        return super().decode(chunks)
+
+    def kv_trim(self, seq_id: int, from_pos: int) -> None:
+        super().kv_trim(seq_id, from_pos)
+        self.cells[seq_id] = min(self.cells.get(seq_id, 0), from_pos)
+
+
+def test_a_full_shared_cache_ends_the_request_holding_most_and_the_other_finishes() -> None:
+    runner = PoolRunner(pool=40, n_ctx_per_slot=40)
+    runner.scripts = {ord("A"): text_tokens("a" * 30), ord("B"): [*text_tokens("b" * 15), EOG]}
+    core: EngineCore[str] = EngineCore(runner, 2, BatchBudget(64, 64))
+    core.add(request("a", "A" * 8, max_tokens=24), "a")  # up to 32 cells: fits alone
+    core.step()
+    core.add(request("b", "B" * 4), "b")  # 4 + 15 cells: the two cannot both finish
+    out = run(core)
+    [failed] = out["a"][-1:]
+    assert failed.finish_reason is FinishReason.ERROR
+    assert isinstance(failed.error, KvCacheFullError) and failed.error.status_code == 503
+    assert "shared KV cache" in failed.error.message
+    assert joined(out["b"]) == "b" * 15 and out["b"][-1].finish_reason is FinishReason.STOP
+    assert core.fault is None and not core.has_work
+    assert runner.cells[0] == 0  # a's cells were given back, not kept as cache
+
+
+def test_a_full_shared_cache_drops_idle_caches_before_ending_any_request() -> None:
+    runner = PoolRunner(pool=40, n_ctx_per_slot=40)
+    runner.scripts = {ord("C"): [*text_tokens("c" * 2), EOG], ord("A"): text_tokens("a" * 20)}
+    core: EngineCore[str] = EngineCore(runner, 2, BatchBudget(64, 64))
+    core.add(request("c", "C" * 16), "c")
+    assert joined(run(core)["c"]) == "cc"  # its 18 cells stay behind as a cache
+    core.add(request("a", "A" * 4, max_tokens=20), "a")  # admitted to the other, empty slot
+    out = run(core)
+    assert joined(out["a"]) == "a" * 20 and out["a"][-1].finish_reason is FinishReason.LENGTH
+    assert runner.cells[0] == 0  # the idle cache made room

@@ -40,7 +40,7 @@ from hearth.engine.types import (
     SamplingParams,
     TokenLogprob,
 )
-from hearth.errors import EngineError, HearthError, QueueTimeoutError
+from hearth.errors import EngineError, HearthError, KvCacheFullError, QueueTimeoutError
 
 __all__ = ["EngineCore", "ModelRunner"]
 
@@ -503,20 +503,60 @@ class EngineCore(Generic[SinkT]):
     def _fail_step(
         self, chunks: SequenceType[Chunk], status: int
     ) -> list[tuple[SinkT, RequestOutput]]:
-        # llama.cpp refused the batch. Fail only the requests in it; their KV from this step
-        # (what a fatal error or an abort left of it too) is dropped so the slots stay
-        # consistent, and requests that were not in the batch go on at the next step.
+        # llama.cpp refused the batch. What this step wrote to the KV cache (what a fatal error
+        # or an abort left of it too) is dropped, so the slots stay consistent; the plan was not
+        # committed, so a request that is not failed runs its chunk again at the next step.
         why = _decode_failure(status)
-        request_ids = list(dict.fromkeys(chunk.sequence.request_id for chunk in chunks))
-        logger.error("%s; failing the %d requests of that step", why, len(request_ids))
-        outputs = []
         for chunk in chunks:
             self.runner.kv_trim(chunk.seq_id, chunk.start_pos)
             self.scheduler.forget(chunk.seq_id, chunk.start_pos)
+        request_ids = list(dict.fromkeys(chunk.sequence.request_id for chunk in chunks))
+        if status == 1:  # no room in a shared KV cache: make some, failing as little as possible
+            if self._drop_idle_caches():
+                logger.warning("%s; dropped the idle slots' caches to make room", why)
+                self._refresh_gauges()
+                return []
+            if len(request_ids) > 1:
+                victim = max((self._live[r] for r in request_ids), key=self._kv_held)
+                logger.error("%s; ending the request holding the most of it", why)
+                error: HearthError = KvCacheFullError(
+                    "The server's shared KV cache filled up while this request was generating; "
+                    "it ended so that the others could go on. Retry, or ask for fewer tokens.",
+                    headers={"Retry-After": "1"},
+                )
+                return self._fail_requests([victim], error, drop_kv=True)
+        logger.error("%s; failing the %d requests of that step", why, len(request_ids))
         error = EngineError(f"The model could not decode this request: {why}.")
-        for request_id in request_ids:
-            gen = self._live[request_id]
-            self.scheduler.abort(request_id)
+        return self._fail_requests([self._live[r] for r in request_ids], error, drop_kv=False)
+
+    def _kv_held(self, gen: _Generation[SinkT]) -> tuple[int, float]:
+        """KV cells a request's sequences hold; the newer request first among equals."""
+        held = sum(
+            len(choice.sequence.slot.cached) for choice in gen.choices if choice.sequence.slot
+        )
+        return held, gen.enqueued_at
+
+    def _drop_idle_caches(self) -> bool:
+        """Empty every slot no sequence uses (its cells are cache only); whether any held some."""
+        dropped = False
+        for slot in self.scheduler.slots:
+            if slot.sequence is None and slot.cached:
+                self.runner.kv_trim(slot.seq_id, 0)
+                self.scheduler.forget(slot.seq_id, 0)
+                dropped = True
+        return dropped
+
+    def _fail_requests(
+        self, gens: list[_Generation[SinkT]], error: HearthError, *, drop_kv: bool
+    ) -> list[tuple[SinkT, RequestOutput]]:
+        outputs = []
+        for gen in gens:
+            slots = [c.sequence.slot.seq_id for c in gen.choices if c.sequence.slot is not None]
+            self.scheduler.abort(gen.request.request_id)
+            if drop_kv:  # its cells are what the others need
+                for seq_id in slots:
+                    self.runner.kv_trim(seq_id, 0)
+                    self.scheduler.forget(seq_id, 0)
             self._retire(gen)
             outputs.append((gen.sink, self._failed(gen, error)))
         self._refresh_gauges()

@@ -83,6 +83,7 @@ def load_model(settings: ServeSettings, devices: list[Device], spec: ModelSpec) 
             flash_attn=settings.flash_attn,
             type_k=settings.cache_type_k,
             type_v=settings.cache_type_v,
+            kv_unified=settings.kv_unified,
         )
     )
     budget = BatchBudget(
