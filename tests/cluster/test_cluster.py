@@ -210,17 +210,19 @@ def test_abandoned_stream_frees_its_slot(local: Any) -> None:
             if line.startswith("data:") and '"content"' in line:
                 break
         busy = local.health()
-        assert busy["slots_in_use"] == 1, busy
-        generated_before = sum(
-            r["engine"]["generated_tokens_total"] for r in busy["replicas"] if "engine" in r
-        )
-    # The client has gone: the slot is free long before 900 tokens could be generated.
+        (streaming,) = [r for r in busy["replicas"] if r.get("slots_in_use")]
+        generated_before = streaming["engine"]["generated_tokens_total"]
+    # The client has gone: the slot is free long before 900 tokens could be generated. Counted
+    # on the streaming replica alone: another one may miss a fan-out on a loaded machine.
     deadline = time.monotonic() + 20
-    while (health := local.health())["slots_in_use"] and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        now = _replicas(local.health()).get(streaming["replica"], {})
+        if now.get("status") == "ok" and now["slots_in_use"] == 0:
+            break
         time.sleep(0.2)
-    assert health["slots_in_use"] == 0, health
-    generated = sum(r["engine"]["generated_tokens_total"] for r in health["replicas"])
-    assert generated - generated_before < 300, "the stream ran on after its client left"
+    assert now.get("status") == "ok" and now["slots_in_use"] == 0, now
+    generated = now["engine"]["generated_tokens_total"] - generated_before
+    assert generated < 300, f"the stream ran on after its client left: {generated} tokens"
 
 
 def test_cluster_ps_lists_every_replica(local: Any) -> None:
@@ -384,5 +386,7 @@ def test_failover_when_a_worker_node_leaves(local: Any, client: openai.OpenAI) -
         answering = [r for r in survivors.values() if r["status"] == "ok"]
         if doomed["replica"] not in survivors and len(survivors) == len(answering) == 1:
             break
-        assert time.monotonic() < deadline, f"the cluster's view did not catch up: {remaining}"
+        assert time.monotonic() < deadline, (
+            f"the cluster's view did not catch up (doomed: {doomed['replica']}): {remaining}"
+        )
         time.sleep(0.5)

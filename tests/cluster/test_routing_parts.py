@@ -4,7 +4,9 @@ the controller's replica list."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ pytest.importorskip("ray.serve", reason="needs the cluster extra: pip install 'h
 
 from hearth.cluster.affinity import affinity_key
 from hearth.cluster.bridge import RequestHead, ResponseHead, run_asgi
+from hearth.cluster.replica import HearthReplica
 from hearth.cluster.settings import split_args
 from hearth.cluster.topology import replicas_in
 
@@ -193,6 +196,28 @@ def test_closing_the_bridge_disconnects_the_request() -> None:
     received = asyncio.run(scenario())
     assert received == [b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n"]
     assert finished == ["disconnected"]
+
+
+def test_a_replica_call_cancelled_as_ray_cancels_it_disconnects_the_request_at_once() -> None:
+    """Ray stops a streaming replica call by throwing CancelledError into the method's generator
+    at its `yield`; the request inside must see its disconnect then, not when GC comes by."""
+    finished: list[str] = []
+
+    async def scenario() -> None:
+        replica = SimpleNamespace(_app=_streaming_app(finished))
+        head = RequestHead("POST", "/stream", headers=[(b"content-type", b"application/json")])
+        forward = HearthReplica.forward(replica, head, json.dumps({"count": 1000}).encode())  # type: ignore[arg-type]
+        parts = [await forward.__anext__() for _ in range(3)]
+        assert parts[1:] == [b"data: 0\n\n", b"data: 1\n\n"]
+        with pytest.raises(asyncio.CancelledError):
+            await forward.athrow(asyncio.CancelledError())
+        assert finished == ["disconnected"]  # before this returns, with `forward` still alive
+
+    gc.disable()  # no collection may close a suspended generator behind the test's back
+    try:
+        asyncio.run(scenario())
+    finally:
+        gc.enable()
 
 
 def test_the_controller_details_give_running_replicas_and_their_nodes() -> None:

@@ -5,6 +5,7 @@ serve` builds them), run in a Ray Serve replica. Requests reach it as ASGI calls
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -76,17 +77,21 @@ class HearthReplica:
 
     async def forward(self, head: RequestHead, body: bytes) -> AsyncIterator[ResponseHead | bytes]:
         """One request through Hearth's app, streamed: the ResponseHead, then body chunks."""
-        async for part in run_asgi(self._app, head, body):
-            yield part
+        # Closed explicitly: Ray stops this generator by throwing CancelledError in at its
+        # `yield`, which leaves an inner generator suspended (its request running) until GC.
+        async with contextlib.aclosing(run_asgi(self._app, head, body)) as parts:
+            async for part in parts:
+                yield part
 
     async def answer(self, head: RequestHead, body: bytes) -> ReplicaAnswer:
         """One request through Hearth's app, whole, with where it ran."""
         status, headers, chunks = 500, [], []
-        async for part in run_asgi(self._app, head, body):
-            if isinstance(part, ResponseHead):
-                status, headers = part.status, part.headers
-            else:
-                chunks.append(part)
+        async with contextlib.aclosing(run_asgi(self._app, head, body)) as parts:
+            async for part in parts:
+                if isinstance(part, ResponseHead):
+                    status, headers = part.status, part.headers
+                else:
+                    chunks.append(part)
         return ReplicaAnswer(self.info, status, headers, b"".join(chunks))
 
     async def __del__(self) -> None:
