@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +62,7 @@ def _scope(head: RequestHead) -> dict[str, Any]:
 
 async def run_asgi(
     app: ASGIApp, head: RequestHead, body: bytes
-) -> AsyncIterator[ResponseHead | bytes]:
+) -> AsyncGenerator[ResponseHead | bytes, None]:
     """Run `app` on one request: yields the ResponseHead, then non-empty body chunks. Closing
     or cancelling the iterator disconnects the request; the app's task is then awaited, so the
     engine request is aborted before this returns."""

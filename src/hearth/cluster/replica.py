@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +75,9 @@ class HearthReplica:
             settings.threads,
         )
 
-    async def forward(self, head: RequestHead, body: bytes) -> AsyncIterator[ResponseHead | bytes]:
+    async def forward(
+        self, head: RequestHead, body: bytes
+    ) -> AsyncGenerator[ResponseHead | bytes, None]:
         """One request through Hearth's app, streamed: the ResponseHead, then body chunks."""
         # Closed explicitly: Ray stops this generator by throwing CancelledError in at its
         # `yield`, which leaves an inner generator suspended (its request running) until GC.
