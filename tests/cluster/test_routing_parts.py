@@ -17,9 +17,13 @@ from starlette.routing import Route
 
 pytest.importorskip("ray.serve", reason="needs the cluster extra: pip install 'hearth[cluster]'")
 
+from ray.serve._private.common import RequestMetadata
+from ray.serve._private.request_router.common import PendingRequest
+
 from hearth.cluster.affinity import affinity_key
 from hearth.cluster.bridge import RequestHead, ResponseHead, run_asgi
 from hearth.cluster.replica import HearthReplica
+from hearth.cluster.router import _pinned_ranks, pinned_session
 from hearth.cluster.settings import split_args
 from hearth.cluster.topology import replicas_in
 
@@ -218,6 +222,33 @@ def test_a_replica_call_cancelled_as_ray_cancels_it_disconnects_the_request_at_o
         asyncio.run(scenario())
     finally:
         gc.enable()
+
+
+def test_a_pinned_request_whose_replica_is_gone_lets_its_routing_task_retire() -> None:
+    """Ray's routing loop notices a cancelled request only when a choice offers some replica;
+    a pinned ask for a dead replica that offered none kept its routing task looping forever,
+    and two such tasks stopped every other request (seen after a node left)."""
+
+    def pending(session: str, *, cancelled: bool) -> PendingRequest:
+        async def make() -> PendingRequest:
+            metadata = RequestMetadata(request_id="r", internal_request_id="i", session_id=session)
+            request = PendingRequest(args=[], kwargs={}, metadata=metadata)
+            if cancelled:
+                request.future.cancel()
+            return request
+
+        return asyncio.run(make())
+
+    survivor = SimpleNamespace(replica_id=SimpleNamespace(unique_id="alive"))
+    candidates: list[Any] = [survivor]
+    waiting = pending(pinned_session("gone"), cancelled=False)
+    assert _pinned_ranks(candidates, waiting) == []  # wait: the caller's own deadline decides
+    given_up = pending(pinned_session("gone"), cancelled=True)
+    assert _pinned_ranks(candidates, given_up) == [candidates]  # lets Ray's loop see it is done
+    assert _pinned_ranks(candidates, pending(pinned_session("alive"), cancelled=False)) == [
+        [survivor]
+    ]
+    assert _pinned_ranks(candidates, pending("a conversation", cancelled=False)) is None
 
 
 def test_the_controller_details_give_running_replicas_and_their_nodes() -> None:

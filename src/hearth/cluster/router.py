@@ -48,6 +48,11 @@ def _pinned_ranks(
         return None
     pending_request.routing_context.should_backoff = True
     wanted = session.removeprefix(PINNED_PREFIX)
+    if pending_request.future.done():
+        # Its caller gave up (the replica is gone). Ray's routing loop looks at that only once
+        # a choice offers some replica: offering none would keep this routing task looping,
+        # and with a few of them stuck no other request is routed at all.
+        return [candidates] if candidates else []
     # Gone: nothing to offer; the ingress gives up on it after its own deadline.
     return [[r] for r in candidates if r.replica_id.unique_id == wanted]
 
