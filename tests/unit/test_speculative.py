@@ -12,6 +12,7 @@ from hearth.engine.core import EngineCore
 from hearth.engine.scheduler import Chunk, Scheduler, Sequence
 from hearth.engine.speculative import (
     AUTO_MAX_DECODING,
+    Draft,
     Drafter,
     DraftLength,
     DraftSource,
@@ -107,14 +108,34 @@ def test_draft_length_grows_on_whole_drafts_and_shrinks_on_rejections() -> None:
     assert lengths.length(DraftSource.PREDICTION) == 4
 
 
-def test_auto_pauses_after_drafts_keep_failing_and_on_does_not() -> None:
+def test_auto_watches_instead_of_decoding_while_drafts_are_refused_and_on_does_not() -> None:
     auto, forced = DraftLength(SpeculationMode.AUTO), DraftLength(SpeculationMode.ON)
     for lengths in (auto, forced):
         lengths.verified(DraftSource.LOOKUP, 4, 0)
         lengths.verified(DraftSource.LOOKUP, 2, 0)
-    assert not auto.allowed() and forced.allowed()
-    auto.produced(4)
-    assert auto.allowed()
+    assert not auto.decodes() and forced.decodes()
+    # A watched draft is kept or refused by the tokens produced next, at no decode's cost.
+    auto.watch(Draft((7, 8, 9), DraftSource.LOOKUP))
+    for token in (7, 5):  # the second token departs from it
+        assert auto.watching
+        auto.produced(token)
+    assert not auto.watching and not auto.decodes()
+    for _ in range(3):  # watched drafts wholly kept bring decoding back
+        auto.watch(Draft((1, 2), DraftSource.LOOKUP))
+        auto.produced(1)
+        auto.produced(2)
+    assert auto.decodes()
+
+
+def test_a_prediction_is_decoded_from_the_start_and_lookup_earns_it() -> None:
+    assert DraftLength(SpeculationMode.AUTO, predicted=True).decodes()
+    lookup = DraftLength(SpeculationMode.AUTO)
+    assert not lookup.decodes()
+    lookup.watch(Draft((1, 2, 3, 4), DraftSource.LOOKUP))
+    for token in (1, 2, 3, 4):
+        lookup.produced(token)
+    assert lookup.decodes()  # one watched draft wholly kept is enough
+    assert lookup.length(DraftSource.LOOKUP) == 8
 
 
 # -- verification in the engine ---------------------------------------------------------------

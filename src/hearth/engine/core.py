@@ -25,6 +25,7 @@ from hearth.engine.prompt_disk import PromptDiskCache, SavedPrefix
 from hearth.engine.scheduler import Chunk, KvCopy, KvRestore, Scheduler, Sequence, StepPlan
 from hearth.engine.speculative import (
     AUTO_MAX_DECODING,
+    Draft,
     Drafter,
     DraftLength,
     DraftSource,
@@ -325,7 +326,9 @@ class EngineCore(Generic[SinkT]):
                 choice.thinking = ThinkingTracker(choice.params.reasoning)
             if self.speculation is not SpeculationMode.OFF:
                 choice.drafter = Drafter(gen.request.prompt_tokens, gen.request.prediction)
-                choice.draft_length = DraftLength(self.speculation)
+                choice.draft_length = DraftLength(
+                    self.speculation, predicted=bool(gen.request.prediction)
+                )
         self.stats.prompt_tokens_total += len(gen.request.prompt_tokens)
         self.stats.prompt_tokens_cached_total += gen.first.cached_tokens
 
@@ -347,7 +350,7 @@ class EngineCore(Generic[SinkT]):
         if choice.drafter is not None:
             choice.drafter.push(token)
             assert choice.draft_length is not None
-            choice.draft_length.produced(1)
+            choice.draft_length.produced(token)
         choice.completion_tokens += 1
         self.stats.generated_tokens_total += 1
 
@@ -385,7 +388,7 @@ class EngineCore(Generic[SinkT]):
         for seq in decoding:
             choice = self._choice_of[seq][1]
             drafter, lengths, slot = choice.drafter, choice.draft_length, seq.slot
-            if drafter is None or lengths is None or slot is None or not lengths.allowed():
+            if drafter is None or lengths is None or slot is None or lengths.watching:
                 continue
             # A grammar's output (tools, JSON) drafts only when forced: in auto, a tool-call
             # test's greedy answer changed with drafts (docs/speculation.md).
@@ -397,9 +400,14 @@ class EngineCore(Generic[SinkT]):
                 choice.params.max_tokens - choice.completion_tokens - 1,
             )
             draft = drafter.draft(room)
-            if draft is not None:
-                seq.draft = draft.tokens[: lengths.length(draft.source)]
+            if draft is None:
+                continue
+            draft = Draft(draft.tokens[: lengths.length(draft.source)], draft.source)
+            if lengths.decodes():
+                seq.draft = draft.tokens
                 choice.draft_source = draft.source
+            else:  # drafts are being refused: follow this one for free instead
+                lengths.watch(draft)
 
     def _verify(
         self, gen: _Generation[SinkT], choice: _Choice, chunk: Chunk, row: int

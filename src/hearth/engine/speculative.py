@@ -148,36 +148,59 @@ class Drafter:
 _START = {DraftSource.PREDICTION: 8, DraftSource.LOOKUP: 4}
 _MAX = {DraftSource.PREDICTION: 32, DraftSource.LOOKUP: 16}
 _MIN = 2
-# In auto, a choice whose drafts are accepted at less than this rate (a moving average) pauses
-# drafting: on a CPU a draft row costs about half a decode step, so drafts pay only when most of
-# their rows are kept.
+# In auto, a choice decodes its drafts only while a moving average of the share of draft tokens
+# kept is at least this: on a CPU a draft row costs about half a decode step or more, so drafts
+# pay only when most of their rows are kept.
 AUTO_MIN_ACCEPTANCE = 0.6
 _RATE_WEIGHT = 0.3  # of the latest draft in the moving average
-_PAUSE_FIRST = 4  # tokens produced before drafting again; doubles while drafts keep failing
-_PAUSE_MAX = 64
+# Where the average starts: prompt lookup must earn its first decoded draft (one wholly kept
+# watched draft does it); a prediction is the client's own guess and is decoded from the start.
+_RATE_START_LOOKUP = 0.5
 
 
 class DraftLength:
-    """How many draft tokens one choice tries next: doubled after a wholly accepted draft, cut
-    to what was accepted + 1 otherwise. In auto, a choice whose drafts are mostly refused pauses
-    drafting for a while (doubling, up to _PAUSE_MAX tokens), so free text pays almost nothing."""
+    """How many draft tokens one choice tries next, and whether the next draft is decoded or
+    only watched: lengths double after a wholly accepted draft and are cut to what was accepted
+    + 1 otherwise. In auto, while the choice's drafts are mostly refused, its drafts are watched
+    instead of decoded: compared with the tokens the choice then produces, which costs no
+    decode, so free text pays nothing and the first watched draft that is kept brings decoding
+    back."""
 
-    def __init__(self, mode: SpeculationMode) -> None:
+    def __init__(self, mode: SpeculationMode, *, predicted: bool = False) -> None:
         self._mode = mode
         self._length = dict(_START)
-        self._rate = 1.0  # moving average of accepted / drafted
-        self._pause = 0  # tokens to produce before drafting again
-        self._next_pause = _PAUSE_FIRST
+        # moving average of accepted / drafted, over decoded and watched drafts alike
+        self._rate = 1.0 if predicted else _RATE_START_LOOKUP
+        self._watched: Draft | None = None
+        self._watched_kept = 0
 
-    def allowed(self) -> bool:
-        return self._pause <= 0
+    def decodes(self) -> bool:
+        """Whether the next draft goes into the batch (else it is only watched)."""
+        return self._mode is SpeculationMode.ON or self._rate >= AUTO_MIN_ACCEPTANCE
+
+    @property
+    def watching(self) -> bool:
+        return self._watched is not None
+
+    def watch(self, draft: Draft) -> None:
+        """Follow `draft` against the tokens produced next, instead of decoding it."""
+        self._watched, self._watched_kept = draft, 0
 
     def length(self, source: DraftSource) -> int:
         return self._length[source]
 
-    def produced(self, count: int) -> None:
-        """`count` tokens were produced."""
-        self._pause -= count
+    def produced(self, token: int) -> None:
+        """The choice produced `token`: a watched draft is kept or refused as a decoded one would
+        have been (the same sample, the same rule)."""
+        watched = self._watched
+        if watched is None:
+            return
+        if token == watched.tokens[self._watched_kept]:
+            self._watched_kept += 1
+            if self._watched_kept < len(watched.tokens):
+                return
+        self._watched = None
+        self.verified(watched.source, len(watched.tokens), self._watched_kept)
 
     def verified(self, source: DraftSource, drafted: int, accepted: int) -> None:
         if accepted == drafted:
@@ -185,12 +208,3 @@ class DraftLength:
         else:
             self._length[source] = max(_MIN, accepted + 1)
         self._rate += _RATE_WEIGHT * (accepted / drafted - self._rate)
-        if self._mode is not SpeculationMode.AUTO:
-            return
-        if self._rate >= AUTO_MIN_ACCEPTANCE:
-            self._next_pause = _PAUSE_FIRST
-            return
-        self._pause = self._next_pause
-        self._next_pause = min(_PAUSE_MAX, self._next_pause * 2)
-        # After the pause one draft is tried again: a good one lifts the average back over.
-        self._rate = AUTO_MIN_ACCEPTANCE - _RATE_WEIGHT * AUTO_MIN_ACCEPTANCE / 2
