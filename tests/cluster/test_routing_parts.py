@@ -22,6 +22,7 @@ from ray.serve._private.request_router.common import PendingRequest
 
 from hearth.cluster.affinity import affinity_key
 from hearth.cluster.bridge import RequestHead, ResponseHead, run_asgi
+from hearth.cluster.ingress import _ForwardedStream
 from hearth.cluster.replica import HearthReplica
 from hearth.cluster.router import _pinned_ranks, pinned_session
 from hearth.cluster.settings import split_args
@@ -218,6 +219,65 @@ def test_a_replica_call_cancelled_as_ray_cancels_it_disconnects_the_request_at_o
         assert finished == ["disconnected"]  # before this returns, with `forward` still alive
 
     gc.disable()  # no collection may close a suspended generator behind the test's back
+    try:
+        asyncio.run(scenario())
+    finally:
+        gc.enable()
+
+
+class _FakeReplicaStream:
+    """What a DeploymentResponseGenerator gives the ingress: chunks, and cancel()."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def __aiter__(self) -> _FakeReplicaStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        await asyncio.sleep(0)
+        return b"data: token\n\n"
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def test_a_client_leaving_mid_chunk_cancels_the_replica_call_at_once() -> None:
+    """The client leaves while a chunk is being written (the socket's buffer full): Starlette
+    cancels the response there, with `_rest_of` waiting at its yield; the replica call must be
+    cancelled then, not when GC closes that generator."""
+    stream = _FakeReplicaStream()
+
+    async def scenario() -> None:
+        response = _ForwardedStream(
+            stream,  # type: ignore[arg-type]
+            "/v1/chat/completions",
+            ResponseHead(200, [(b"content-type", b"text/event-stream")]),
+        )
+        left, blocked = asyncio.Event(), asyncio.Event()
+        body_read = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal body_read
+            if not body_read:
+                body_read = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await left.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                blocked.set()
+                await asyncio.Event().wait()  # a write that never completes
+
+        scope = {"type": "http", "asgi": {"spec_version": "2.3"}, "method": "POST"}
+        task = asyncio.create_task(response(scope, receive, send))  # type: ignore[arg-type]
+        await blocked.wait()
+        left.set()
+        await asyncio.wait_for(task, 5)
+        assert stream.cancelled
+
+    gc.disable()
     try:
         asyncio.run(scenario())
     finally:

@@ -25,7 +25,7 @@ from ray import serve
 from ray.exceptions import RayActorError, RayError
 from ray.serve.exceptions import BackPressureError, RayServeException, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hearth.cluster.affinity import affinity_key
 from hearth.cluster.bridge import RequestHead, ResponseHead
@@ -178,17 +178,34 @@ async def _rest_of(
         stream.cancel()
 
 
+class _ForwardedStream(StreamingResponse):
+    """The rest of a replica's answer. However the response ends, the replica call is cancelled
+    here, synchronously: a client that left mid-chunk cancels this task while `_rest_of` waits
+    at its `yield`, which leaves that generator (and its `finally`) suspended until GC."""
+
+    def __init__(
+        self, stream: DeploymentResponseGenerator[Any], path: str, head: ResponseHead
+    ) -> None:
+        super().__init__(
+            _rest_of(stream, path, _header(head, b"content-type")), status_code=head.status
+        )
+        self.raw_headers = list(head.headers)
+        self._stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._stream.cancel()  # a no-op once the answer is complete
+
+
 async def forward(request: Request) -> Response:
     state = _state(request)
     path = _app_path(request)
     body = await _read_body(request, state.max_body_bytes)
     key = affinity_key(request.method, request.headers, body) if state.affinity else None
     head, stream = await _open_stream(state, _request_head(request, path), body, key)
-    response = StreamingResponse(
-        _rest_of(stream, path, _header(head, b"content-type")), status_code=head.status
-    )
-    response.raw_headers = list(head.headers)
-    return response
+    return _ForwardedStream(stream, path, head)
 
 
 def _header(head: ResponseHead | ReplicaAnswer, name: bytes) -> str:
