@@ -5,7 +5,7 @@ so the model manager never unloads a model under a request, not even mid-stream.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TypeVar
 
 from fastapi.responses import Response, StreamingResponse
@@ -41,6 +41,11 @@ class _LeasedStream(StreamingResponse):
             await super().__call__(scope, receive, send_releasing_at_the_end)
         finally:
             self._lease.release()  # a no-op when already released
+            # A client that left while a chunk was being written cancels the response with the
+            # body iterator waiting at its `yield`: closed here, its engine request is aborted
+            # now rather than whenever the iterator is collected.
+            if isinstance(self.body_iterator, AsyncGenerator):
+                await self.body_iterator.aclose()
 
 
 async def with_model(
