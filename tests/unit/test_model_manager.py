@@ -243,6 +243,26 @@ def test_a_model_with_requests_in_its_engine_is_busy_even_without_a_lease() -> N
     run(scenario)
 
 
+def test_a_waiting_request_sees_an_engine_go_idle_after_its_lease_ended() -> None:
+    """A stream's lease ends with its last byte; its engine request may end a moment later,
+    with nothing to notify the manager then: a waiting request looks again by itself."""
+
+    async def scenario() -> None:
+        manager, _, _ = make(max_loaded=1, wait=30)
+        lease = await manager.acquire("a")
+        lease.model.in_flight = 1
+        lease.release()
+        waiting = asyncio.create_task(manager.acquire("b"))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        lease.model.in_flight = 0  # no lease event: only a recheck can see it
+        second = await asyncio.wait_for(waiting, 5)
+        assert second.model.name == "b" and lease.model.closed
+        second.release()
+
+    run(scenario)
+
+
 def test_a_waiting_request_loads_once_the_busy_model_is_released() -> None:
     async def scenario() -> None:
         manager, _, _ = make(max_loaded=1, wait=5)

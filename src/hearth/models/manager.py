@@ -292,12 +292,21 @@ class ModelManager(Generic[M]):
         return victims if excess_count <= 0 and excess_bytes <= 0 else None
 
     async def _wait_for_room(self, name: str, deadline: float) -> None:
+        """Until a model may have become evictable; the caller looks again. A lease's end
+        notifies at once; an engine's last request ending (`in_flight` back to 0, which may
+        come just after its lease ended) is seen at the next recheck."""
         room = self._room
         remaining = deadline - self._clock()
         try:
             if remaining <= 0:
                 raise TimeoutError
-            await asyncio.wait_for(room.wait(), remaining)
+            try:
+                await asyncio.wait_for(room.wait(), min(remaining, _BUSY_RECHECK_S))
+                return
+            except TimeoutError:
+                if remaining > _BUSY_RECHECK_S:
+                    return
+                raise
         except TimeoutError:
             busy = [e.name for e in self._entries.values() if self._busy(e)]
             raise ModelsBusyError(
