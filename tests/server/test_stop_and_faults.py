@@ -134,6 +134,8 @@ def test_a_second_signal_ends_a_drain_at_once(tmp_path: Path) -> None:
     assert ended_after < 5  # not the 120 s drain
     assert events[-1] == "[DONE]"
     assert json.loads(events[-2])["error"]["code"] == "server_shutting_down"
+    # The cut answer has its finish reason before the error event that says why.
+    assert json.loads(events[-3])["choices"][0]["finish_reason"] == "length"
     assert exit_code == 0
     assert "Traceback" not in server.log()
 
@@ -227,6 +229,7 @@ def test_a_full_shared_kv_cache_ends_one_request_while_its_neighbour_completes(
     assert events[-1] == "[DONE]"
     error = json.loads(events[-2])["error"]
     assert error["code"] == "kv_cache_full" and "shared KV cache" in error["message"]
+    assert json.loads(events[-3])["choices"][0]["finish_reason"] == "length"
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["choices"][0]["finish_reason"] == "length"

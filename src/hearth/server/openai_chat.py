@@ -15,7 +15,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from hearth.engine.types import TokenLogprob
-from hearth.errors import InvalidRequestError, UnsupportedParameterError
+from hearth.errors import HearthError, InvalidRequestError, UnsupportedParameterError
 from hearth.protocol import openai as wire
 from hearth.protocol.openai import (
     AssistantMessage,
@@ -373,34 +373,44 @@ async def _stream_chat(
 
     calls_sent: dict[int, int] = {}  # by choice: tool calls sent so far
     totals = UsageTotals()
-    async for step in steps:
-        index, output = step.index, step.output
-        totals.add(output, step.prompt_index)
-        if index not in calls_sent:
-            calls_sent[index] = 0
-            yield chunk(index, wire.ChunkDelta(role="assistant", content=""))
-        if step.reasoning:
-            yield chunk(index, wire.ChunkDelta(reasoning_content=step.reasoning))
-        if parse_tools:
-            if step.text:
-                yield chunk(index, wire.ChunkDelta(content=step.text))
-            for call in step.calls:
-                delta = wire.ToolCallDelta(
-                    index=calls_sent[index],
-                    id=call.id,
-                    type="function",
-                    function=wire.FunctionCallDelta(name=call.name, arguments=call.arguments),
-                )
-                calls_sent[index] += 1
-                yield chunk(index, wire.ChunkDelta(tool_calls=[delta]))
-            if output.logprobs:
-                yield chunk(index, wire.ChunkDelta(), logprobs=output.logprobs)
-        elif output.logprobs:
-            yield chunk(index, wire.ChunkDelta(content=step.text), logprobs=output.logprobs)
-        elif step.text:
-            yield content(index, step.text)
-        if step.finish is not None:
-            yield chunk(index, wire.ChunkDelta(), step.finish)
+    finished: set[int] = set()
+    try:
+        async for step in steps:
+            index, output = step.index, step.output
+            totals.add(output, step.prompt_index)
+            if index not in calls_sent:
+                calls_sent[index] = 0
+                yield chunk(index, wire.ChunkDelta(role="assistant", content=""))
+            if step.reasoning:
+                yield chunk(index, wire.ChunkDelta(reasoning_content=step.reasoning))
+            if parse_tools:
+                if step.text:
+                    yield chunk(index, wire.ChunkDelta(content=step.text))
+                for call in step.calls:
+                    delta = wire.ToolCallDelta(
+                        index=calls_sent[index],
+                        id=call.id,
+                        type="function",
+                        function=wire.FunctionCallDelta(name=call.name, arguments=call.arguments),
+                    )
+                    calls_sent[index] += 1
+                    yield chunk(index, wire.ChunkDelta(tool_calls=[delta]))
+                if output.logprobs:
+                    yield chunk(index, wire.ChunkDelta(), logprobs=output.logprobs)
+            elif output.logprobs:
+                yield chunk(index, wire.ChunkDelta(content=step.text), logprobs=output.logprobs)
+            elif step.text:
+                yield content(index, step.text)
+            if step.finish is not None:
+                finished.add(index)
+                yield chunk(index, wire.ChunkDelta(), step.finish)
+    except HearthError:
+        # Cut short by the server (its drain deadline, a full KV cache): every choice that began
+        # ends with `length`, its text cut, before the error event that says why.
+        for index in calls_sent:
+            if index not in finished:
+                yield chunk(index, wire.ChunkDelta(), "length")
+        raise
     if include_usage:
         final = wire.ChatCompletionChunk(
             id=completion_id,

@@ -17,7 +17,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from hearth.engine.types import FinishReason, GenerationRequest, TokenLogprob
-from hearth.errors import InvalidRequestError
+from hearth.errors import HearthError, InvalidRequestError
 from hearth.protocol import openai as wire
 from hearth.protocol.openai import CompletionRequest
 from hearth.server.openai_common import (
@@ -195,28 +195,39 @@ async def serve_completion(
             totals = UsageTotals()
             begun: set[int] = set()
             text_chunks: dict[int, ContentChunk] = {}
-            async for prompt_index, output in outputs:
-                totals.add(output, prompt_index)
-                text = output.text
-                if output.index not in begun:
-                    begun.add(output.index)
-                    text = echoes[prompt_index] + text
-                finish = _finish_reason(output.finish_reason) if output.finish_reason else None
-                if text and finish is None and req.logprobs is None:
-                    template = text_chunks.get(output.index)
-                    if template is None:
-                        template = text_chunks[output.index] = text_only(output.index)
-                    yield template.render(text)
-                elif text or finish is not None or output.logprobs:
-                    choice = wire.CompletionChoice(
-                        finish_reason=finish,
-                        index=output.index,
-                        text=text,
-                        logprobs=_completion_logprobs(output.logprobs, 0)
-                        if req.logprobs is not None
-                        else None,
-                    )
+            finished: set[int] = set()
+            try:
+                async for prompt_index, output in outputs:
+                    totals.add(output, prompt_index)
+                    text = output.text
+                    if output.index not in begun:
+                        begun.add(output.index)
+                        text = echoes[prompt_index] + text
+                    finish = _finish_reason(output.finish_reason) if output.finish_reason else None
+                    if finish is not None:
+                        finished.add(output.index)
+                    if text and finish is None and req.logprobs is None:
+                        template = text_chunks.get(output.index)
+                        if template is None:
+                            template = text_chunks[output.index] = text_only(output.index)
+                        yield template.render(text)
+                    elif text or finish is not None or output.logprobs:
+                        choice = wire.CompletionChoice(
+                            finish_reason=finish,
+                            index=output.index,
+                            text=text,
+                            logprobs=_completion_logprobs(output.logprobs, 0)
+                            if req.logprobs is not None
+                            else None,
+                        )
+                        yield sse(body([choice], None).model_dump_json(exclude={"usage"}))
+            except HearthError:
+                # Cut short by the server: every choice that began ends with `length`, then
+                # the error event says why.
+                for index in sorted(begun - finished):
+                    choice = wire.CompletionChoice(finish_reason="length", index=index, text="")
                     yield sse(body([choice], None).model_dump_json(exclude={"usage"}))
+                raise
             if include_usage:
                 yield sse(body([], _usage(totals)).model_dump_json())
             yield SSE_DONE
