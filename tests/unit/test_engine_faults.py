@@ -169,3 +169,24 @@ def test_a_full_shared_cache_drops_idle_caches_before_ending_any_request() -> No
     out = run(core)
     assert joined(out["a"]) == "a" * 20 and out["a"][-1].finish_reason is FinishReason.LENGTH
     assert runner.cells[0] == 0  # the idle cache made room
+
+
+def test_a_request_is_out_of_the_engine_once_its_last_output_is_read() -> None:
+    """Whoever reads a request's last output may act on the model at once (delete it, unload
+    it): the engine no longer counts the request, even before its generator is closed."""
+
+    async def scenario() -> tuple[int, int]:
+        runner = FakeRunner(scripts={ord("A"): [*text_tokens("ab"), EOG]})
+        engine = Engine(runner, 1, BatchBudget(64, 16), QueuePolicy(max_waiting=8, timeout_s=60))
+        engine.start()
+        try:
+            outputs = engine.generate(request("r", "A"))
+            while (await outputs.__anext__()).finish_reason is None:
+                pass
+            at_last_output = engine.in_flight  # the generator is still open here
+            await outputs.aclose()
+            return at_last_output, engine.in_flight
+        finally:
+            engine.shutdown()
+
+    assert asyncio.run(scenario()) == (0, 0)

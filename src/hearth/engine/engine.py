@@ -228,6 +228,7 @@ class Engine:
             )
         sink = _Sink()
         self._in_flight += 1
+        counted = True  # in _in_flight
         submitted = time.perf_counter()
         self._inbox.put(_Add(request, sink))
         unfinished = request.n
@@ -251,11 +252,16 @@ class Engine:
                     tokens = max(tokens, output.completion_tokens)
                     if finished:
                         ended_at = time.perf_counter()
+                        # Out of the engine already: whoever reads this last output may act
+                        # on the model at once (delete, unload) before this generator closes.
+                        self._in_flight -= 1
+                        counted = False
                 yield output
                 if finished:
                     return
         finally:
-            self._in_flight -= 1
+            if counted:
+                self._in_flight -= 1
             if not finished:
                 self._inbox.put(Abort(request.request_id))
                 stats.finished[FinishReason.ABORT.value] += unfinished
