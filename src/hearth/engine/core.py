@@ -524,8 +524,16 @@ class EngineCore(Generic[SinkT]):
                 logger.warning("%s; dropped the idle slots' caches to make room", why)
                 self._refresh_gauges()
                 return []
-            if len(request_ids) > 1:
-                victim = max((self._live[r] for r in request_ids), key=self._kv_held)
+            # The cells may be held by a running request outside this step too; one that holds
+            # none and is not in the step frees nothing by ending.
+            running = dict.fromkeys(seq.request_id for seq in self.scheduler.running)
+            candidates = [
+                self._live[r]
+                for r in running
+                if r in request_ids or self._kv_held(self._live[r])[0] > 0
+            ]
+            if len(candidates) > 1:
+                victim = max(candidates, key=self._kv_held)
                 logger.error("%s; ending the request holding the most of it", why)
                 error: HearthError = KvCacheFullError(
                     "The server's shared KV cache filled up while this request was generating; "
