@@ -24,8 +24,9 @@ Where drafts come from (`Drafter`):
   text, and what followed their latest earlier occurrence.
 
 How much to draft (`DraftLength`): drafts cost rows in the batch, so in `auto` a sequence drafts
-only while few sequences decode and its drafts are being accepted; the length grows while whole
-drafts are accepted and shrinks when they are not.
+only while few sequences decode, and decodes its drafts only while they are being accepted;
+otherwise it watches them (compares each with the tokens it then produces, for free) until one
+is kept. The length grows while whole drafts are accepted and shrinks when they are not.
 """
 
 from __future__ import annotations
