@@ -172,16 +172,13 @@ async def _rest_of(
         yield _failure_trailer(
             path, content_type, NoReplicaError("The replica serving this request failed.")
         )
-    finally:
-        # The client left (this generator was cancelled or closed): the replica's request
-        # sees a disconnect and frees its slot.
-        stream.cancel()
 
 
 class _ForwardedStream(StreamingResponse):
     """The rest of a replica's answer. However the response ends, the replica call is cancelled
-    here, synchronously: a client that left mid-chunk cancels this task while `_rest_of` waits
-    at its `yield`, which leaves that generator (and its `finally`) suspended until GC."""
+    here, synchronously, so the replica's request sees a disconnect and frees its slot: not in a
+    `finally` of `_rest_of`, which a client that left mid-chunk leaves suspended at its `yield`
+    until GC."""
 
     def __init__(
         self, stream: DeploymentResponseGenerator[Any], path: str, head: ResponseHead
