@@ -297,24 +297,18 @@ class ModelManager(Generic[M]):
         come just after its lease ended) is seen at the next recheck."""
         room = self._room
         remaining = deadline - self._clock()
-        try:
-            if remaining <= 0:
-                raise TimeoutError
-            try:
+        if remaining > 0:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(room.wait(), min(remaining, _BUSY_RECHECK_S))
+            if room.is_set() or remaining > _BUSY_RECHECK_S:
                 return
-            except TimeoutError:
-                if remaining > _BUSY_RECHECK_S:
-                    return
-                raise
-        except TimeoutError:
-            busy = [e.name for e in self._entries.values() if self._busy(e)]
-            raise ModelsBusyError(
-                f"The model `{name}` cannot be loaded now: the loaded models "
-                f"({', '.join(busy) or 'none'}) are busy and the server's limits "
-                "(--max-loaded-models, --max-memory) leave no room. Retry later.",
-                headers={"Retry-After": "1"},
-            ) from None
+        busy = [e.name for e in self._entries.values() if self._busy(e)]
+        raise ModelsBusyError(
+            f"The model `{name}` cannot be loaded now: the loaded models "
+            f"({', '.join(busy) or 'none'}) are busy and the server's limits "
+            "(--max-loaded-models, --max-memory) leave no room. Retry later.",
+            headers={"Retry-After": "1"},
+        )
 
     def _notify_room(self) -> None:
         self._room.set()
