@@ -27,6 +27,7 @@ from hearth.cluster.replica import HearthReplica
 from hearth.cluster.router import _pinned_ranks, pinned_session
 from hearth.cluster.settings import split_args
 from hearth.cluster.topology import replicas_in
+from tests.asgi_leaving import leave_a_stream
 
 SYSTEM = {"role": "system", "content": "You are a careful archivist."}
 
@@ -254,27 +255,7 @@ def test_a_client_leaving_mid_chunk_cancels_the_replica_call_at_once() -> None:
             "/v1/chat/completions",
             ResponseHead(200, [(b"content-type", b"text/event-stream")]),
         )
-        left, blocked = asyncio.Event(), asyncio.Event()
-        body_read = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal body_read
-            if not body_read:
-                body_read = True
-                return {"type": "http.request", "body": b"", "more_body": False}
-            await left.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.body":
-                blocked.set()
-                await asyncio.Event().wait()  # a write that never completes
-
-        scope = {"type": "http", "asgi": {"spec_version": "2.3"}, "method": "POST"}
-        task = asyncio.create_task(response(scope, receive, send))  # type: ignore[arg-type]
-        await blocked.wait()
-        left.set()
-        await asyncio.wait_for(task, 5)
+        await leave_a_stream(response, mid_write=True)
         assert stream.cancelled
 
     gc.disable()

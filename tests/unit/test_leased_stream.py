@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi.responses import StreamingResponse
 
 from hearth.server.leases import _LeasedStream
+from tests.asgi_leaving import leave_a_stream
 
 
 class _Lease:
@@ -38,28 +38,7 @@ def _scenario(write_blocks: bool) -> tuple[list[str], _Lease]:
 
     async def run() -> None:
         response = _LeasedStream(StreamingResponse(rendered()), lease)  # type: ignore[arg-type]
-        left, writing = asyncio.Event(), asyncio.Event()
-        read = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal read
-            if not read:
-                read = True
-                return {"type": "http.request", "body": b"", "more_body": False}
-            await left.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.body":
-                writing.set()
-                if write_blocks:
-                    await asyncio.Event().wait()  # the client's socket takes nothing more
-
-        scope = {"type": "http", "asgi": {"spec_version": "2.3"}, "method": "POST"}
-        task = asyncio.create_task(response(scope, receive, send))  # type: ignore[arg-type]
-        await writing.wait()
-        left.set()
-        await asyncio.wait_for(task, 5)
+        await leave_a_stream(response, mid_write=write_blocks)
         for _ in range(3):  # the inner generator's own close, scheduled by the outer's
             await asyncio.sleep(0)
         # Looked at here, with the response still referenced: asyncio.run's shutdown closes
