@@ -6,14 +6,14 @@ between writes."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 __all__ = ["leave_a_stream"]
 
 
 async def leave_a_stream(
-    response: Callable[[Any, Any, Any], Awaitable[None]], *, mid_write: bool
+    response: Callable[[Any, Any, Any], Coroutine[Any, Any, None]], *, mid_write: bool
 ) -> None:
     """Run `response` (an ASGI app) until the client has left and the call has returned."""
     left, writing = asyncio.Event(), asyncio.Event()
