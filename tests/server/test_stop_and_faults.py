@@ -192,14 +192,21 @@ def test_a_full_shared_kv_cache_ends_one_request_while_its_neighbour_completes(
     """A real llama_decode failure: two requests that each fit a shared KV cache (--kv-unified,
     2 x 128 cells) but not both. The one holding the most ends with an error event; the other
     gets every token it asked for."""
-    first = {
+    # The first's prompt is the longer, so it holds the most cells whenever the cache fills,
+    # however far it got before its neighbour arrived.
+    lighthouse = (
+        "Write a long story about a lighthouse keeper on a rocky northern island who keeps "
+        "the lamp burning through a winter of storms, talks to the gulls, mends the nets of "
+        "the fishermen, and one night sees a ship with no lights drifting towards the reef."
+    )
+    first: dict[str, Any] = {
         "model": MODEL,
-        "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}],
-        "max_tokens": 200,
+        "messages": [{"role": "user", "content": lighthouse}],
+        "max_tokens": 150,
         "ignore_eos": True,
         "stream": True,
     }
-    second = {
+    second: dict[str, Any] = {
         **first,
         "messages": [{"role": "user", "content": "Count the stars."}],
         "stream": False,
@@ -208,22 +215,28 @@ def test_a_full_shared_kv_cache_ends_one_request_while_its_neighbour_completes(
     async def run(server: HearthServer) -> tuple[list[str], httpx.Response]:
         async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as http:
             events: list[str] = []
-            neighbour: asyncio.Task[httpx.Response] | None = None
             async with http.stream("POST", "/v1/chat/completions", json=first) as stream:
                 assert stream.status_code == 200
+                # Not one line is read until the neighbour runs: a client that drained
+                # buffered lines first would not let it start until the first had ended.
+                neighbour = asyncio.create_task(http.post("/v1/chat/completions", json=second))
+                deadline = time.monotonic() + 30
+                while (await http.get("/health")).json()["slots_in_use"] < 2:
+                    assert not neighbour.done() and time.monotonic() < deadline
+                    await asyncio.sleep(0.01)
                 async for line in stream.aiter_lines():
                     if line.startswith("data: "):
                         events.append(line[len("data: ") :])
-                        if len(events) == 20:  # well ahead: it holds the most when it fills
-                            neighbour = asyncio.create_task(
-                                http.post("/v1/chat/completions", json=second)
-                            )
-            assert neighbour is not None
             return events, await neighbour
 
     flags = ("--kv-unified", "--parallel", "2", "--ctx-size", "128")
     with start_server(tmp_path, *flags) as server:
-        assert server.client().models.retrieve(MODEL)  # serving
+        words = [
+            httpx.post(
+                f"{server.base_url}/tokenize", json={"content": request["messages"][0]["content"]}
+            ).json()["tokens"]
+            for request in (first, second)
+        ]
         events, answer = asyncio.run(run(server))
         health = httpx.get(f"{server.base_url}/health").json()
     assert events[-1] == "[DONE]"
@@ -231,8 +244,14 @@ def test_a_full_shared_kv_cache_ends_one_request_while_its_neighbour_completes(
     assert error["code"] == "kv_cache_full" and "shared KV cache" in error["message"]
     assert json.loads(events[-3])["choices"][0]["finish_reason"] == "length"
     assert answer.status_code == 200, answer.text
+    # The premises: each fits the 256 cells; the second's prompt alone overflows what the first
+    # holds at its end, so they collide wherever the second began; the first's prompt is longer.
+    second_prompt = answer.json()["usage"]["prompt_tokens"]
+    first_prompt = second_prompt + len(words[0]) - len(words[1])
+    assert first_prompt + 150 <= 256 < first_prompt + second_prompt + 150
+    assert first_prompt > second_prompt + 20
     body = answer.json()
     assert body["choices"][0]["finish_reason"] == "length"
-    assert body["usage"]["completion_tokens"] == 200
+    assert body["usage"]["completion_tokens"] == 150
     assert health["status"] == "ok" and health["slots_in_use"] == 0
     assert "Traceback" not in server.log()
