@@ -59,6 +59,14 @@ class HearthServer:
         body: dict[str, Any] = response.json()
         return body
 
+    def wait_idle(self, timeout: float = 30) -> None:
+        """Until no request runs or waits: an earlier test's abandoned stream may still be
+        generating the token or two it takes to notice its client left."""
+        deadline = time.monotonic() + timeout
+        while (health := self.health())["slots_in_use"] or health["queue_length"]:
+            assert time.monotonic() < deadline, f"the server never went idle: {health}"
+            time.sleep(0.05)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

@@ -67,6 +67,7 @@ WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}
 
 
 def test_n_choices_share_one_prompt_evaluation(server: HearthServer, client: openai.OpenAI) -> None:
+    server.wait_idle()  # the server is shared: count this test's prompt only
     before = server.health()["engine"]
     reply = client.chat.completions.create(
         model=MODEL,

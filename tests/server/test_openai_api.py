@@ -210,6 +210,7 @@ def test_prometheus_metrics_count_tokens(server: HearthServer, client: openai.Op
                 samples[name.split("{")[0]] = float(value)
         return samples
 
+    server.wait_idle()  # the server is shared: count this test's tokens only
     before = scrape()
     client.completions.create(
         model=MODEL, prompt="One, two,", max_tokens=5, extra_body={"ignore_eos": True}
