@@ -7,7 +7,9 @@ Two Hearth servers with one slot each and flash attention off (so the outputs mu
 identical), one with --speculation off and one with --speculation auto, take the same requests
 in alternating order, round after round (the machine's speed drifts more than some of the gaps):
 (a) an edit: a ~300-token function with one variable renamed, at temperature 0, with and without
-    the function as `prediction` (OpenAI's Predicted Outputs; without it, prompt lookup);
+    the function as `prediction` (OpenAI's Predicted Outputs; without it, prompt lookup), and
+    with the off server's own answer as the prediction (`edit_echo`: what the machinery reaches
+    when nearly every draft token is kept, on this machine's step costs);
 (b) a RAG-style answer that quotes its source, at temperature 0 (prompt lookup);
 (c) free story writing, seeded at temperature 0.7 (where speculation must cost nothing).
 Decode tok/s is (completion tokens - 1) / (last content event - first content event): prefill
@@ -37,7 +39,7 @@ import httpx
 from hearth.settings import physical_cores
 from sse_client import post_sse
 
-__all__ = ["TARGETS", "markdown", "run_speculation"]
+__all__ = ["TARGETS", "ceiling", "markdown", "run_speculation"]
 
 HOST = "127.0.0.1"
 MODEL_ID = "smollm2:135m"
@@ -115,12 +117,13 @@ TASKS: dict[str, dict[str, Any]] = {
         "logit_bias": {"0": -100, "2": -100, "4": -100},
     },
 }
-# (case, task, with the prediction)
+# (case, task, prediction: "" none, "function" the original code, "echo" the off server's answer)
 CASES = (
-    ("edit_prediction", "edit", True),
-    ("edit_lookup", "edit", False),
-    ("rag_lookup", "rag", False),
-    ("story", "story", False),
+    ("edit_prediction", "edit", "function"),
+    ("edit_echo", "edit", "echo"),
+    ("edit_lookup", "edit", ""),
+    ("rag_lookup", "rag", ""),
+    ("story", "story", ""),
 )
 # The issue's targets: speedups at least (a) and (b), and no slower than this (c).
 TARGETS = {"edit_prediction": 2.0, "rag_lookup": 1.5, "story": 0.97}
@@ -173,15 +176,15 @@ def hearth(speculation: str, threads: int, log_dir: Path, quantize: str) -> Iter
             proc.wait()
 
 
-def request_body(task: str, prediction: bool) -> dict[str, Any]:
+def request_body(task: str, prediction: str) -> dict[str, Any]:
     spec = TASKS[task]
     body = {"model": MODEL_ID, "stream": True, "stream_options": {"include_usage": True}, **spec}
     if prediction:
-        body["prediction"] = {"type": "content", "content": f"```python\n{FUNCTION}```"}
+        body["prediction"] = {"type": "content", "content": prediction}
     return body
 
 
-def measure(port: int, task: str, prediction: bool) -> Sample:
+def measure(port: int, task: str, prediction: str) -> Sample:
     _, response = post_sse(HOST, port, "/v1/chat/completions", request_body(task, prediction))
     if response.status_code != 200:
         raise RuntimeError(f"HTTP {response.status_code}: {response.body[:300]!r}")
@@ -224,17 +227,27 @@ def run_speculation(
         hearth("off", threads, Path(tmp), quantize) as off_port,
         hearth("auto", threads, Path(tmp), quantize) as auto_port,
     ):
-        for case, task, prediction in chosen:
-            measure(off_port, task, prediction)  # warm-up: the prompt's cache, the pages
+        for case, task, predicted in chosen:
+            prediction = f"```python\n{FUNCTION}```" if predicted == "function" else ""
+            # warm-up: the prompt's cache, the pages (and the answer an echo predicts)
+            answer = measure(off_port, task, prediction).text
+            if predicted == "echo":
+                prediction = answer
             measure(auto_port, task, prediction)
             pairs: list[tuple[Sample, Sample]] = []
+            drafted = kept = 0  # draft tokens the auto server decoded, and kept, over the rounds
             for round_index in range(rounds):
                 order = [(off_port, 0), (auto_port, 1)]
                 if round_index % 2:
                     order.reverse()
                 pair: list[Sample | None] = [None, None]
                 for port, slot in order:
+                    before = drafts(auto_port)
                     pair[slot] = measure(port, task, prediction)
+                    if port == auto_port:
+                        after = drafts(auto_port)
+                        drafted += after[0] - before[0]
+                        kept += after[1] - before[1]
                 off, auto = pair
                 assert off is not None and auto is not None
                 pairs.append((off, auto))
@@ -247,6 +260,8 @@ def run_speculation(
                 "ratios": ratios,
                 "completion_tokens": auto_last.completion_tokens,
                 "identical_output": all(off.text == auto.text for off, auto in pairs),
+                "draft_tokens": drafted // rounds,
+                "draft_tokens_kept": kept // rounds,
                 "accepted_prediction_tokens": auto_last.accepted,
                 "rejected_prediction_tokens": auto_last.rejected,
                 "target": TARGETS.get(case),
@@ -257,7 +272,26 @@ def run_speculation(
                 file=sys.stderr,
                 flush=True,
             )
+        engine = httpx.get(f"http://{HOST}:{auto_port}/health", timeout=30).json()["engine"]
+        results["step_ms_by_rows"] = engine["step_ms_by_rows"]
     return results
+
+
+def drafts(port: int) -> tuple[int, int]:
+    """The server's draft tokens decoded and kept so far."""
+    engine = httpx.get(f"http://{HOST}:{port}/health", timeout=30).json()["engine"]
+    return int(engine["draft_tokens_total"]), int(engine["draft_tokens_accepted_total"])
+
+
+def ceiling(report: dict[str, Any]) -> tuple[int, float] | None:
+    """The best speedup a draft kept whole every step could give, at the step costs the auto
+    server measured (n rows yield n tokens for the cost of an n-row step), and its n: what no
+    acceptance rate can beat on this machine."""
+    costs = {int(rows): ms for rows, ms in (report.get("step_ms_by_rows") or {}).items()}
+    if 1 not in costs or len(costs) < 2:
+        return None
+    rows = max(costs, key=lambda n: n * costs[1] / costs[n])
+    return rows, rows * costs[1] / costs[rows]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -266,8 +300,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report.get('quantize', 'none')})",
         "",
         "| case | off tok/s | auto tok/s | ratio | target | same output | tokens | "
-        "prediction accepted / rejected |",
-        "|---|---|---|---|---|---|---|---|",
+        "draft tokens decoded / kept | prediction accepted / rejected |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for case, row in report["cases"].items():
         target = row["target"]
@@ -277,9 +311,21 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {case} | {row['off_tps']:.1f} | {row['auto_tps']:.1f} | "
             f"{ratio:.2f}×{met} | {'' if target is None else f'≥ {target}×'} | "
             f"{'yes' if row['identical_output'] else 'NO'} | {row['completion_tokens']} | "
+            f"{row.get('draft_tokens', '')} / {row.get('draft_tokens_kept', '')} | "
             f"{row['accepted_prediction_tokens']} / {row['rejected_prediction_tokens']} |"
         )
     lines.append(f"\nMedian of {report['rounds']} paired rounds (see bench/speculation.py).")
+    best = ceiling(report)
+    if best is not None:
+        costs = report["step_ms_by_rows"]
+        shown = ", ".join(
+            f"{n} rows {costs[n]:.1f} ms" for n in ("1", "2", "4", "8", "16", "33") if n in costs
+        )
+        lines.append(
+            f"Decode steps on the auto server (its own timing, `/health`): {shown}. A draft kept "
+            f"whole every step would at best run {best[1]:.2f}× as fast ({best[0]} rows a step): "
+            "the most any case can reach on this machine."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -78,6 +78,9 @@ def test_greedy_output_is_identical_with_a_prediction(servers: dict[str, HearthS
     assert plain_details is not None and plain_details.accepted_prediction_tokens == 0
     engine = servers["on"].health()["engine"]
     assert engine["draft_tokens_accepted_total"] > 0
+    # Steps of one row and of several were timed: what auto sizes its drafts by.
+    costs = engine["step_ms_by_rows"]
+    assert "1" in costs and len(costs) >= 2 and all(ms > 0 for ms in costs.values())
 
 
 def test_greedy_output_is_identical_with_prompt_lookup(servers: dict[str, HearthServer]) -> None:

@@ -17,6 +17,7 @@ from hearth.engine.speculative import (
     DraftLength,
     DraftSource,
     SpeculationMode,
+    StepCost,
 )
 from hearth.engine.types import (
     BatchBudget,
@@ -99,43 +100,95 @@ def test_prediction_is_found_again_after_the_output_departs_from_it() -> None:
     assert bytes(draft.tokens) == b" return"
 
 
-def test_draft_length_grows_on_whole_drafts_and_shrinks_on_rejections() -> None:
-    lengths = DraftLength(SpeculationMode.AUTO)
-    start = lengths.length(DraftSource.PREDICTION)
-    lengths.verified(DraftSource.PREDICTION, start, start)
-    assert lengths.length(DraftSource.PREDICTION) == 2 * start
-    lengths.verified(DraftSource.PREDICTION, 2 * start, 3)
-    assert lengths.length(DraftSource.PREDICTION) == 4
+def cpu_like() -> StepCost:
+    """A step of n rows costs 10 ms + 5 ms per extra row, as measured on a 2-core CPU."""
+    cost = StepCost()
+    cost.observe(1, 0.010)
+    cost.observe(5, 0.030)
+    return cost
+
+
+def gpu_like() -> StepCost:
+    cost = StepCost()
+    cost.observe(1, 0.010)
+    cost.observe(33, 0.012)
+    return cost
+
+
+def test_step_cost_learns_what_each_row_count_costs() -> None:
+    cost = StepCost()
+    assert cost.cost(3) == 1 + 2 * StepCost.PRIOR_ROW_SHARE  # one-row steps, before any timing
+    cost.observe(5, 0.030)
+    assert cost.cost(5) == 0.030
+    assert abs(cost.cost(1) - 0.030 / (1 + 4 * StepCost.PRIOR_ROW_SHARE)) < 1e-12
+    cost.observe(1, 0.010)
+    # Counts seen cost what they cost; the others lie on the line through those.
+    assert (cost.cost(1), cost.cost(5)) == (0.010, 0.030)
+    assert abs(cost.cost(9) - 0.050) < 1e-12 and abs(cost.cost(3) - 0.020) < 1e-12
+    cost.observe(3, 0.025)  # a tile's worth of rows can cost less than fewer rows
+    cost.observe(4, 0.021)
+    assert cost.cost(4) == 0.021 < cost.cost(3) == 0.025
+    for _ in range(100):  # the averages follow what steps cost now
+        cost.observe(1, 0.020)
+    assert abs(cost.cost(1) - 0.020) < 1e-4
+
+
+def test_the_draft_length_maximises_output_per_second() -> None:
+    draft = Draft(tuple(range(40)), DraftSource.PREDICTION)
+    sure = DraftLength(SpeculationMode.AUTO)
+    for _ in range(10):
+        sure.verified(DraftSource.PREDICTION, 8, 8)
+    doubtful = DraftLength(SpeculationMode.AUTO)
+    for _ in range(10):
+        doubtful.verified(DraftSource.PREDICTION, 8, 2)
+    assert sure.acceptance(DraftSource.PREDICTION) > 0.99
+    assert abs(doubtful.acceptance(DraftSource.PREDICTION) - 2 / 3) < 0.01
+    # Rows that cost little are drafted up to the ceiling; on a CPU a sure draft is long, a
+    # doubtful one short or not at all.
+    assert sure.plan(draft, gpu_like()) == 32
+    assert 8 <= sure.plan(draft, cpu_like()) <= 32
+    assert doubtful.plan(draft, gpu_like()) > doubtful.plan(draft, cpu_like())
+    assert doubtful.plan(draft, cpu_like()) <= 2
+    # A draft is never longer than what is drafted, and a busier step makes it shorter.
+    assert sure.plan(Draft((1, 2, 3), DraftSource.PREDICTION), gpu_like()) == 3
+    fair = DraftLength(SpeculationMode.AUTO)
+    for _ in range(10):
+        fair.verified(DraftSource.PREDICTION, 8, 6)
+    assert fair.plan(draft, cpu_like(), rows=3, yielded=3) < fair.plan(draft, cpu_like())
 
 
 def test_auto_watches_instead_of_decoding_while_drafts_are_refused_and_on_does_not() -> None:
     auto, forced = DraftLength(SpeculationMode.AUTO), DraftLength(SpeculationMode.ON)
+    draft = Draft((7, 8, 9), DraftSource.LOOKUP)
     for lengths in (auto, forced):
         lengths.verified(DraftSource.LOOKUP, 4, 0)
         lengths.verified(DraftSource.LOOKUP, 2, 0)
-    assert not auto.decodes() and forced.decodes()
+    assert auto.plan(draft, cpu_like()) == 0
+    assert forced.plan(draft, cpu_like()) == 3  # on: every draft, whole
     # A watched draft is kept or refused by the tokens produced next, at no decode's cost.
-    auto.watch(Draft((7, 8, 9), DraftSource.LOOKUP))
+    auto.watch(draft)
     for token in (7, 5):  # the second token departs from it
         assert auto.watching
         auto.produced(token)
-    assert not auto.watching and not auto.decodes()
+    assert not auto.watching and auto.plan(draft, cpu_like()) == 0
     for _ in range(3):  # watched drafts wholly kept bring decoding back
-        auto.watch(Draft((1, 2), DraftSource.LOOKUP))
-        auto.produced(1)
-        auto.produced(2)
-    assert auto.decodes()
+        auto.watch(Draft((1, 2, 3, 4, 5, 6), DraftSource.LOOKUP))
+        for token in (1, 2, 3, 4):  # only the first four are watched
+            auto.produced(token)
+        assert not auto.watching
+    assert auto.plan(draft, cpu_like()) > 0
 
 
 def test_a_prediction_is_decoded_from_the_start_and_lookup_earns_it() -> None:
-    assert DraftLength(SpeculationMode.AUTO, predicted=True).decodes()
-    lookup = DraftLength(SpeculationMode.AUTO)
-    assert not lookup.decodes()
-    lookup.watch(Draft((1, 2, 3, 4), DraftSource.LOOKUP))
-    for token in (1, 2, 3, 4):
-        lookup.produced(token)
-    assert lookup.decodes()  # one watched draft wholly kept is enough
-    assert lookup.length(DraftSource.LOOKUP) == 8
+    prediction = Draft(tuple(range(8)), DraftSource.PREDICTION)
+    lookup = Draft(tuple(range(8)), DraftSource.LOOKUP)
+    lengths = DraftLength(SpeculationMode.AUTO)
+    assert lengths.plan(prediction, cpu_like()) > 0
+    assert lengths.plan(lookup, cpu_like()) == 0
+    lengths.watch(lookup)
+    for token in range(4):
+        lengths.produced(token)
+    assert lengths.plan(lookup, cpu_like()) > 0  # one watched draft wholly kept is enough
 
 
 # -- verification in the engine ---------------------------------------------------------------

@@ -25,11 +25,11 @@ from hearth.engine.prompt_disk import PromptDiskCache, SavedPrefix
 from hearth.engine.scheduler import Chunk, KvCopy, KvRestore, Scheduler, Sequence, StepPlan
 from hearth.engine.speculative import (
     AUTO_MAX_DECODING,
-    Draft,
     Drafter,
     DraftLength,
     DraftSource,
     SpeculationMode,
+    StepCost,
 )
 from hearth.engine.text import StopMatcher, ThinkingTracker, Utf8Stream
 from hearth.engine.types import (
@@ -151,9 +151,11 @@ class EngineCore(Generic[SinkT]):
         clock: Callable[[], float] = time.monotonic,
         prompt_disk: PromptDiskCache | None = None,
         speculation: SpeculationMode = SpeculationMode.OFF,
+        step_cost: StepCost | None = None,
     ) -> None:
         self.runner = runner
         self.speculation = speculation
+        self.step_cost = step_cost if step_cost is not None else StepCost()
         self.scheduler = Scheduler(n_slots, budget)
         self.prompt_disk = prompt_disk
         if prompt_disk is not None:
@@ -161,6 +163,7 @@ class EngineCore(Generic[SinkT]):
         self.queue_timeout_s = queue_timeout_s
         self._clock = clock
         self.stats = EngineStats(slots_total=n_slots)
+        self.stats.step_seconds_by_rows = self.step_cost.seconds_by_rows
         self._live: dict[str, _Generation[SinkT]] = {}
         self._choice_of: dict[Sequence, tuple[_Generation[SinkT], _Choice]] = {}
         # Why a step raised, if one did: the core then fails every request it holds or gets.
@@ -255,6 +258,7 @@ class EngineCore(Generic[SinkT]):
         if not plan.chunks:
             self._refresh_gauges()
             return expired
+        started = time.perf_counter()
         status = self.runner.decode(plan.chunks)
         if status != 0:
             return expired + self._fail_step(plan.chunks, status)
@@ -276,6 +280,8 @@ class EngineCore(Generic[SinkT]):
                 outputs.extend(self._verify(gen, choice, chunk, row))
             else:
                 outputs.extend(self._sample(gen, choice, row))
+        if not plan.prompt_tokens and not plan.kv_ops:  # decoding only: what rows cost
+            self.step_cost.observe(row + 1, time.perf_counter() - started)
         self._record_batch(plan, row + 1)
         self._refresh_gauges()
         return outputs
@@ -326,9 +332,7 @@ class EngineCore(Generic[SinkT]):
                 choice.thinking = ThinkingTracker(choice.params.reasoning)
             if self.speculation is not SpeculationMode.OFF:
                 choice.drafter = Drafter(gen.request.prompt_tokens, gen.request.prediction)
-                choice.draft_length = DraftLength(
-                    self.speculation, predicted=bool(gen.request.prediction)
-                )
+                choice.draft_length = DraftLength(self.speculation)
         self.stats.prompt_tokens_total += len(gen.request.prompt_tokens)
         self.stats.prompt_tokens_cached_total += gen.first.cached_tokens
 
@@ -385,6 +389,7 @@ class EngineCore(Generic[SinkT]):
         if self.speculation is SpeculationMode.AUTO and len(decoding) > AUTO_MAX_DECODING:
             return
         n_ctx = self.runner.n_ctx_per_slot
+        rows = len(decoding)  # the step's rows so far: each pending token, and drafts given
         for seq in decoding:
             choice = self._choice_of[seq][1]
             drafter, lengths, slot = choice.drafter, choice.draft_length, seq.slot
@@ -402,11 +407,12 @@ class EngineCore(Generic[SinkT]):
             draft = drafter.draft(room)
             if draft is None:
                 continue
-            draft = Draft(draft.tokens[: lengths.length(draft.source)], draft.source)
-            if lengths.decodes():
-                seq.draft = draft.tokens
+            length = lengths.plan(draft, self.step_cost, rows, len(decoding))
+            if length:
+                seq.draft = draft.tokens[:length]
                 choice.draft_source = draft.source
-            else:  # drafts are being refused: follow this one for free instead
+                rows += length
+            else:  # no draft pays: follow this one for free instead
                 lengths.watch(draft)
 
     def _verify(

@@ -209,6 +209,7 @@ class Engine:
         # histogram copied in one C call, so a size the engine thread adds meanwhile is harmless).
         stats = copy.copy(self._core.stats)
         stats.batch_size_histogram = dict(stats.batch_size_histogram)
+        stats.step_seconds_by_rows = dict(stats.step_seconds_by_rows)
         return stats
 
     def request_stats(self) -> RequestStats:

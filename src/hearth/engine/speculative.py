@@ -23,10 +23,11 @@ Where drafts come from (`Drafter`):
 - else prompt lookup: the last n tokens of the prompt + output so far, looked up in that same
   text, and what followed their latest earlier occurrence.
 
-How much to draft (`DraftLength`): drafts cost rows in the batch, so in `auto` a sequence drafts
-only while few sequences decode, and decodes its drafts only while they are being accepted;
-otherwise it watches them (compares each with the tokens it then produces, for free) until one
-is kept. The length grows while whole drafts are accepted and shrinks when they are not.
+How much to draft (`DraftLength`, `StepCost`): drafts cost rows in the batch, so in `auto` a
+sequence drafts only while few sequences decode, and decodes as many draft tokens as maximise the
+step's expected output per second, from the step times the engine measures and the share of
+this choice's draft tokens kept so far; when no draft pays, it watches them (compares each with
+the tokens it then produces, for free) until they are kept again.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "DraftSource",
     "Drafter",
     "SpeculationMode",
+    "StepCost",
 ]
 
 # The n-gram sizes looked up, longest first; a single token matches too often to be worth a row.
@@ -145,50 +147,121 @@ class Drafter:
         return None
 
 
-# Draft lengths: the first try, the ceiling, and how far a sequence backs off after rejections.
-_START = {DraftSource.PREDICTION: 8, DraftSource.LOOKUP: 4}
+# The longest draft decoded in one step, by source: a prediction is the client's own guess at
+# the whole answer; an n-gram's continuation is a guess about the next few tokens.
 _MAX = {DraftSource.PREDICTION: 32, DraftSource.LOOKUP: 16}
-_MIN = 2
-# In auto, a choice decodes its drafts only while a moving average of the share of draft tokens
-# kept is at least this: on a CPU a draft row costs about half a decode step or more, so drafts
-# pay only when most of their rows are kept.
-AUTO_MIN_ACCEPTANCE = 0.6
-_RATE_WEIGHT = 0.3  # of the latest draft in the moving average
-# Where the average starts: prompt lookup must earn its first decoded draft (one wholly kept
-# watched draft does it); a prediction is the client's own guess and is decoded from the start.
-_RATE_START_LOOKUP = 0.5
+# Where each source's acceptance estimate starts, as (tokens kept, tokens tried): a prediction
+# is decoded from the start; prompt lookup must earn its first decoded draft (one wholly kept
+# watched draft does it).
+_PRIOR = {DraftSource.PREDICTION: (3.6, 4.0), DraftSource.LOOKUP: (2.0, 4.0)}
+_ACCEPTANCE_DECAY = 0.7  # the weight of what was seen before the latest draft
+# How much of a draft is watched: short, so that one kept brings decoding back soon.
+_WATCHED = 4
+# A draft must promise at least this much more output per second than the step without it:
+# a margin for the noise in the estimates, so free text pays nothing.
+_MIN_GAIN = 1.05
+
+
+class StepCost:
+    """What a decode step costs by its number of rows, learned from the engine's own steps: a
+    moving average per row count seen, and a straight line through those for the counts not
+    seen. On a CPU every row costs compute, and not evenly (here 4 rows cost about what 3 do:
+    the kernels work in tiles); on a GPU a few more rows cost almost nothing. The same rule
+    then drafts short on one and long on the other."""
+
+    # Before steps of two row counts were timed: a row costs this share of a one-row step.
+    PRIOR_ROW_SHARE = 0.5
+    _WEIGHT = 0.1  # of the latest step in each moving average
+
+    def __init__(self) -> None:
+        self.seconds_by_rows: dict[int, float] = {}  # moving average of each count's steps
+        self._seconds = self.seconds_by_rows
+        self.one_row: float | None = None  # the line's cost of one row, in seconds
+        self.per_row: float | None = None  # and of each row more
+
+    def observe(self, rows: int, seconds: float) -> None:
+        """A step of `rows` rows, all decoding (no prompt), took `seconds`."""
+        self._seconds[rows] = _moving(self._seconds.get(rows), seconds, self._WEIGHT)
+        self._fit()
+
+    def cost(self, rows: int) -> float:
+        """A step of `rows` rows, in seconds (in one-row steps while none was timed)."""
+        seen = self._seconds.get(rows)
+        if seen is not None:
+            return seen
+        one = self.one_row if self.one_row is not None else 1.0
+        per_row = self.per_row if self.per_row is not None else one * self.PRIOR_ROW_SHARE
+        return one + per_row * (rows - 1)
+
+    def _fit(self) -> None:
+        """Least squares through the averages, one point per row count."""
+        points = self._seconds
+        if len(points) == 1:
+            ((rows, seconds),) = points.items()
+            self.one_row = seconds / (1 + self.PRIOR_ROW_SHARE * (rows - 1))
+            self.per_row = None
+            return
+        n = len(points)
+        mean_x = sum(points) / n
+        mean_y = sum(points.values()) / n
+        spread = sum((x - mean_x) ** 2 for x in points)
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in points.items()) / spread
+        self.per_row = max(0.0, slope)
+        self.one_row = max(1e-9, mean_y - self.per_row * (mean_x - 1))
+
+
+def _moving(average: float | None, value: float, weight: float) -> float:
+    return value if average is None else average + weight * (value - average)
 
 
 class DraftLength:
-    """How many draft tokens one choice tries next, and whether the next draft is decoded or
-    only watched: lengths double after a wholly accepted draft and are cut to what was accepted
-    + 1 otherwise. In auto, while the choice's drafts are mostly refused, its drafts are watched
-    instead of decoded: compared with the tokens the choice then produces, which costs no
-    decode, so free text pays nothing and the first watched draft that is kept brings decoding
-    back."""
+    """How many draft tokens one choice decodes in the next step: the number that maximises the
+    step's expected output per second, given the step's cost by rows (`StepCost`) and this
+    choice's estimated chance that each draft token is kept. Drafts are accepted token by token
+    until the first refusal, so with a per-token chance p a draft of k yields
+    1 + p + ... + p^k tokens for k more rows. Zero means the draft is watched instead of
+    decoded: compared with the tokens the choice then produces, which costs no decode, so free
+    text pays nothing and the first watched draft that is kept brings decoding back. `on`
+    decodes every draft whole, up to the source's ceiling."""
 
-    def __init__(self, mode: SpeculationMode, *, predicted: bool = False) -> None:
+    def __init__(self, mode: SpeculationMode) -> None:
         self._mode = mode
-        self._length = dict(_START)
-        # moving average of accepted / drafted, over decoded and watched drafts alike
-        self._rate = 1.0 if predicted else _RATE_START_LOOKUP
+        # per source: exponentially weighted (tokens kept, tokens tried), decoded and watched
+        self._seen = dict(_PRIOR)
         self._watched: Draft | None = None
         self._watched_kept = 0
-
-    def decodes(self) -> bool:
-        """Whether the next draft goes into the batch (else it is only watched)."""
-        return self._mode is SpeculationMode.ON or self._rate >= AUTO_MIN_ACCEPTANCE
 
     @property
     def watching(self) -> bool:
         return self._watched is not None
 
+    def acceptance(self, source: DraftSource) -> float:
+        """The estimated chance that each token of the next draft from `source` is kept."""
+        kept, tried = self._seen[source]
+        return kept / tried
+
+    def plan(self, draft: Draft, cost: StepCost, rows: int = 1, yielded: int = 1) -> int:
+        """How many tokens of `draft` to decode in a step that holds `rows` rows so far (this
+        choice's pending token included) and yields `yielded` tokens without drafts; 0 to
+        watch it instead."""
+        most = min(len(draft.tokens), _MAX[draft.source])
+        if self._mode is SpeculationMode.ON:
+            return most
+        p = self.acceptance(draft.source)
+        without = yielded / cost.cost(rows)
+        best, best_rate, expected, chance = 0, 0.0, 1.0, 1.0
+        for k in range(1, most + 1):
+            chance *= p
+            expected += chance
+            rate = (yielded - 1 + expected) / cost.cost(rows + k)
+            if rate > best_rate:
+                best, best_rate = k, rate
+        return best if best_rate >= _MIN_GAIN * without else 0
+
     def watch(self, draft: Draft) -> None:
         """Follow `draft` against the tokens produced next, instead of decoding it."""
-        self._watched, self._watched_kept = draft, 0
-
-    def length(self, source: DraftSource) -> int:
-        return self._length[source]
+        self._watched = Draft(draft.tokens[:_WATCHED], draft.source)
+        self._watched_kept = 0
 
     def produced(self, token: int) -> None:
         """The choice produced `token`: a watched draft is kept or refused as a decoded one would
@@ -204,8 +277,9 @@ class DraftLength:
         self.verified(watched.source, len(watched.tokens), self._watched_kept)
 
     def verified(self, source: DraftSource, drafted: int, accepted: int) -> None:
-        if accepted == drafted:
-            self._length[source] = min(_MAX[source], max(self._length[source], drafted) * 2)
-        else:
-            self._length[source] = max(_MIN, accepted + 1)
-        self._rate += _RATE_WEIGHT * (accepted / drafted - self._rate)
+        """`accepted` of `drafted` tokens were kept: as many tries succeeded, and one more failed
+        unless the whole draft was kept."""
+        kept, tried = self._seen[source]
+        tries = accepted + (accepted < drafted)
+        decay = _ACCEPTANCE_DECAY
+        self._seen[source] = (decay * kept + accepted, decay * tried + tries)

@@ -160,4 +160,6 @@ class EngineStats:
     draft_tokens_total: int = 0  # speculative draft tokens verified
     draft_tokens_accepted_total: int = 0  # of those, the ones kept
     requests_finished: int = 0
+    # What a decode step of n rows costs, by n (speculative.StepCost): what drafts are sized by
+    step_seconds_by_rows: dict[int, float] = field(default_factory=dict)
     batch_size_histogram: dict[int, int] = field(default_factory=dict)

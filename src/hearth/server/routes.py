@@ -113,6 +113,10 @@ def _engine_fields(stats: EngineStats) -> dict[str, Any]:
         "draft_tokens_total": stats.draft_tokens_total,
         "draft_tokens_accepted_total": stats.draft_tokens_accepted_total,
         "requests_finished": stats.requests_finished,
+        "step_ms_by_rows": {
+            str(rows): round(seconds * 1000, 3)
+            for rows, seconds in sorted(stats.step_seconds_by_rows.items())
+        },
         "batch_size_histogram": {str(k): v for k, v in stats.batch_size_histogram.items()},
     }
 
