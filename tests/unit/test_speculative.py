@@ -429,3 +429,37 @@ def test_a_seeded_sample_is_the_same_with_and_without_drafts() -> None:
     assert sample_continuations(SpeculationMode.ON, seeds) == sample_continuations(
         SpeculationMode.OFF, seeds
     )
+
+
+class FixedStepCost(StepCost):
+    """Step costs that stay as given: what the engine's own timing would learn on a device."""
+
+    def __init__(self, one_row: float, per_row: float) -> None:
+        super().__init__()
+        self.observed: list[int] = []
+        for rows in range(1, 40):
+            self.seconds_by_rows[rows] = one_row + per_row * (rows - 1)
+
+    def observe(self, rows: int, seconds: float) -> None:
+        self.observed.append(rows)
+
+
+def test_auto_sizes_drafts_by_the_step_cost_and_times_decoding_steps() -> None:
+    script = "the lighthouse keeper kept the lamp lit through the storm and the night"
+    longest = {}
+    for name, cost in (("gpu", FixedStepCost(0.010, 0.0001)), ("cpu", FixedStepCost(0.010, 0.02))):
+        runner = FakeRunner(scripts={ord("S"): [*text_tokens(script), EOG]}, n_ctx_per_slot=256)
+        core: EngineCore[str] = EngineCore(
+            runner, 1, BatchBudget(128, 64), speculation=SpeculationMode.AUTO, step_cost=cost
+        )
+        core.add(spec_request("r", "Say", prediction=script, max_tokens=128), "r")
+        assert joined(run(core)["r"]) == script
+        longest[name] = max((chunk.n_draft for chunk in draft_chunks(runner)), default=0)
+        # Every step that only decoded was timed, with its rows: the pending token and drafts.
+        decoding_steps = [step for step in runner.decoded if all(c.start_pos > 0 for c in step)]
+        assert cost.observed and len(cost.observed) <= len(decoding_steps)
+        assert max(cost.observed) == longest[name] + 1
+    # Cheap rows: the prediction drafted whole, up to the ceiling; rows that cost twice a
+    # one-row step never pay, whatever the acceptance.
+    assert longest["gpu"] == 32
+    assert longest["cpu"] == 0
