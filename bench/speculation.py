@@ -3,9 +3,10 @@
     .venv/bin/python bench/speculation.py             # alone (bench.py runs it too: make bench)
     .venv/bin/python bench/speculation.py --rounds 1
 
-Two Hearth servers with one slot each and flash attention off (so the outputs must be
-identical), one with --speculation off and one with --speculation auto, take the same requests
-in alternating order, round after round (the machine's speed drifts more than some of the gaps):
+Two Hearth servers with one slot each and flash attention off (the setting of the identity
+tests; these longer greedy answers still differ, see docs/speculation.md), one with
+--speculation off and one with --speculation auto, take the same requests in alternating
+order, round after round (the machine's speed drifts more than some of the gaps):
 (a) an edit: a ~300-token function with one variable renamed, at temperature 0, with and without
     the function as `prediction` (OpenAI's Predicted Outputs; without it, prompt lookup), and
     with the off server's own answer as the prediction (`edit_echo`: what the machinery reaches

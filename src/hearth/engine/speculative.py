@@ -175,18 +175,18 @@ class StepCost:
 
     def __init__(self) -> None:
         self.seconds_by_rows: dict[int, float] = {}  # moving average of each count's steps
-        self._seconds = self.seconds_by_rows
         self.one_row: float | None = None  # the line's cost of one row, in seconds
         self.per_row: float | None = None  # and of each row more
 
     def observe(self, rows: int, seconds: float) -> None:
         """A step of `rows` rows, all decoding (no prompt), took `seconds`."""
-        self._seconds[rows] = _moving(self._seconds.get(rows), seconds, self._WEIGHT)
+        averages = self.seconds_by_rows
+        averages[rows] = _moving(averages.get(rows), seconds, self._WEIGHT)
         self._fit()
 
     def cost(self, rows: int) -> float:
         """A step of `rows` rows, in seconds (in one-row steps while none was timed)."""
-        seen = self._seconds.get(rows)
+        seen = self.seconds_by_rows.get(rows)
         if seen is not None:
             return seen
         one = self.one_row if self.one_row is not None else 1.0
@@ -195,7 +195,7 @@ class StepCost:
 
     def _fit(self) -> None:
         """Least squares through the averages, one point per row count."""
-        points = self._seconds
+        points = self.seconds_by_rows
         if len(points) == 1:
             ((rows, seconds),) = points.items()
             self.one_row = seconds / (1 + self.PRIOR_ROW_SHARE * (rows - 1))
