@@ -273,8 +273,16 @@ function App() {
     setView("chat");
     setSidebarOpen(false);
   };
-  const rename = (conversation, title) => {
+  const rename = async (conversation, title) => {
     const renamed = { ...(conversation.id === current.id ? current : conversation), title };
+    // Shown once stored, so that a reload right after a rename keeps it (commit stores it
+    // again: the same record).
+    try {
+      await saveConversation(renamed);
+    } catch (problem) {
+      report(problem);
+      return;
+    }
     commit(renamed, true);
   };
   const remove = async (conversation) => {
