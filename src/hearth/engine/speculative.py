@@ -175,39 +175,37 @@ class StepCost:
 
     def __init__(self) -> None:
         self.seconds_by_rows: dict[int, float] = {}  # moving average of each count's steps
-        self.one_row: float | None = None  # the line's cost of one row, in seconds
-        self.per_row: float | None = None  # and of each row more
+        self._line: tuple[float, float] | None = None  # (one row, each row more), once fitted
 
     def observe(self, rows: int, seconds: float) -> None:
         """A step of `rows` rows, all decoding (no prompt), took `seconds`."""
         averages = self.seconds_by_rows
         averages[rows] = _moving(averages.get(rows), seconds, self._WEIGHT)
-        self._fit()
+        self._line = None  # fitted again when a count not seen is asked for, not every step
 
     def cost(self, rows: int) -> float:
         """A step of `rows` rows, in seconds (in one-row steps while none was timed)."""
         seen = self.seconds_by_rows.get(rows)
         if seen is not None:
             return seen
-        one = self.one_row if self.one_row is not None else 1.0
-        per_row = self.per_row if self.per_row is not None else one * self.PRIOR_ROW_SHARE
+        if self._line is None:
+            self._line = self._fit()
+        one, per_row = self._line
         return one + per_row * (rows - 1)
 
-    def _fit(self) -> None:
+    def _fit(self) -> tuple[float, float]:
         """Least squares through the averages, one point per row count."""
         points = self.seconds_by_rows
-        if len(points) == 1:
-            ((rows, seconds),) = points.items()
-            self.one_row = seconds / (1 + self.PRIOR_ROW_SHARE * (rows - 1))
-            self.per_row = None
-            return
+        if len(points) <= 1:
+            ((rows, seconds),) = points.items() if points else ((1, 1.0),)
+            one = seconds / (1 + self.PRIOR_ROW_SHARE * (rows - 1))
+            return one, one * self.PRIOR_ROW_SHARE
         n = len(points)
         mean_x = sum(points) / n
         mean_y = sum(points.values()) / n
         spread = sum((x - mean_x) ** 2 for x in points)
-        slope = sum((x - mean_x) * (y - mean_y) for x, y in points.items()) / spread
-        self.per_row = max(0.0, slope)
-        self.one_row = max(1e-9, mean_y - self.per_row * (mean_x - 1))
+        slope = max(0.0, sum((x - mean_x) * (y - mean_y) for x, y in points.items()) / spread)
+        return max(1e-9, mean_y - slope * (mean_x - 1)), slope
 
 
 def _moving(average: float | None, value: float, weight: float) -> float:
