@@ -182,6 +182,13 @@ class ServeSettings(BaseSettings):
         description="Serve the model re-quantized to a type with fast batched CPU kernels "
         "(converted once into the Hearth home).",
     )
+    repack: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Weights repacked at load into the CPU's fast layouts (llama.cpp's extra "
+        "buffer types): 'auto' uses them all but AMX, which it uses only where a probe proved it "
+        "works on this machine (it crashes on some Xeons); 'on' uses every one, AMX included; "
+        "'off' none (llama-server's --no-repack).",
+    )
     gpu_layers: int = Field(
         -1, ge=-1, description="Layers to offload to a GPU; -1 offloads all that fit the backend."
     )

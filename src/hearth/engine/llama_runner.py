@@ -8,9 +8,13 @@ any thread (its own server tokenizes in HTTP threads).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import dataclasses
 import logging
 import math
+import re
+from collections.abc import Iterator
 from collections.abc import Sequence as SequenceType
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +23,7 @@ from typing import Any
 import llama_cpp as llama
 import numpy as np
 
+from hearth.engine.cpu import RepackMode, WeightPlacement
 from hearth.engine.scheduler import Chunk
 from hearth.engine.types import Grammar, SamplingParams, TokenLogprob
 
@@ -31,6 +36,9 @@ _GGML_LOG_TO_LOGGING = {3: logging.WARNING, 4: logging.ERROR}
 _GGML_LOG_CONT = 5
 _llama_logger = logging.getLogger("hearth.llama_cpp")
 _last_log_level: int | None = None
+# While a model loads: llama.cpp's INFO lines that say how much of it each buffer type holds.
+_buffer_lines: list[str] | None = None
+_BUFFER_LINE = re.compile(r"(\S+) model buffer size =\s*([0-9.]+) MiB")
 
 
 @llama.llama_log_callback  # type: ignore[untyped-decorator]
@@ -40,6 +48,8 @@ def _log_callback(level: int, text: bytes, _user_data: Any) -> None:
     python_level = _last_log_level if level == _GGML_LOG_CONT else _GGML_LOG_TO_LOGGING.get(level)
     _last_log_level = python_level
     message = text.decode("utf-8", "replace").rstrip() if text else ""
+    if _buffer_lines is not None and "model buffer size" in message:
+        _buffer_lines.append(message)
     if python_level is not None and message:
         _llama_logger.log(python_level, "%s", message)
 
@@ -79,6 +89,9 @@ class RunnerConfig:
     type_k: str = "f16"  # the KV cache's types: a key of KV_CACHE_TYPES
     type_v: str = "f16"
     kv_unified: bool = False  # one KV pool for all slots, instead of n_ctx_per_slot cells each
+    repack: RepackMode = "auto"  # the weight buffer types a load may use (engine/cpu.py)
+    weight_types: tuple[str, ...] = ()  # the GGUF's tensor types: part of the AMX probe's key
+    n_prefill: int = 128  # most prompt tokens per step beside decoding rows (probed with AMX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +109,40 @@ class ModelInfo:
     fim_tokens: tuple[int, int, int] | None  # prefix, suffix, middle: the model can infill
 
 
+def _load_model(config: RunnerConfig, model_params: Any) -> tuple[Any, WeightPlacement]:
+    """Load the weights into the buffer types `--repack` allows on this CPU; also say which
+    buffer types received them."""
+    from hearth.engine.amx_probe import ProbeShape, plan_weights
+    from hearth.engine.buffer_types import load_lock, offering
+
+    placement = plan_weights(
+        config.repack,
+        config.model_path,
+        config.weight_types,
+        ProbeShape(config.n_slots, config.n_batch, config.n_prefill, config.n_threads),
+    )
+    model_params.use_extra_bufts = placement.use_extra_bufts
+    with load_lock, offering(placement.offered), _capturing_buffer_lines() as lines:
+        model = llama.llama_model_load_from_file(str(config.model_path).encode(), model_params)
+    buffers: dict[str, int] = {}
+    for line in lines:
+        if match := _BUFFER_LINE.search(line):
+            name = match.group(1)
+            buffers[name] = buffers.get(name, 0) + int(float(match.group(2)) * (1 << 20))
+    return model, dataclasses.replace(placement, buffers=buffers)
+
+
+@contextlib.contextmanager
+def _capturing_buffer_lines() -> Iterator[list[str]]:
+    global _buffer_lines
+    lines: list[str] = []
+    _buffer_lines = lines
+    try:
+        yield lines
+    finally:
+        _buffer_lines = None
+
+
 class LlamaRunner:
     """A loaded GGUF model and one llama context with a sequence per slot."""
 
@@ -104,9 +151,7 @@ class LlamaRunner:
         self.config = config
         model_params = llama.llama_model_default_params()
         model_params.n_gpu_layers = 999 if config.gpu_layers < 0 else config.gpu_layers
-        self._model = llama.llama_model_load_from_file(
-            str(config.model_path).encode(), model_params
-        )
+        self._model, self.weights = _load_model(config, model_params)
         if not self._model:
             raise RuntimeError(f"llama.cpp could not load {config.model_path}")
         self._vocab = llama.llama_model_get_vocab(self._model)

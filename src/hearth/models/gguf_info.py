@@ -59,6 +59,8 @@ class GGUFInfo:
     block_count: int | None = None
     embedding_length: int | None = None
     vocab_size: int | None = None
+    # Every tensor type in the file (F32, Q4_K, Q6_K…), sorted: what kernels the weights need.
+    tensor_types: tuple[str, ...] = ()
 
 
 def is_gguf(path: Path) -> bool:
@@ -143,10 +145,16 @@ def _quantization(file_type: Any, tensor_types: Counter[int]) -> str:
         return "unknown"
     # No (known) file type: name it after the type holding the most weights.
     most, _ = tensor_types.most_common(1)[0]
+    return _type_name(most)
+
+
+def _type_name(tensor_type: int) -> str:
+    import gguf
+
     try:
-        return str(gguf.GGMLQuantizationType(most).name)
+        return str(gguf.GGMLQuantizationType(tensor_type).name)
     except ValueError:
-        return f"type {most}"
+        return f"type {tensor_type}"
 
 
 def _tensor_bytes(tensor_type: int, elements: int) -> int | None:
@@ -248,4 +256,5 @@ def _parse(buffer: mmap.mmap, path: Path, size: int, require_complete: bool) -> 
         block_count=number(f"{architecture}.block_count"),
         embedding_length=number(f"{architecture}.embedding_length"),
         vocab_size=number("tokenizer.ggml.tokens"),  # an array stands as its length
+        tensor_types=tuple(sorted(_type_name(t) for t in tensor_types)),
     )

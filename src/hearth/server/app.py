@@ -72,6 +72,7 @@ def load_model(settings: ServeSettings, devices: list[Device], spec: ModelSpec) 
 
         target = hearth_home() / "quantized" / f"{model_path.stem}.{settings.quantize}.gguf"
         model_path = quantize(model_path, settings.quantize, target, settings.threads)
+    weight_types = read_gguf_info(model_path, require_complete=False).tensor_types
     runner = LlamaRunner(
         RunnerConfig(
             model_path=model_path,
@@ -84,6 +85,9 @@ def load_model(settings: ServeSettings, devices: list[Device], spec: ModelSpec) 
             type_k=settings.cache_type_k,
             type_v=settings.cache_type_v,
             kv_unified=settings.kv_unified,
+            repack=settings.repack,
+            weight_types=weight_types,
+            n_prefill=min(settings.max_prefill_tokens, settings.max_batch_tokens),
         )
     )
     budget = BatchBudget(
@@ -124,6 +128,7 @@ def load_model(settings: ServeSettings, devices: list[Device], spec: ModelSpec) 
         preset=spec.preset,
         size_bytes=size,
         size_vram=_offloaded_bytes(settings, devices, size, shape.layers),
+        weights=runner.weights,
     )
 
 
@@ -176,6 +181,7 @@ def _offloaded_bytes(settings: ServeSettings, devices: list[Device], size: int, 
 def load_state(settings: ServeSettings, presets: dict[str, Preset] | None = None) -> ServerState:
     """Read the presets, load the startup model (--model) and build the model manager.
     Blocking: call it off the event loop. Raises PresetError, UnknownModelError, RuntimeError."""
+    from hearth.engine.buffer_types import cpu_report
     from hearth.engine.devices import list_devices
 
     path = presets_path(settings)
@@ -207,7 +213,9 @@ def load_state(settings: ServeSettings, presets: dict[str, Preset] | None = None
                 f"({settings.max_memory >> 20} MiB)"
             )
     manager.adopt(startup, catalog.load(startup), catalog.default_keep_alive(startup))
-    return ServerState(settings=settings, catalog=catalog, models=manager, devices=devices)
+    return ServerState(
+        settings=settings, catalog=catalog, models=manager, devices=devices, cpu=cpu_report()
+    )
 
 
 class _HearthAPI(FastAPI):

@@ -150,6 +150,7 @@ async def health(request: Request) -> dict[str, Any]:
                 "n_ctx_per_slot": status.model.n_ctx_per_slot,
                 "size": status.size_bytes,
                 "expires_at": iso_time(status.expires_at),
+                "weights": status.model.weights.as_dict() if status.model.weights else None,
             }
         )
     return {
@@ -158,6 +159,7 @@ async def health(request: Request) -> dict[str, Any]:
         "model_loaded": model is not None,
         "device": state.devices[0].name if state.devices else "CPU",
         "devices": [asdict(d) for d in state.devices],
+        "cpu": state.cpu.as_dict() if state.cpu is not None else None,
         "slots_total": stats.slots_total,
         "slots_in_use": stats.slots_in_use,
         "queue_length": stats.queue_length,

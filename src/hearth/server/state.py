@@ -15,6 +15,7 @@ from hearth.server.drain import Drain
 from hearth.settings import ServeSettings
 
 if TYPE_CHECKING:
+    from hearth.engine.cpu import CpuReport, WeightPlacement
     from hearth.engine.devices import Device
     from hearth.engine.embedder import Embedder
     from hearth.engine.engine import Engine
@@ -40,6 +41,8 @@ class LoadedModel:
     created: int = field(default_factory=lambda: int(time.time()))
     # Its own llama context, created by the first /v1/embeddings request (hearth.server.embeddings).
     embedder: Embedder | None = None
+    # Which buffer types hold its weights, and why (--repack; engine/cpu.py).
+    weights: WeightPlacement | None = None
 
     @property
     def model_info(self) -> ModelInfo:
@@ -83,6 +86,7 @@ class ServerState:
     catalog: ServerCatalog
     models: ModelManager[LoadedModel]
     devices: list[Device]
+    cpu: CpuReport | None = None
     started: int = field(default_factory=lambda: int(time.time()))
     # Downloads running for POST /api/pull (hearth.server.ollama_models).
     pulls: set[PullJob] = field(default_factory=set)
