@@ -10,8 +10,10 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 # llama-cpp-python compiles llama.cpp from source on first install (minutes, cached by pip).
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 ARGS ?=
+# The llama-cpp-python pin, for rebuild-llama.
+LLAMA_CPP := $(shell sed -n 's/^ *"\(llama-cpp-python==[^"]*\)",.*/\1/p' pyproject.toml | head -n 1)
 
-.PHONY: serve test lint typecheck unit bench soak clean browser web-vendor
+.PHONY: serve test lint typecheck unit bench soak clean browser web-vendor fit rebuild-llama
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Hearth needs Python 3.11 or newer"; exit 1; }
@@ -25,8 +27,20 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	@touch $(BENCH_STAMP)
 
-serve: $(STAMP)  ## Serve the embedded model on 127.0.0.1:8642 (make serve ARGS="--port 9000")
+serve: fit  ## Serve the embedded model on 127.0.0.1:8642 (make serve ARGS="--port 9000")
 	$(BIN)/hearth serve $(ARGS)
+
+# llama.cpp is compiled for the build machine's CPU (-march=native) and pip caches that wheel: a
+# venv or cache from another machine can die with SIGILL here. Checked in a child process.
+fit: $(STAMP)
+	@$(BIN)/python -m hearth.engine.build_check >/dev/null 2>&1 || { \
+	  echo "llama.cpp in $(VENV) was built for another CPU: rebuilding it for this one"; \
+	  $(MAKE) --no-print-directory rebuild-llama; }
+
+rebuild-llama: $(STAMP)  ## Compile llama.cpp again for this CPU (minutes), replacing pip's cached wheel
+	$(BIN)/python -m pip cache remove 'llama_cpp_python*' >/dev/null 2>&1 || true
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps --no-binary llama-cpp-python '$(LLAMA_CPP)'
+	$(BIN)/python -m hearth.engine.build_check >/dev/null
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
@@ -56,8 +70,10 @@ browser:
 web-vendor:  ## Refresh the web page's vendored libraries from npm (pins in scripts/vendor_web.sh)
 	scripts/vendor_web.sh
 
-test: lint typecheck browser  ## Everything CI runs: lint, types, unit, real-server and browser tests
-	HEARTH_TEST_CHROMIUM=$(CHROMIUM) $(BIN)/pytest $(ARGS)
+# tests/smoke first and alone: one server, one chat, so a native crash is one clear failure.
+test: lint typecheck browser fit  ## Everything CI runs: lint, types, unit, real-server and browser tests
+	$(BIN)/pytest tests/smoke
+	HEARTH_TEST_CHROMIUM=$(CHROMIUM) $(BIN)/pytest --ignore=tests/smoke $(ARGS)
 
 bench: $(BENCH_STAMP)  ## Hearth vs llama-cpp-python's server and bare llama.cpp (ARGS="--quick")
 	$(BIN)/python bench/bench.py $(ARGS)

@@ -1,5 +1,5 @@
-"""The engine: continuous batching over llama.cpp. Only `llama_runner`, `devices` and
-`quantize` import it.
+"""The engine: continuous batching over llama.cpp. Only `llama_runner`, `embedder`, `devices`,
+`buffer_types`, `quantize` and `grammar` import it.
 
 Import the llama-backed pieces from their modules (`hearth.engine.llama_runner`), so that
 importing this package stays cheap for the CLI.
