@@ -115,15 +115,16 @@ def test_a_load_leaves_out_exactly_the_types_it_is_told_to(
 
 
 def test_the_probe_child_decodes_the_engine_shapes(tmp_path: Path) -> None:
-    """The child that proves AMX runs a full prefill batch, 1 to --parallel rows, a prefill
-    chunk beside rows and a draft; here (whatever the CPU) it must get through all of them."""
+    """The child that proves AMX runs a full prefill batch, prompts of many sizes, 1 to
+    --parallel rows, a prefill chunk beside rows and a draft; here (whatever the CPU) it must
+    get through all of them."""
     from hearth.engine.amx_probe import run_probe_command
 
     config = {
         "model_path": str(registry.embedded_model_path()),
         "n_slots": 4,
-        "n_batch": 512,
-        "n_prefill": 128,
+        "n_batch": 256,
+        "n_prefill": 64,
         "n_threads": 2,
     }
     command = [sys.executable, "-m", "hearth.engine.amx_probe", json.dumps(config)]

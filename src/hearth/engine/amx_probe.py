@@ -3,9 +3,9 @@
 llama.cpp's AMX kernels kill the process on some Xeons at the first decode of a prompt, and
 whether they do depends on the batch shape (a 2-token prompt survived, a chat prompt did not):
 a short probe proves nothing. So the probe loads the model in a child process with every buffer
-type offered and decodes the engine's own shapes: a full prefill batch, steps of 1 to
-`--parallel` rows, a prefill chunk beside decoding rows, and a draft being verified. The child
-dying, hanging or producing non-finite logits is a "crashed" verdict.
+type offered and decodes the engine's own shapes: a full prefill batch, prompts of many sizes,
+steps of 1 to `--parallel` rows, a prefill chunk beside decoding rows, and a draft verified.
+The child dying, hanging or producing non-finite logits is a "crashed" verdict.
 
 Verdicts are kept per user (`$XDG_CACHE_HOME/hearth/amx-probes.json`), keyed by CPU model,
 microcode, kernel, llama.cpp build and the model's weight types, so a machine pays for a probe
@@ -245,6 +245,15 @@ def _decode_shapes(config: dict[str, object]) -> None:
             raise SystemExit("non-finite logits")
 
     step([chunk(0, n_batch)])  # a full prefill batch
+    # Prompts of every size class: AMX's crash depends on the row count (2 rows survived where
+    # a chat prompt did not), so odd, even, tile-aligned and tile-straddling counts all run.
+    for size in sorted({2, 3, 7, 16, 33, 45, 64, 100, 127, 128, 129, 255, 256, 300, n_batch - 1}):
+        if size < n_batch:
+            runner.kv_trim(n_slots - 1, 0)
+            positions[n_slots - 1] = 0
+            step([chunk(n_slots - 1, size)])
+    runner.kv_trim(n_slots - 1, 0)
+    positions[n_slots - 1] = 0
     for rows in range(1, n_slots + 1):  # decoding steps of 1 to --parallel rows
         step([chunk(seq, 1) for seq in range(rows)])
     if n_slots > 1:  # a prompt chunk beside decoding rows
