@@ -228,6 +228,12 @@ def validation_error(errors: Sequence[Any], *, api: str = "OpenAI") -> InvalidRe
             param=param,
             code="unknown_parameter",
         )
+    if kind == "missing" and param is None:
+        # No body at all: FastAPI reports the body itself as the missing field.
+        return InvalidRequestError(
+            f"The request has no body: the {api} API expects a JSON object.",
+            code="invalid_json",
+        )
     if kind == "missing":
         return InvalidRequestError(
             f"Missing required parameter: '{param}'.",
