@@ -103,7 +103,12 @@ class ModelDefaults:
             if target is None:
                 continue
             if target == "stop":
-                stops = [value] if isinstance(value, str) else list(value)
+                if isinstance(value, str):
+                    stops = [value]
+                elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+                    stops = list(value)
+                else:  # /api/create checks this first (as_preset); a manifest may not have
+                    raise ValueError("stop: a string or a list of strings")
                 if len(stops) > _MAX_STOP:
                     logger.info("Keeping the first %d of %d stop strings", _MAX_STOP, len(stops))
                 value = stops[:_MAX_STOP]

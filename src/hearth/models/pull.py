@@ -143,6 +143,13 @@ def hub_endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
 
 
+def _is_path(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long for a path (ENAMETOOLONG) is no file
+        return False
+
+
 def parse_source(text: str) -> HubSource | LocalSource | OciReference:
     """`hf.co/ORG/REPO[:QUANT]`, `hf.co/ORG/REPO/FILE.gguf`, a path to a local .gguf, or an
     OCI registry's `[HOST/][NAMESPACE/]NAME[:TAG]` (a bare name is Ollama's library)."""
@@ -151,7 +158,7 @@ def parse_source(text: str) -> HubSource | LocalSource | OciReference:
         if spec.lower().startswith(prefix):
             return _parse_hub(text, spec[len(prefix) :])
     path = Path(text).expanduser()
-    if path.suffix.lower() == ".gguf" or path.exists():
+    if path.suffix.lower() == ".gguf" or _is_path(path):
         return LocalSource(path)
     reference = parse_reference(text)
     if reference is not None:

@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}")
 _MANIFEST_VERSION = 1
+# A file name holds 255 bytes; the store's longest is a temp name, `.<key>.gguf.<8 hex>.tmp`.
+_MAX_KEY_BYTES = 255 - len("..gguf.12345678.tmp")
 
 
 class InvalidModelNameError(ValueError):
@@ -55,6 +57,11 @@ def check_model_name(name: str) -> str:
         )
     if name.lower().endswith(".gguf"):
         raise InvalidModelNameError(f"invalid model name {name!r}: a name may not end in .gguf")
+    if len(_key(name)) > _MAX_KEY_BYTES:
+        raise InvalidModelNameError(
+            f"invalid model name {name[:40]!r}…: too long to store (its file name would be "
+            f"{len(_key(name))} bytes; at most {_MAX_KEY_BYTES}, each : and / counting 3)"
+        )
     return name
 
 
