@@ -14,6 +14,7 @@ __all__ = [
     "EngineError",
     "HearthError",
     "InsufficientMemoryError",
+    "InsufficientStorageError",
     "InvalidRequestError",
     "ModelLoadError",
     "ModelNotFoundError",
@@ -140,6 +141,15 @@ class InsufficientMemoryError(HearthError):
     status_code = 503
     error_type = "server_error"
     default_code = "insufficient_memory"
+
+
+class InsufficientStorageError(HearthError):
+    """The disk is full (or a file grew past the process's size limit) while writing something
+    the request sent: a blob, a created model. Nothing was generated, so nothing is lost."""
+
+    status_code = 507
+    error_type = "server_error"
+    default_code = "insufficient_storage"
 
 
 class ModelLoadError(HearthError):

@@ -33,6 +33,7 @@ from hearth.server.journal import Journal, JournalMiddleware
 from hearth.server.limits import BodySizeLimit
 from hearth.server.metrics import CountRequests, HttpCounts
 from hearth.server.model_routes import models_router
+from hearth.server.origins import OriginCheck
 from hearth.server.routes import (
     anthropic_router,
     extensions_router,
@@ -41,6 +42,7 @@ from hearth.server.routes import (
     openai_router,
 )
 from hearth.server.state import LoadedModel, ServerState
+from hearth.server.surrogates import LoneSurrogateCheck
 from hearth.server.web import web_router
 from hearth.settings import ServeSettings, hearth_home
 
@@ -258,6 +260,8 @@ def create_app(settings: ServeSettings, state: ServerState | None = None) -> Fas
         app.include_router(web_router())
     # Innermost: its 503 while the server drains still gets CORS headers.
     app.add_middleware(DrainGate)
+    # Inside the body limit, which bounds what it reads whole.
+    app.add_middleware(LoneSurrogateCheck)
     if settings.cors_origin:
         app.add_middleware(
             CORSMiddleware,
@@ -266,6 +270,8 @@ def create_app(settings: ServeSettings, state: ServerState | None = None) -> Fas
             allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version"],
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Outside the body limit: a foreign page's write is refused before its body is read.
+    app.add_middleware(OriginCheck, allowed=settings.cors_origin)
     if settings.journal is not None:  # outside the body limit: a refused body is journaled
         journal = Journal(
             settings.journal.expanduser(),
