@@ -6,7 +6,16 @@ import json
 
 import pytest
 
-from hearth.engine.grammar import SchemaNotSupportedError, check_schema, json_schema_grammar
+from hearth.engine.grammar import (
+    MAX_REPETITION,
+    MAX_SCHEMA_DEPTH,
+    MAX_TOTAL_REPETITION,
+    SchemaNotSupportedError,
+    SchemaTooLargeError,
+    check_schema,
+    json_schema_grammar,
+    without_large_bounds,
+)
 from hearth.server.tools import ToolCallParser, ToolSpec, render_call, tool_grammar
 
 OUTPUT = (
@@ -86,3 +95,84 @@ def test_grammars_name_their_root() -> None:
     assert "fn0-arguments" in lazy.gbnf and "fn1-arguments" in lazy.gbnf
     # JSON strings never hold raw control characters.
     assert "\\x00-\\x1F" in lazy.gbnf
+
+
+@pytest.mark.parametrize(
+    ("schema", "path"),
+    [
+        ({"type": "string", "minLength": 100_000_000}, "schema.minLength"),
+        ({"type": "string", "maxLength": 1001}, "schema.maxLength"),
+        ({"type": "array", "minItems": 10**40}, "schema.minItems"),
+        (
+            {"properties": {"a": {"type": "array", "maxItems": 5000}}},
+            "schema.properties.a.maxItems",
+        ),
+        ({"type": "string", "pattern": "^a{0,100000}$"}, "schema.pattern"),
+        ({"type": "string", "pattern": "^a{" + "9" * 5000 + "}$"}, "schema.pattern"),
+        ({"type": "string", "pattern": "^a{2000,}$"}, "schema.pattern"),
+    ],
+)
+def test_repetition_bounds_past_the_limit_are_refused_by_keyword(
+    schema: dict[str, object], path: str
+) -> None:
+    with pytest.raises(SchemaTooLargeError) as caught:
+        check_schema(schema)
+    assert caught.value.path == path
+
+
+def test_bounds_within_the_limit_pass() -> None:
+    check_schema(
+        {
+            "type": "object",
+            "properties": {
+                "a": {"type": "string", "minLength": 1, "maxLength": MAX_REPETITION},
+                "b": {"type": "array", "items": {"type": "integer"}, "maxItems": 10},
+                "c": {"type": "string", "pattern": "^[a-z]{3,8}$"},
+            },
+        }
+    )
+
+
+def nested(depth: int) -> dict[str, object]:
+    schema: dict[str, object] = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
+def test_nesting_past_the_limit_is_refused_without_recursing_to_the_end() -> None:
+    check_schema(nested(MAX_SCHEMA_DEPTH))
+    with pytest.raises(SchemaTooLargeError) as caught:
+        check_schema(nested(5000))  # deeper than Python's recursion limit
+    assert caught.value.path == "schema" + ".items" * (MAX_SCHEMA_DEPTH + 1)
+
+
+def test_without_large_bounds_drops_only_what_is_past_the_limits() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "a": {"type": "string", "minLength": 2, "maxLength": 10**9},
+            "b": {"type": "string", "pattern": "^x{0,99999}$"},
+            "deep": nested(MAX_SCHEMA_DEPTH + 5),
+        },
+    }
+    relaxed, dropped = without_large_bounds(schema)
+    assert relaxed["properties"]["a"] == {"type": "string", "minLength": 2}
+    assert relaxed["properties"]["b"] == {"type": "string"}
+    assert "schema.properties.a.maxLength" in dropped
+    assert "schema.properties.b.pattern" in dropped
+    check_schema(relaxed)
+    json_schema_grammar(relaxed)
+    assert schema["properties"]["a"]["maxLength"] == 10**9  # the original is left as sent
+
+
+def test_bounds_within_the_limit_still_add_up_to_a_limit() -> None:
+    per_field = MAX_REPETITION
+    fields = MAX_TOTAL_REPETITION // per_field
+    props = {f"p{i}": {"type": "string", "minLength": per_field} for i in range(fields + 1)}
+    with pytest.raises(SchemaTooLargeError) as caught:
+        check_schema({"type": "object", "properties": props})
+    assert caught.value.path == f"schema.properties.p{fields}.minLength"
+    relaxed, dropped = without_large_bounds({"type": "object", "properties": props})
+    assert dropped == [f"schema.properties.p{fields}.minLength"]
+    check_schema(relaxed)

@@ -3,16 +3,49 @@
 The conversion is llama.cpp's own (`json_schema_to_gbnf`'s `SchemaConverter`, shipped in
 llama-cpp-python). It ignores keywords it does not know, and an ignored keyword would let the
 model write JSON that fails the schema, so `check_schema` refuses those first, by path.
+
+Repetition bounds (minLength, maxLength, minItems, maxItems, `{m,n}` in a pattern) and nesting
+are amplifiers: the grammar grows with each, and `minLength: 100000000` took 16 s and 3.3 GB.
+Past `MAX_REPETITION` each, `MAX_TOTAL_REPETITION` together, or `MAX_SCHEMA_DEPTH` levels,
+`check_schema` refuses them (`SchemaTooLargeError`), and `without_large_bounds` drops them from
+a schema that need not be enforced exactly (a tool that is not strict). llama.cpp's own grammar
+parser refuses upper bounds past about 1000 as well.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 from typing import Any
 
 from hearth.engine.types import Grammar
 
-__all__ = ["GrammarBuilder", "SchemaNotSupportedError", "check_schema", "json_schema_grammar"]
+__all__ = [
+    "MAX_REPETITION",
+    "MAX_SCHEMA_DEPTH",
+    "MAX_TOTAL_REPETITION",
+    "GrammarBuilder",
+    "SchemaNotSupportedError",
+    "SchemaTooLargeError",
+    "check_schema",
+    "json_schema_grammar",
+    "without_large_bounds",
+]
+
+# The largest repetition count a schema may ask for: llama.cpp compiles up to about 1000 as an
+# upper bound, and a larger lower bound costs memory in proportion.
+MAX_REPETITION = 1000
+# Nested schemas (properties, items, anyOf...) deeper than this are refused; real ones stay
+# within a dozen levels.
+MAX_SCHEMA_DEPTH = 32
+# Bounds within the limit still add up: 200 strings of minLength 1000 took a second and 140 MB
+# to compile. All of a schema's bounds together may ask for this many repetitions.
+MAX_TOTAL_REPETITION = 50_000
+_HUGE = 10**9
+_REPETITION_KEYWORDS = ("minLength", "maxLength", "minItems", "maxItems")
+# A regex quantifier {m}, {m,} or {m,n}.
+_PATTERN_BOUND = re.compile(r"\{(\d+)(?:,(\d*))?\}")
 
 # Keywords the converter enforces.
 _ENFORCED = frozenset(
@@ -44,14 +77,113 @@ class SchemaNotSupportedError(ValueError):
         self.reason = reason
 
 
-def check_schema(schema: Any, path: str = "schema") -> None:
-    """Raise SchemaNotSupportedError naming the first part the grammar could not enforce."""
+class SchemaTooLargeError(SchemaNotSupportedError):
+    """A repetition bound or a nesting past the limits; `path` ends at the keyword."""
+
+
+def _pattern_count(pattern: str) -> int:
+    """The repetitions a pattern's quantifiers ask for, added up ('a{2,5}b{3}' is 8)."""
+    total = 0
+    for match in _PATTERN_BOUND.finditer(pattern):
+        # A count too long to be worth reading is too large (int() refuses 4300 digits).
+        total += max(_HUGE if len(n) > 9 else int(n) for n in match.groups() if n)
+    return total
+
+
+def _repetitions(schema: dict[str, Any]) -> list[tuple[str, int]]:
+    """(keyword, count) for each repetition bound of this schema (not of its subschemas)."""
+    found: list[tuple[str, int]] = []
+    for key in _REPETITION_KEYWORDS:
+        count = schema.get(key)
+        if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+            found.append((key, count))
+    pattern = schema.get("pattern")
+    if isinstance(pattern, str) and (in_pattern := _pattern_count(pattern)) > 0:
+        found.append(("pattern", in_pattern))
+    return found
+
+
+def _check_bounds(schema: dict[str, Any], path: str, budget: list[int]) -> None:
+    """Refuse a bound past MAX_REPETITION, or one that takes the schema's bounds together past
+    MAX_TOTAL_REPETITION (`budget` holds what is left)."""
+    for key, count in _repetitions(schema):
+        if count > MAX_REPETITION:
+            raise SchemaTooLargeError(
+                f"{path}.{key}", f"{count} repetitions are more than the {MAX_REPETITION} allowed"
+            )
+        budget[0] -= count
+        if budget[0] < 0:
+            raise SchemaTooLargeError(
+                f"{path}.{key}",
+                f"the schema's repetition bounds add up to more than {MAX_TOTAL_REPETITION}",
+            )
+
+
+def _subschemas(schema: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(key path, subschema) for each schema nested directly in `schema`."""
+    found: list[tuple[str, Any]] = []
+    for key in _SUBSCHEMA_MAPS:
+        value = schema.get(key)
+        if isinstance(value, dict):
+            found.extend((f"{key}.{name}", sub) for name, sub in value.items())
+    for key in _SUBSCHEMA_LISTS:
+        value = schema.get(key)
+        if isinstance(value, list):
+            found.extend((f"{key}[{i}]", sub) for i, sub in enumerate(value))
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            found.append((key, schema[key]))
+    return found
+
+
+def without_large_bounds(schema: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A copy of `schema` without what `check_schema` refuses as too large: each repetition
+    bound past MAX_REPETITION, each pattern holding one, and each subschema past
+    MAX_SCHEMA_DEPTH (any JSON there). Also the paths of what was dropped."""
+    relaxed = copy.deepcopy(schema)
+    dropped: list[str] = []
+    budget = MAX_TOTAL_REPETITION
+    stack: list[tuple[dict[str, Any], str, int]] = [(relaxed, "schema", 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        for key, count in _repetitions(node):
+            if count > MAX_REPETITION or count > budget:
+                del node[key]
+                dropped.append(f"{path}.{key}")
+            else:
+                budget -= count
+        for where, sub in reversed(_subschemas(node)):  # popped in the schema's order
+            if not isinstance(sub, dict):
+                continue
+            if depth + 1 > MAX_SCHEMA_DEPTH:
+                if where in ("items", "additionalProperties"):
+                    del node[where]  # any items, any further properties
+                else:
+                    sub.clear()  # a property or a branch: the converter reads {} as any object
+                dropped.append(f"{path}.{where}")
+            else:
+                stack.append((sub, f"{path}.{where}", depth + 1))
+    return relaxed, dropped
+
+
+def check_schema(
+    schema: Any, path: str = "schema", depth: int = 0, budget: list[int] | None = None
+) -> None:
+    """Raise SchemaNotSupportedError naming the first part the grammar could not enforce.
+    `depth` and `budget` (the repetitions left) carry the limits into subschemas."""
+    if budget is None:
+        budget = [MAX_TOTAL_REPETITION]
+    if depth > MAX_SCHEMA_DEPTH and schema not in ({}, True):  # those two accept any value
+        raise SchemaTooLargeError(
+            path, f"schemas nested deeper than {MAX_SCHEMA_DEPTH} levels are not allowed"
+        )
     if isinstance(schema, bool):
         if not schema:
             raise SchemaNotSupportedError(path, "a schema of `false` accepts nothing")
         return
     if not isinstance(schema, dict):
         raise SchemaNotSupportedError(path, "a schema must be an object")
+    _check_bounds(schema, path, budget)
     for key, value in schema.items():
         where = f"{path}.{key}"
         if key in _ANNOTATIONS:
@@ -71,14 +203,14 @@ def check_schema(schema: Any, path: str = "schema") -> None:
             if not isinstance(value, dict):
                 raise SchemaNotSupportedError(where, "must be an object of schemas")
             for name, sub in value.items():
-                check_schema(sub, f"{where}.{name}")
+                check_schema(sub, f"{where}.{name}", depth + 1, budget)
         elif key in _SUBSCHEMA_LISTS:
             if not isinstance(value, list) or not value:
                 raise SchemaNotSupportedError(where, "must be a non-empty list of schemas")
             for i, sub in enumerate(value):
-                check_schema(sub, f"{where}[{i}]")
+                check_schema(sub, f"{where}[{i}]", depth + 1, budget)
         elif key in ("items", "additionalProperties") and not isinstance(value, bool):
-            check_schema(value, where)
+            check_schema(value, where, depth + 1, budget)
 
 
 class GrammarBuilder:

@@ -6,6 +6,7 @@ Errors on these routes leave in Anthropic's shape (`server/errors.py` decides by
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -28,7 +29,7 @@ from hearth.server.conversation import (
 )
 from hearth.server.errors import anthropic_error_event
 from hearth.server.openai_common import unsupported
-from hearth.server.prepare import count_prompt_tokens, prepare_turn, with_preset
+from hearth.server.prepare import count_prompt_tokens, prepare_turn_off_loop, with_preset
 from hearth.server.sse import named_event, streaming_response
 from hearth.server.state import ServerState
 from hearth.server.turns import (
@@ -141,6 +142,7 @@ def _tools(req: wire.MessagesRequest | wire.CountTokensRequest) -> tuple[Tool, .
                 tool.input_schema,
                 param=f"tools[{i}]",
                 schema_field="input_schema",
+                strict=tool.strict is True,
             )
         )
     return tuple(tools)
@@ -234,7 +236,9 @@ async def serve_messages(
 ) -> JSONResponse | StreamingResponse:
     conversation = _conversation(req)
     model = state.model_for(req.model)
-    turn = prepare_turn(state, with_preset(conversation, model.preset), id_prefix="msg")
+    turn = await prepare_turn_off_loop(
+        state, with_preset(conversation, model.preset), id_prefix="msg"
+    )
     message_id = _new_id("msg")
 
     if req.stream:
@@ -353,5 +357,7 @@ async def count_tokens(
     conversation = _conversation(req)
     model = state.model_for(req.model)
     return wire.CountTokensResponse(
-        input_tokens=count_prompt_tokens(state, with_preset(conversation, model.preset))
+        input_tokens=await asyncio.to_thread(
+            count_prompt_tokens, state, with_preset(conversation, model.preset)
+        )
     )

@@ -60,6 +60,9 @@ class Tool:
     parameters: dict[str, Any]
     param: str = "tools"  # the tool's wire path ("tools[0].function"), for errors
     schema_field: str = "parameters"  # the schema's field name there ("input_schema")
+    # A strict tool's schema is enforced whole or refused; otherwise bounds past the grammar's
+    # limits are left out of it (engine/grammar.py).
+    strict: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,7 @@ from hearth.server.openai_common import (
     unsupported,
     wire_usage,
 )
-from hearth.server.prepare import prepare_turn
+from hearth.server.prepare import prepare_turn_off_loop
 from hearth.server.sse import SSE_DONE, ContentChunk, sse, streaming_response
 from hearth.server.state import ServerState
 from hearth.server.turns import (
@@ -114,6 +114,7 @@ def tools_from(tools: list[dict[str, Any]]) -> tuple[Tool, ...]:
                 description if isinstance(description, str) else "",
                 parameters,
                 param=f"{param}.function",
+                strict=function.get("strict") is True,
             )
         )
     return tuple(converted)
@@ -267,7 +268,7 @@ def _prediction_text(prediction: wire.PredictionContent | None) -> str | None:
 async def serve_chat(
     state: ServerState, req: ChatCompletionRequest, http_request: Request
 ) -> JSONResponse | StreamingResponse:
-    turn = prepare_turn(state, chat_conversation(req), id_prefix="chatcmpl")
+    turn = await prepare_turn_off_loop(state, chat_conversation(req), id_prefix="chatcmpl")
     completion_id = turn.request.request_id
     created = int(time.time())
 

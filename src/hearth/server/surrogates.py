@@ -53,14 +53,15 @@ def lone_surrogate_path(value: Any) -> tuple[str | None, bool] | None:
                 children.append((child, f"{path}.{key}" if path else key))
             stack.extend(reversed(children))  # depth first, in the body's order
         elif isinstance(item, list):
-            stack.extend((child, f"{path}[{i}]") for i, child in reversed(list(enumerate(item))))
+            prefix = path or ""
+            stack.extend((child, f"{prefix}[{i}]") for i, child in reversed(list(enumerate(item))))
     return None
 
 
 def _find(body: bytes) -> tuple[str | None, bool] | None:
     try:
         parsed = json.loads(body)
-    except ValueError:  # not JSON (or not UTF-8): the route's own parser says so
+    except (ValueError, RecursionError):  # not JSON, or too deep for Python: the route says so
         return None
     return lone_surrogate_path(parsed)
 
