@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -291,3 +292,185 @@ def test_an_empty_body_says_so(hostile: HearthServer, path: str) -> None:
     assert (error["param"], error["code"]) == (None, "invalid_json")
     assert "None" not in error["message"]
     assert "no body" in error["message"]
+
+
+# -- 2. schemas that explode ------------------------------------------------------------------
+
+HUGE = 100_000_000
+
+
+@pytest.mark.parametrize(
+    ("path", "extra", "param"),
+    [
+        (
+            "/v1/responses",
+            {
+                "input": "hi",
+                "text": {
+                    "format": {
+                        "type": "json_schema",
+                        "name": "x",
+                        "schema": {"type": "string", "minLength": HUGE},
+                    }
+                },
+            },
+            "text.format.schema.minLength",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": CHAT,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": "x",
+                        "schema": {"properties": {"a": {"pattern": "^a{0,99999}$"}}},
+                    },
+                },
+            },
+            "response_format.json_schema.schema.properties.a.pattern",
+        ),
+        (
+            "/v1/responses",  # the Responses API's tools are strict unless they say otherwise
+            {
+                "input": "hi",
+                "tools": [
+                    {
+                        "type": "function",
+                        "name": "f",
+                        "parameters": {"properties": {"a": {"type": "array", "maxItems": HUGE}}},
+                    }
+                ],
+            },
+            "tools[0].parameters.properties.a.maxItems",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": CHAT,
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "f",
+                            "strict": True,
+                            "parameters": {"properties": {"a": {"maxLength": HUGE}}},
+                        },
+                    }
+                ],
+            },
+            "tools[0].function.parameters.properties.a.maxLength",
+        ),
+    ],
+)
+def test_a_repetition_bound_past_the_limit_is_a_400_naming_the_keyword(
+    hostile: HearthServer, path: str, extra: dict[str, Any], param: str
+) -> None:
+    limit = "max_output_tokens" if path == "/v1/responses" else "max_tokens"
+    body = {"model": MODEL, limit: 2, **extra}
+    response = httpx.post(f"{hostile.base_url}{path}", json=body, timeout=30)
+    assert response.status_code == 400, response.text
+    error = openai_error(response)
+    assert error["param"] == param
+
+
+def nested_schema(depth: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
+def test_a_schema_nested_too_deep_is_a_400(hostile: HearthServer) -> None:
+    fmt = {"type": "json_schema", "name": "x", "schema": nested_schema(200)}
+    response = httpx.post(
+        f"{hostile.base_url}/v1/responses",
+        json={"model": MODEL, "input": "hi", "text": {"format": fmt}},
+        timeout=30,
+    )
+    assert response.status_code == 400
+    assert openai_error(response)["param"].startswith("text.format.schema.items.items")
+
+
+def test_a_tool_that_is_not_strict_is_called_without_the_bound(hostile: HearthServer) -> None:
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "parameters": {
+                "type": "object",
+                "properties": {"q": {"type": "string", "minLength": HUGE}},
+                "required": ["q"],
+            },
+        },
+    }
+    response = httpx.post(
+        f"{hostile.base_url}/v1/chat/completions",
+        json={
+            "model": MODEL,
+            "messages": CHAT,
+            "max_tokens": 24,
+            "tools": [tool],
+            "tool_choice": "required",
+        },
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["finish_reason"] in ("tool_calls", "length")
+    assert "lookup is not strict: its grammar leaves out schema.properties.q.minLength" in (
+        hostile.log()
+    )
+
+
+def test_count_tokens_counts_a_tool_with_a_huge_bound_quickly(hostile: HearthServer) -> None:
+    tool = {"name": "f", "input_schema": {"properties": {"a": {"minLength": HUGE}}}}
+    response = httpx.post(
+        f"{hostile.base_url}/v1/messages/count_tokens",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": [tool]},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    assert response.json()["input_tokens"] > 0
+
+
+# -- 3. big inputs stall nobody ---------------------------------------------------------------
+
+
+def test_a_neighbour_finishes_while_a_huge_input_is_prepared(hostile: HearthServer) -> None:
+    """Templating and tokenizing 15 MiB take seconds, on a worker thread: /health and a
+    one-token chat both answer before the huge request does (its answer: the context is
+    exceeded). Only the order is asserted; bench/hostile.py measures the times."""
+    body = json.dumps({"model": MODEL, "input": "hello world " * 1_250_000}).encode()
+    sent = threading.Event()
+    finished: list[str] = []
+
+    def upload() -> Iterator[bytes]:
+        for start in range(0, len(body), 1 << 20):
+            yield body[start : start + (1 << 20)]
+        sent.set()  # the whole body is on its way: the server's work starts
+
+    def huge() -> None:
+        response = httpx.post(
+            f"{hostile.base_url}/v1/responses",
+            content=upload(),
+            headers={"content-type": "application/json"},
+            timeout=120,
+        )
+        finished.append(f"huge {response.status_code}")
+
+    worker = threading.Thread(target=huge)
+    worker.start()
+    try:
+        assert sent.wait(30)
+        hostile.health()
+        finished.append("health")
+        chat = httpx.post(
+            f"{hostile.base_url}/v1/chat/completions",
+            json={"model": MODEL, "messages": CHAT, "max_tokens": 1},
+            timeout=60,
+        )
+        assert chat.status_code == 200
+        finished.append("chat")
+    finally:
+        worker.join()
+    assert finished == ["health", "chat", "huge 400"]

@@ -10,6 +10,7 @@ its truncation on.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import struct
@@ -194,7 +195,7 @@ async def embed_inputs(
     embedder = _embedder(state, model)
     _check_dimensions(req.dimensions, embedder.n_embd, model.model_id)
     limit = embedder.max_input_tokens if max_tokens is None else max_tokens
-    inputs = input_tokens(model, req, limit, truncate=truncate)
+    inputs = await asyncio.to_thread(input_tokens, model, req, limit, truncate=truncate)
     request_id = f"embd-{uuid.uuid4().hex}"
     vectors = await until_disconnect(http_request, embedder.embed(request_id, inputs))
     return Embedded(vectors, sum(len(tokens) for tokens in inputs))

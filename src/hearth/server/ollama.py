@@ -11,6 +11,7 @@ Pulling and deleting models is in `server/ollama_models.py`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -36,7 +37,7 @@ from hearth.server.embeddings import embed_inputs, max_input_tokens
 from hearth.server.errors import validation_error
 from hearth.server.openai_chat import chat_conversation
 from hearth.server.openai_completions import prepare_completion
-from hearth.server.prepare import prepare_turn
+from hearth.server.prepare import prepare_turn_off_loop
 from hearth.server.state import LoadedModel, ServerState
 from hearth.server.turns import (
     Finish,
@@ -341,7 +342,7 @@ async def serve_ollama_chat(
         body["top_logprobs"] = req.top_logprobs
     request = _with_preset(_validated(ChatCompletionRequest, body), model, req.options)
     conversation = replace(chat_conversation(request), reasoning=_reasoning(req.think))
-    turn = prepare_turn(state, conversation, id_prefix="chatcmpl")
+    turn = await prepare_turn_off_loop(state, conversation, id_prefix="chatcmpl")
     clock = _Clock()
 
     if req.stream:
@@ -438,7 +439,7 @@ async def serve_ollama_generate(
             )
         body = {"model": req.model, "prompt": req.prompt or "", "suffix": req.suffix, **fields}
         completion = _with_preset(_validated(CompletionRequest, body), model, req.options)
-        prepared = prepare_completion(state, completion)
+        prepared = await asyncio.to_thread(prepare_completion, state, completion)
         engine_model, request = prepared.model, prepared.requests[0]
     else:
         messages = [{"role": "system", "content": req.system}] if req.system else []
@@ -454,7 +455,7 @@ async def serve_ollama_generate(
             _validated(ChatCompletionRequest, chat_body), model, req.options
         )
         conversation = replace(chat_conversation(chat_request), reasoning=_reasoning(req.think))
-        turn = prepare_turn(state, conversation, id_prefix="chatcmpl")
+        turn = await prepare_turn_off_loop(state, conversation, id_prefix="chatcmpl")
         engine_model, request = turn.model, turn.request
     clock = _Clock()
 

@@ -7,6 +7,7 @@ the one path (`prepare.sampling_params`, the engine, `turns`), and its own rende
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -163,7 +164,7 @@ def prepare_completion(state: ServerState, req: CompletionRequest) -> PreparedCo
 async def serve_completion(
     state: ServerState, req: CompletionRequest, http_request: Request
 ) -> JSONResponse | StreamingResponse:
-    prepared = prepare_completion(state, req)
+    prepared = await asyncio.to_thread(prepare_completion, state, req)  # tokenizing: off loop
     model, requests, prompts = prepared.model, prepared.requests, prepared.prompts
     n, best_of = prepared.n, prepared.best_of
     completion_id = prepared.completion_id

@@ -34,7 +34,7 @@ from hearth.server.conversation import (
     ToolChoice,
 )
 from hearth.server.openai_common import stop_sequences, unsupported
-from hearth.server.prepare import PreparedTurn, prepare_turn, with_preset
+from hearth.server.prepare import PreparedTurn, prepare_turn_off_loop, with_preset
 from hearth.server.response_store import DB_FILENAME, ResponseStore, StoredResponse
 from hearth.server.sse import named_event, streaming_response
 from hearth.server.state import ServerState
@@ -262,7 +262,15 @@ def _tools(req: wire.ResponseCreateRequest) -> tuple[Tool, ...]:
                 f"the built-in tool '{tool.type}' is not served; Hearth runs function tools.",
             )
         parameters = tool.parameters or {"type": "object", "properties": {}}
-        tools.append(Tool(tool.name, tool.description or "", parameters, param=f"tools[{i}]"))
+        tools.append(
+            Tool(
+                tool.name,
+                tool.description or "",
+                parameters,
+                param=f"tools[{i}]",
+                strict=tool.strict is not False,  # the spec's default is strict
+            )
+        )
     return tuple(tools)
 
 
@@ -463,7 +471,9 @@ async def serve_response(
 ) -> JSONResponse | StreamingResponse:
     turn = await _conversation(state, req)
     model = state.model_for(req.model)
-    prepared = prepare_turn(state, with_preset(turn.conversation, model.preset), id_prefix="resp")
+    prepared = await prepare_turn_off_loop(
+        state, with_preset(turn.conversation, model.preset), id_prefix="resp"
+    )
     responder = _Responder(state, req, turn)
 
     if req.stream:

@@ -9,6 +9,7 @@ model it also sets the template's thinking switch and the engine's thinking budg
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -17,7 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from hearth.engine.grammar import SchemaNotSupportedError, check_schema, json_schema_grammar
+from hearth.engine.grammar import (
+    SchemaNotSupportedError,
+    SchemaTooLargeError,
+    check_schema,
+    json_schema_grammar,
+    without_large_bounds,
+)
 from hearth.engine.types import GenerationRequest, Grammar, ReasoningBudget, SamplingParams
 from hearth.errors import (
     ContextLengthExceededError,
@@ -103,6 +110,16 @@ def prepare_turn(state: ServerState, conversation: Conversation, *, id_prefix: s
         ),
         parse_tools=plan.offered,
     )
+
+
+async def prepare_turn_off_loop(
+    state: ServerState, conversation: Conversation, *, id_prefix: str
+) -> PreparedTurn:
+    """`prepare_turn` on a worker thread: templating, tokenizing and building a grammar grow with
+    the request, and a large one must cost its own latency only, never a neighbour's (the event
+    loop serves every other client meanwhile). llama.cpp's tokenizer and grammar parser read
+    the vocabulary only, so any thread may run them."""
+    return await asyncio.to_thread(prepare_turn, state, conversation, id_prefix=id_prefix)
 
 
 def with_preset(conversation: Conversation, preset: Preset | None) -> Conversation:
@@ -279,7 +296,15 @@ def _tool_specs(tools: Sequence[Tool]) -> list[ToolSpec]:
     return specs
 
 
-def _tool_plan(conversation: Conversation) -> _ToolPlan:
+def _schema_param(schema_param: str, exc: SchemaNotSupportedError) -> str:
+    """The wire path of the schema's part an error names: a too-large bound by its keyword."""
+    if isinstance(exc, SchemaTooLargeError):
+        return schema_param + exc.path.removeprefix("schema")
+    return schema_param
+
+
+def _tool_plan(conversation: Conversation, *, build_grammar: bool = True) -> _ToolPlan:
+    """`build_grammar=False`: the prompt's part only (count_tokens), the schemas still checked."""
     if not conversation.tools:
         return _ToolPlan([], offered=False, grammar=None)
     specs = _tool_specs(conversation.tools)
@@ -294,18 +319,33 @@ def _tool_plan(conversation: Conversation) -> _ToolPlan:
                 f"'{choice.param}' names the function {choice.name!r}, which is not in 'tools'.",
                 param=choice.param,
             )
+    grammar_specs = []
     for tool, spec in zip(conversation.tools, specs, strict=True):
-        if spec in callable_specs:
-            try:
-                check_schema(spec.parameters)
-            except SchemaNotSupportedError as exc:
-                raise InvalidRequestError(
-                    f"The {tool.schema_field} schema of {spec.name!r} cannot be enforced: {exc}",
-                    param=f"{tool.param}.{tool.schema_field}",
-                ) from exc
+        if spec not in callable_specs:
+            continue
+        if not tool.strict:
+            # Only a strict tool promises its bounds; past the limit the grammar drops them.
+            parameters, dropped = without_large_bounds(spec.parameters)
+            if dropped:
+                logger.info(
+                    "%s is not strict: its grammar leaves out %s (past the limits)",
+                    spec.name,
+                    ", ".join(dropped),
+                )
+                spec = replace(spec, parameters=parameters)
+        try:
+            check_schema(spec.parameters)
+        except SchemaNotSupportedError as exc:
+            raise InvalidRequestError(
+                f"The {tool.schema_field} schema of {spec.name!r} cannot be enforced: {exc}",
+                param=_schema_param(f"{tool.param}.{tool.schema_field}", exc),
+            ) from exc
+        grammar_specs.append(spec)
+    if not build_grammar:
+        return _ToolPlan(specs, offered=True, grammar=None)
     try:
         grammar = tool_grammar(
-            callable_specs,
+            grammar_specs,
             lazy=choice.mode == "auto",
             parallel=choice.parallel and choice.mode != "named",
         )
@@ -525,4 +565,4 @@ def _after_reasoning(grammar: Grammar, close_tag: str) -> Grammar:
 def count_prompt_tokens(state: ServerState, conversation: Conversation) -> int:
     """The exact prompt length `prepare_turn` would send (Anthropic's count_tokens)."""
     model = state.model_for(conversation.model)
-    return len(prompt_tokens(model, conversation, _tool_plan(conversation)))
+    return len(prompt_tokens(model, conversation, _tool_plan(conversation, build_grammar=False)))

@@ -405,7 +405,9 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
     state = _state(request)
     with await state.acquire(body.model or state.model_id) as lease:
         runner = lease.model.runner
-        tokens = runner.tokenize(body.content, add_special=body.add_special, parse_special=True)
+        tokens = await asyncio.to_thread(
+            runner.tokenize, body.content, add_special=body.add_special, parse_special=True
+        )
     return TokenizeResponse(tokens=tokens)
 
 
