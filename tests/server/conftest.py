@@ -8,11 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import openai
@@ -35,6 +36,8 @@ class HearthServer:
     port: int
     log_path: Path
     api_key: str | None = None
+    # Copies the server's output into log_path when it writes to a pipe (start_server).
+    log_copier: threading.Thread | None = None
     # Clients stay referenced until stop() closes them: a client dropped to the garbage
     # collector leaves an unclosed socket, a ResourceWarning (an error here) in a later test.
     _clients: list[openai.OpenAI] = field(default_factory=list)
@@ -86,6 +89,8 @@ class HearthServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.log_copier is not None:
+            self.log_copier.join(timeout=10)
         return self.process.returncode
 
 
@@ -99,20 +104,44 @@ def _clean_environ(home: Path) -> dict[str, str]:
     return environ
 
 
+def _copy_output(source: IO[bytes], log_path: Path) -> None:
+    with source, log_path.open("ab", buffering=0) as log:
+        while chunk := source.read1(1 << 16):
+            log.write(chunk)
+
+
 def start_server(
-    log_dir: Path, *args: str, env: dict[str, str] | None = None, api_key: str | None = None
+    log_dir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    api_key: str | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> HearthServer:
+    """`preexec_fn` runs in the child before it starts (setrlimit): its output then goes
+    through a pipe this process copies to the log, so that a file size limit set there never
+    cuts the log short."""
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"hearth-{port}.log"
-    with log_path.open("wb") as log:
+    command = [sys.executable, "-m", "hearth", "serve", "--port", str(port), *args]
+    environ = {**_clean_environ(log_dir), **(env or {})}
+    copier = None
+    if preexec_fn is None:
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environ)
+    else:
+        log_path.touch()
         process = subprocess.Popen(
-            [sys.executable, "-m", "hearth", "serve", "--port", str(port), *args],
-            stdout=log,
+            command,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env={**_clean_environ(log_dir), **(env or {})},
+            env=environ,
+            preexec_fn=preexec_fn,
         )
-    server = HearthServer(process, port, log_path, api_key)
+        assert process.stdout is not None
+        copier = threading.Thread(target=_copy_output, args=(process.stdout, log_path))
+        copier.start()
+    server = HearthServer(process, port, log_path, api_key, log_copier=copier)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -7,8 +7,11 @@ bench/quality.py (top-1 agreement with the original) and bench/bench.py (speed).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import resource
+import shutil
 from pathlib import Path
 
 import llama_cpp as llama
@@ -38,8 +41,24 @@ def quantize(source: Path, kind: str, target: Path, threads: int) -> Path:
     try:
         status = llama.llama_model_quantize(str(source).encode(), str(partial).encode(), params)
         if status != 0:
+            # llama.cpp says only that it failed; name a full disk when that is the likely cause.
+            no_room = _no_room(partial.parent, source.stat().st_size // 2)
+            if no_room is not None:
+                raise no_room
             raise RuntimeError(f"llama.cpp could not quantize {source} to {kind} ({status})")
         partial.replace(target)  # atomic: a crash never leaves a half model under the name
     finally:
         partial.unlink(missing_ok=True)
     return target
+
+
+def _no_room(folder: Path, needed: int) -> OSError | None:
+    """An OSError (EFBIG, ENOSPC) when a file of `needed` bytes cannot be written in `folder`:
+    past this process's file size limit, or more than the disk has free. A quantized copy is
+    at least about half a 4-bit source."""
+    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if limit != resource.RLIM_INFINITY and limit < needed:
+        return OSError(errno.EFBIG, f"{os.strerror(errno.EFBIG)} (the file size limit is {limit})")
+    if shutil.disk_usage(folder).free < needed:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return None

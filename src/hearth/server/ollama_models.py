@@ -45,6 +45,7 @@ from starlette.types import Receive, Scope, Send
 from hearth.errors import (
     ConflictError,
     HearthError,
+    InsufficientStorageError,
     InvalidRequestError,
     ModelNotFoundError,
     NotFoundError,
@@ -62,6 +63,7 @@ from hearth.models.pull import (
     PullReporter,
     PullResult,
     PullSourceError,
+    no_space,
     parse_source,
     pull,
 )
@@ -446,7 +448,7 @@ async def copy_model(state: ServerState, source: str, destination: str) -> None:
     except registry.ModelExistsError as exc:
         raise ConflictError(str(exc), param="destination") from exc
     except OSError as exc:  # the disk is full, or the store not writable
-        raise HearthError(f"The copy failed: {exc}") from exc
+        raise _write_failed("The copy", exc) from exc
     logger.info("Copied %s to %s", source, copied.name)
 
 
@@ -548,7 +550,10 @@ async def serve_create(
             logger.info("Created %s (%s)", model.name, model.source)
             outcome: BaseException | None = None
         except Exception as exc:
-            logger.error("Creating %s failed", plan.name, exc_info=exc)
+            if isinstance(exc, OSError) and no_space(exc):  # the client hears why: no trace
+                logger.warning("Creating %s failed: %s", plan.name, exc)
+            else:
+                logger.error("Creating %s failed", plan.name, exc_info=exc)
             outcome = exc
         with contextlib.suppress(RuntimeError):  # the loop is closed: the server has stopped
             loop.call_soon_threadsafe(steps.put_nowait, outcome)
@@ -563,7 +568,8 @@ async def serve_create(
                 yield _line("success")
                 return
             if isinstance(step, BaseException):
-                yield json.dumps({"error": f"The create failed: {step}"}).encode() + b"\n"
+                message = _write_failed("The create", step).message
+                yield json.dumps({"error": message}).encode() + b"\n"
                 return
             yield _line(step)
 
@@ -573,10 +579,21 @@ async def serve_create(
     async def finished() -> None:
         while (step := await steps.get()) is not None:
             if isinstance(step, BaseException):
-                raise HearthError(f"The create failed: {step}")
+                raise _write_failed("The create", step)
 
     await until_disconnect(http_request, finished())
     return _success(stream=False)
+
+
+def _write_failed(what: str, exc: BaseException) -> HearthError:
+    """A write into the store that failed: 507 naming the disk when it is full (nothing was
+    generated, so nothing is lost), else a plain server error."""
+    if isinstance(exc, OSError) and no_space(exc):
+        return InsufficientStorageError(
+            f"{what} failed: the disk holding {registry.store().root} is full "
+            f"(or a file size limit was reached): {exc.strerror}. Free some space and retry."
+        )
+    return HearthError(f"{what} failed: {exc}")
 
 
 def _blob_file(digest: str) -> Path:
@@ -601,10 +618,13 @@ async def receive_blob(digest: str, http_request: Request) -> None:
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
     hasher = hashlib.sha256()
     try:
-        with partial.open("wb") as file:
-            async for chunk in http_request.stream():
-                hasher.update(chunk)
-                await asyncio.to_thread(file.write, chunk)
+        try:
+            with partial.open("wb") as file:
+                async for chunk in http_request.stream():
+                    hasher.update(chunk)
+                    await asyncio.to_thread(file.write, chunk)
+        except OSError as exc:
+            raise _write_failed("Storing the blob", exc) from exc
         if f"sha256:{hasher.hexdigest()}" != digest.replace("-", ":", 1):
             raise InvalidRequestError(
                 f"the body's sha256 is {hasher.hexdigest()}, not the digest {digest}",

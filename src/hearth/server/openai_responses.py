@@ -10,18 +10,27 @@ starts with the same tokens and reuses the KV cache of the turn before.
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
-from hearth.errors import HearthError, InvalidRequestError, NotFoundError
+from hearth.errors import (
+    HearthError,
+    InsufficientStorageError,
+    InvalidRequestError,
+    NotFoundError,
+)
+from hearth.models.pull import no_space
 from hearth.protocol import responses as wire
+from hearth.server.auth import key_owner
 from hearth.server.conversation import (
     Conversation,
     Message,
@@ -56,6 +65,9 @@ __all__ = [
     "retrieve_response",
     "serve_response",
 ]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Spec fields with no meaning for a local server, refused when set (each with why).
 _REFUSED_FIELDS = {
@@ -110,8 +122,34 @@ def response_store(state: ServerState) -> ResponseStore:
     return store
 
 
-async def _stored(state: ServerState, response_id: str, param: str) -> StoredResponse:
-    record = await asyncio.to_thread(lambda: response_store(state).get(response_id))
+# SQLite's primary result codes for a full disk and a failed read or write of its files.
+_SQLITE_FULL, _SQLITE_IOERR = 13, 10
+
+
+def _store_failed(exc: OSError | sqlite3.Error) -> HearthError:
+    """The store could not be read or written: 507 naming the disk when it is full."""
+    code = exc.sqlite_errorcode & 0xFF if isinstance(exc, sqlite3.Error) else None
+    if code in (_SQLITE_FULL, _SQLITE_IOERR) or (isinstance(exc, OSError) and no_space(exc)):
+        return InsufficientStorageError(
+            f"The response store could not be read or written: the disk holding "
+            f"{hearth_home()} is full (or a file size limit was reached)."
+        )
+    logger.error("The response store failed: %s", exc)
+    return HearthError("The response store failed; see the server's log.")
+
+
+async def _in_store(state: ServerState, call: Callable[[ResponseStore], T]) -> T:
+    """`call` with the store, on a worker thread; its failures as `_store_failed` says."""
+    try:
+        return await asyncio.to_thread(lambda: call(response_store(state)))
+    except (OSError, sqlite3.Error) as exc:
+        raise _store_failed(exc) from exc
+
+
+async def _stored(
+    state: ServerState, response_id: str, param: str, owner: str | None
+) -> StoredResponse:
+    record = await _in_store(state, lambda store: store.get(response_id, owner))
     if record is None:
         raise NotFoundError(f"Response with id '{response_id}' not found.", param=param)
     return record
@@ -318,11 +356,13 @@ class _Turn:
     prepared: PreparedTurn | None = field(default=None)
 
 
-async def _conversation(state: ServerState, req: wire.ResponseCreateRequest) -> _Turn:
+async def _conversation(
+    state: ServerState, req: wire.ResponseCreateRequest, owner: str | None
+) -> _Turn:
     _refuse_unservable_fields(req)
     history: list[Message] = []
     if req.previous_response_id is not None:
-        record = await _stored(state, req.previous_response_id, "previous_response_id")
+        record = await _stored(state, req.previous_response_id, "previous_response_id", owner)
         history = [_message_from_json(m) for m in record.conversation]
     new_messages, input_items = _input_messages(req.input)
     history += new_messages
@@ -397,8 +437,15 @@ def _call_item(item_id: str, call: ToolCall, status: str) -> wire.FunctionToolCa
 class _Responder:
     """One response's object, filled as the turn runs; stored when it ends, if asked."""
 
-    def __init__(self, state: ServerState, req: wire.ResponseCreateRequest, turn: _Turn) -> None:
+    def __init__(
+        self,
+        state: ServerState,
+        req: wire.ResponseCreateRequest,
+        turn: _Turn,
+        owner: str | None,
+    ) -> None:
         self.state, self.req, self.turn = state, req, turn
+        self.owner = owner  # the API key's fingerprint: only that key reads it back
         self.id = _new_id("resp")
         self.created_at = int(time.time())
 
@@ -445,9 +492,12 @@ class _Responder:
             metadata=req.metadata or {},
         )
 
-    async def store(self, body: wire.Response, text: str, calls: list[ToolCall]) -> None:
+    async def store(self, body: wire.Response, text: str, calls: list[ToolCall]) -> wire.Response:
+        """Store the response; the body to answer. When the write fails (a full disk) the answer
+        still goes out, with `store: false`: it is generated already, and a 5xx would make the
+        SDKs retry and generate it again."""
         if self.req.store is False:
-            return
+            return body
         history = [*self.turn.history, Message("assistant", text, tuple(calls))]
         record = StoredResponse(
             id=self.id,
@@ -457,9 +507,15 @@ class _Responder:
             input_items=self.turn.input_items,
             conversation=[_message_to_json(m) for m in history],
             previous_response_id=self.req.previous_response_id,
+            owner=self.owner,
         )
         state = self.state
-        await asyncio.to_thread(lambda: response_store(state).put(record))
+        try:
+            await asyncio.to_thread(lambda: response_store(state).put(record))
+        except (OSError, sqlite3.Error) as exc:
+            logger.warning("Response %s was answered but not stored: %s", self.id, exc)
+            return body.model_copy(update={"store": False})
+        return body
 
 
 def _final_status(finish: Finish) -> Literal["completed", "incomplete"]:
@@ -469,12 +525,13 @@ def _final_status(finish: Finish) -> Literal["completed", "incomplete"]:
 async def serve_response(
     state: ServerState, req: wire.ResponseCreateRequest, http_request: Request
 ) -> JSONResponse | StreamingResponse:
-    turn = await _conversation(state, req)
+    owner = key_owner(http_request)
+    turn = await _conversation(state, req, owner)
     model = state.model_for(req.model)
     prepared = await prepare_turn_off_loop(
         state, with_preset(turn.conversation, model.preset), id_prefix="resp"
     )
-    responder = _Responder(state, req, turn)
+    responder = _Responder(state, req, turn, owner)
 
     if req.stream:
         outputs = await started(http_request, merged_outputs(prepared.model, [prepared.request]))
@@ -494,7 +551,7 @@ async def serve_response(
         output.append(_message_item(_new_id("msg"), choice.text, status))
     output += [_call_item(_new_id("fc"), call, "completed") for call in choice.calls]
     body = responder.body(status, output, _usage(totals), choice.finish)
-    await responder.store(body, choice.text, choice.calls)
+    body = await responder.store(body, choice.text, choice.calls)
     return JSONResponse(body.model_dump(mode="json", by_alias=True))
 
 
@@ -732,7 +789,7 @@ class _Stream:
             for event in close_message(status):
                 yield event
         body = responder.body(status, output, _usage(totals), finish)
-        await responder.store(body, "".join(text_parts), calls)
+        body = await responder.store(body, "".join(text_parts), calls)
         final_event: BaseModel
         if status == "incomplete":
             final_event = wire.ResponseIncompleteEvent(sequence_number=n(), response=body)
@@ -745,18 +802,20 @@ class _Stream:
 
 
 async def retrieve_response(
-    state: ServerState, response_id: str, *, stream: bool, include: list[str]
+    state: ServerState, response_id: str, *, stream: bool, include: list[str], owner: str | None
 ) -> JSONResponse:
     if stream:
         raise unsupported("stream", "there are no background responses to replay.")
     if include:
         raise unsupported("include", "no extra output data is served.")
-    record = await _stored(state, response_id, "response_id")
+    record = await _stored(state, response_id, "response_id", owner)
     return JSONResponse(record.response)
 
 
-async def delete_response(state: ServerState, response_id: str) -> wire.DeletedResponse:
-    deleted = await asyncio.to_thread(lambda: response_store(state).delete(response_id))
+async def delete_response(
+    state: ServerState, response_id: str, owner: str | None
+) -> wire.DeletedResponse:
+    deleted = await _in_store(state, lambda store: store.delete(response_id, owner))
     if not deleted:
         raise NotFoundError(f"Response with id '{response_id}' not found.", param="response_id")
     return wire.DeletedResponse(id=response_id)
@@ -770,11 +829,13 @@ async def list_input_items(
     before: str | None,
     limit: int,
     order: Literal["asc", "desc"],
+    owner: str | None,
 ) -> wire.InputItemList:
-    page, has_more = await asyncio.to_thread(
-        lambda: response_store(state).input_items(
-            response_id, after=after, before=before, limit=limit, order=order
-        )
+    page, has_more = await _in_store(
+        state,
+        lambda store: store.input_items(
+            response_id, after=after, before=before, limit=limit, order=order, owner=owner
+        ),
     )
     return wire.InputItemList(
         data=page,

@@ -6,6 +6,10 @@ its `id`), and the whole conversation up to and including this response's output
 store keeps as opaque JSON. Each record holds its whole conversation, so deleting or expiring one
 response never breaks a conversation continued from it.
 
+With API keys, each response belongs to the key that created it (`owner`: a fingerprint of the
+key, never the key): every read and delete is scoped to the caller's own, as OpenAI scopes them
+to a project. Without keys the owner is NULL.
+
 The store is synchronous (stdlib `sqlite3`); the server calls it through `asyncio.to_thread`.
 One connection serves every thread, one call at a time (a lock); WAL keeps readers of the file
 (another process, `sqlite3` on the command line) from blocking a write.
@@ -27,7 +31,7 @@ __all__ = ["DB_FILENAME", "ResponseStore", "StoredResponse"]
 
 DB_FILENAME = "responses.sqlite3"
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # 2: responses.owner
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
     id                   TEXT PRIMARY KEY,
@@ -35,7 +39,8 @@ CREATE TABLE IF NOT EXISTS responses (
     model                TEXT NOT NULL,
     previous_response_id TEXT,
     response             TEXT NOT NULL,
-    conversation         TEXT NOT NULL
+    conversation         TEXT NOT NULL,
+    owner                TEXT
 );
 CREATE INDEX IF NOT EXISTS responses_by_age ON responses (created_at);
 CREATE TABLE IF NOT EXISTS input_items (
@@ -67,6 +72,7 @@ class StoredResponse:
     input_items: list[dict[str, Any]]
     conversation: list[dict[str, Any]]
     previous_response_id: str | None = None
+    owner: str | None = None  # the API key's fingerprint; None without keys
 
 
 def _dumps(value: Any) -> str:
@@ -97,6 +103,9 @@ class ResponseStore:
                 f"{_SCHEMA_VERSION}); move it aside or upgrade"
             )
         conn.executescript(_SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(responses)")}
+        if "owner" not in columns:  # a version 1 file: its responses were stored without keys
+            conn.execute("ALTER TABLE responses ADD COLUMN owner TEXT")
         conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
 
     def _db(self) -> sqlite3.Connection:
@@ -117,7 +126,7 @@ class ResponseStore:
                 conn.execute("DELETE FROM responses WHERE id = ?", (record.id,))
                 conn.execute(
                     "INSERT INTO responses (id, created_at, model, previous_response_id, "
-                    "response, conversation) VALUES (?, ?, ?, ?, ?, ?)",
+                    "response, conversation, owner) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         record.id,
                         record.created_at,
@@ -125,24 +134,27 @@ class ResponseStore:
                         record.previous_response_id,
                         _dumps(record.response),
                         _dumps(record.conversation),
+                        record.owner,
                     ),
                 )
                 conn.executemany(
                     "INSERT INTO input_items (response_id, position, id, item) VALUES (?, ?, ?, ?)",
                     items,
                 )
+                conn.execute("COMMIT")  # where a full disk shows
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # a failed COMMIT leaves it open
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
 
-    def get(self, response_id: str) -> StoredResponse | None:
+    def get(self, response_id: str, owner: str | None = None) -> StoredResponse | None:
+        """The response `owner` stored (None: stored without a key); None if there is none."""
         with self._lock:
             conn = self._db()
             row = conn.execute(
                 "SELECT created_at, model, previous_response_id, response, conversation "
-                "FROM responses WHERE id = ?",
-                (response_id,),
+                "FROM responses WHERE id = ? AND owner IS ?",
+                (response_id, owner),
             ).fetchone()
             if row is None:
                 return None
@@ -159,12 +171,15 @@ class ResponseStore:
             input_items=[json.loads(item) for (item,) in items],
             conversation=json.loads(conversation),
             previous_response_id=previous_response_id,
+            owner=owner,
         )
 
-    def delete(self, response_id: str) -> bool:
-        """Deletes a response and its input items; False if there was none."""
+    def delete(self, response_id: str, owner: str | None = None) -> bool:
+        """Deletes `owner`'s response and its input items; False if there was none."""
         with self._lock:
-            cursor = self._db().execute("DELETE FROM responses WHERE id = ?", (response_id,))
+            cursor = self._db().execute(
+                "DELETE FROM responses WHERE id = ? AND owner IS ?", (response_id, owner)
+            )
         return cursor.rowcount > 0
 
     def input_items(
@@ -175,6 +190,7 @@ class ResponseStore:
         before: str | None = None,
         limit: int = 20,
         order: Literal["asc", "desc"] = "desc",
+        owner: str | None = None,
     ) -> tuple[list[dict[str, Any]], bool]:
         """A page of a response's input items, as `GET /v1/responses/{id}/input_items` lists
         them: in `order` (`desc`: the last item first), only those after the item `after` and
@@ -190,7 +206,9 @@ class ResponseStore:
             raise InvalidRequestError("order must be 'asc' or 'desc'", param="order")
         with self._lock:
             conn = self._db()
-            known = conn.execute("SELECT 1 FROM responses WHERE id = ?", (response_id,))
+            known = conn.execute(
+                "SELECT 1 FROM responses WHERE id = ? AND owner IS ?", (response_id, owner)
+            )
             if known.fetchone() is None:
                 raise NotFoundError(
                     f"Response with id '{response_id}' not found.", param="response_id"
