@@ -38,7 +38,7 @@ from hearth.protocol.openai import (
     TextCompletion,
 )
 from hearth.server.anthropic_messages import count_tokens, serve_messages
-from hearth.server.auth import require_api_key
+from hearth.server.auth import key_owner, require_api_key
 from hearth.server.embeddings import serve_embeddings
 from hearth.server.errors import error_responses
 from hearth.server.leases import with_model
@@ -339,13 +339,17 @@ async def get_response(
     include: Annotated[list[str] | None, Query()] = None,
 ) -> JSONResponse:
     return await retrieve_response(
-        _state(request), response_id, stream=stream, include=include or []
+        _state(request),
+        response_id,
+        stream=stream,
+        include=include or [],
+        owner=key_owner(request),
     )
 
 
 @openai_router.delete("/responses/{response_id}")
 async def remove_response(response_id: str, request: Request) -> responses_wire.DeletedResponse:
-    return await delete_response(_state(request), response_id)
+    return await delete_response(_state(request), response_id, key_owner(request))
 
 
 @openai_router.get("/responses/{response_id}/input_items")
@@ -363,7 +367,13 @@ async def response_input_items(
             "'include' is not supported: no extra output data is served.", param="include"
         )
     return await list_input_items(
-        _state(request), response_id, after=after, before=before, limit=limit, order=order
+        _state(request),
+        response_id,
+        after=after,
+        before=before,
+        limit=limit,
+        order=order,
+        owner=key_owner(request),
     )
 
 
