@@ -105,10 +105,15 @@ class ServeSettings(BaseSettings):
     )
     api_key: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="API keys for Bearer auth on /v1 (comma-separated in the env). Empty: no auth.",
+        description="API keys (Bearer or x-api-key) for /v1, /api, /admin, /tokenize, "
+        "/detokenize and /metrics; each key's stored responses are its own (comma-separated in "
+        "the env). Empty: no auth.",
     )
     cors_origin: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Origins allowed by CORS (comma-separated). Empty: off."
+        default_factory=list,
+        description="Origins allowed by CORS, and to send writes (comma-separated; '*': any). "
+        "Besides these, writes carrying a browser's Origin are refused unless from the server's "
+        "own page, loopback or app:// file:// tauri:// vscode-webview://.",
     )
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

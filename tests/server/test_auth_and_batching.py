@@ -288,3 +288,51 @@ def test_quantize_converts_once_into_the_home_and_serves(tmp_path: Path) -> None
     with start_server(tmp_path, "--quantize", "q8_0", "--ctx-size", "512", env=env):
         pass
     assert converted.stat().st_mtime_ns == first_write  # reused, not converted again
+
+
+def test_stored_responses_belong_to_the_key_that_created_them(tmp_path: Path) -> None:
+    with start_server(tmp_path, "--api-key", "alice", "--api-key", "bob") as server:
+        alice, bob = server.client(api_key="alice"), server.client(api_key="bob")
+        stored = alice.responses.create(model=MODEL, input="Hi", max_output_tokens=4)
+        assert alice.responses.retrieve(stored.id).id == stored.id
+        assert alice.responses.input_items.list(stored.id).data
+        # Another key finds nothing: not to read, list, continue nor delete.
+        with pytest.raises(openai.NotFoundError):
+            bob.responses.retrieve(stored.id)
+        with pytest.raises(openai.NotFoundError):
+            bob.responses.input_items.list(stored.id)
+        with pytest.raises(openai.NotFoundError) as continued:
+            bob.responses.create(
+                model=MODEL, input="And?", previous_response_id=stored.id, max_output_tokens=2
+            )
+        assert continued.value.body["param"] == "previous_response_id"  # type: ignore[index]
+        with pytest.raises(openai.NotFoundError):
+            bob.responses.delete(stored.id)
+        assert alice.responses.retrieve(stored.id).id == stored.id  # bob's delete did nothing
+        followed = alice.responses.create(
+            model=MODEL, input="And?", previous_response_id=stored.id, max_output_tokens=2
+        )
+        assert followed.previous_response_id == stored.id
+        alice.responses.delete(stored.id)
+
+
+def test_the_api_description_is_public_and_holds_no_data(keyed_server: HearthServer) -> None:
+    # Decided (README, "Keys and web pages"): /openapi.json, /docs and /redoc describe the API,
+    # as its source does; a supervisor or a client generator may read them without a key.
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert httpx.get(f"{keyed_server.base_url}{path}").status_code == 200, path
+    # The data routes they describe still need the key.
+    assert httpx.get(f"{keyed_server.base_url}/v1/responses/resp_x").status_code == 401
+    assert httpx.get(f"{keyed_server.base_url}/api/tags").status_code == 401
+
+
+def test_serve_help_says_what_the_key_covers() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "hearth", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"COLUMNS": "200", "PATH": ""},
+    )
+    line = " ".join(result.stdout.split())
+    assert "--api-key TEXT API keys (Bearer or x-api-key) for /v1, /api, /admin" in line

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -474,3 +477,33 @@ def test_a_neighbour_finishes_while_a_huge_input_is_prepared(hostile: HearthServ
     finally:
         worker.join()
     assert finished == ["health", "chat", "huge 400"]
+
+
+# -- 6. leftovers -----------------------------------------------------------------------------
+
+
+def test_the_server_deletes_what_a_killed_import_left(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    log_dir = tmp_path_factory.mktemp("leftovers")
+    staging = log_dir / "home" / "models" / ".partial"
+    staging.mkdir(parents=True)
+    # A process that dies (kill -9) while it writes a temporary copy, as `hearth pull
+    # ./file.gguf --name x` does; the name it writes is the store's own.
+    script = (
+        "import os, signal\n"
+        "from hearth.models.store import ModelStore\n"
+        "from pathlib import Path\n"
+        f"path = ModelStore(Path({str(log_dir / 'home')!r})).temp_path('.gguf')\n"
+        "path.write_bytes(b'GGUF' + bytes(1 << 20))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", script], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    (orphan,) = staging.glob("*.gguf")
+    resumable = staging / f"{'e' * 64}.part"
+    resumable.write_bytes(b"half a download")
+    with start_server(log_dir) as server:
+        assert not orphan.exists()
+        assert resumable.exists()  # the next pull resumes it
+        assert f"Deleted {orphan.name}" in server.log()

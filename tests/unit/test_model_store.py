@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from hearth.cli import humanize
-from hearth.models.store import InvalidModelNameError, ModelStore, check_model_name
+from hearth.models.store import (
+    PART_MAX_AGE_S,
+    InvalidModelNameError,
+    ModelStore,
+    check_model_name,
+)
 
 
 def staged(store: ModelStore, content: bytes) -> Path:
@@ -78,3 +87,55 @@ def test_humanize() -> None:
     assert humanize.parameters(7_241_732_096) == "7.2B"
     assert humanize.size(98_362_432) == "98.4 MB" and humanize.size(None) == "—"
     assert re.fullmatch(r"\d+ B", humanize.size(12))
+
+
+def dead_pid() -> int:
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(finished.stdout)
+
+
+def test_clean_staging_deletes_orphans_and_bounds_downloads(tmp_path: Path) -> None:
+    models = ModelStore(tmp_path)
+    staging = models.staging_dir
+    now = time.time()
+    orphan = staging / f"{dead_pid()}-{'a' * 32}.gguf"
+    ours = models.temp_path(".gguf")
+    legacy_idle = staging / f"{'b' * 32}.gguf"
+    legacy_fresh = staging / f"{'c' * 32}.gguf"
+    stale_part = staging / f"{'1' * 64}.part"
+    fresh_part = staging / f"{'2' * 64}.part"
+    other = staging / "notes.txt"
+    for path in (orphan, ours, legacy_idle, legacy_fresh, stale_part, fresh_part, other):
+        path.write_bytes(b"x")
+    os.utime(legacy_idle, (now - 2 * 3600, now - 2 * 3600))
+    old = now - PART_MAX_AGE_S - 1
+    os.utime(stale_part, (old, old))
+
+    removed = models.clean_staging(now)
+
+    assert sorted(removed) == sorted([orphan, legacy_idle, stale_part])
+    for kept in (ours, legacy_fresh, fresh_part, other):
+        assert kept.exists()
+
+
+def test_clean_staging_keeps_downloads_within_the_size_bound_newest_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("hearth.models.store.PART_MAX_BYTES", 10)
+    models = ModelStore(tmp_path)
+    now = time.time()
+    parts = []
+    for age_h, digit in ((5, "1"), (3, "2"), (0, "3")):
+        path = models.staging_dir / f"{digit * 64}.part"
+        path.write_bytes(b"x" * 6)
+        os.utime(path, (now - age_h * 3600, now - age_h * 3600))
+        parts.append(path)
+    # 18 bytes past a bound of 10: the oldest idle ones go until within it; the one being
+    # written (touched just now) stays whatever the total.
+    assert models.clean_staging(now) == [parts[0], parts[1]]
+    assert parts[2].exists()

@@ -274,6 +274,7 @@ def pull(
     reporter = reporter or PullReporter()
     parsed = parse_source(source)
     models = store()
+    models.clean_staging()  # what killed pulls and imports left behind
     if isinstance(parsed, LocalSource):
         return _import_local(models, parsed.path, name, reporter)
     if isinstance(parsed, OciReference):

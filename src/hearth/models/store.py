@@ -6,6 +6,13 @@ Layout under `$HEARTH_HOME/models` (docs/models.md):
     <key>.json      its manifest: name, source, sha256, size, pulled_at
     .partial/       downloads in progress (resumable) and temporary copies
 
+A temporary copy is `.partial/<pid>-<uuid>.<suffix>`: the process writing it is in its name, so
+a copy left by a killed import (`kill -9` during `hearth pull ./file.gguf`) is known for an
+orphan once that process is gone, and `clean_staging` deletes it. A download's
+`<sha256>.part` is kept so that the next pull resumes it, but not for ever: one untouched for
+`PART_MAX_AGE_S` (7 days) is deleted, and so are the oldest idle ones while all of them together
+pass `PART_MAX_BYTES` (16 GiB).
+
 `<key>` is the lower-cased name, percent-encoded into one file name (`hf.co/Org/Repo:Q4_K_M` ->
 `hf.co%2forg%2frepo%3aq4_k_m`), so names are case-insensitive as on the hub and never collide.
 Every write is a temporary file renamed into place: the model first, then its manifest. A model
@@ -19,6 +26,7 @@ import json
 import logging
 import os
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +37,8 @@ from urllib.parse import quote
 from hearth.models.defaults import ModelDefaults
 
 __all__ = [
+    "PART_MAX_AGE_S",
+    "PART_MAX_BYTES",
     "InvalidModelNameError",
     "ModelStore",
     "StoredModel",
@@ -40,6 +50,13 @@ logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}")
 _MANIFEST_VERSION = 1
+PART_MAX_AGE_S = 7 * 24 * 3600
+PART_MAX_BYTES = 16 << 30
+# A download still being written is never removed for the size bound: its file changes each
+# second. Temporary copies without a process id (older Hearths) count as orphans once as idle.
+_IDLE_S = 3600
+_TEMP_NAME = re.compile(r"(?:(\d+)-)?[0-9a-f]{32}\.\w+")
+_PART_NAME = re.compile(r"[0-9a-f]{64}\.part")
 # A file name holds 255 bytes; the store's longest is a temp name, `.<key>.gguf.<8 hex>.tmp`.
 _MAX_KEY_BYTES = 255 - len("..gguf.12345678.tmp")
 
@@ -115,7 +132,45 @@ class ModelStore:
         return path
 
     def temp_path(self, suffix: str = ".tmp") -> Path:
-        return self.staging_dir / f"{uuid.uuid4().hex}{suffix}"
+        return self.staging_dir / f"{os.getpid()}-{uuid.uuid4().hex}{suffix}"
+
+    def clean_staging(self, now: float | None = None) -> list[Path]:
+        """Delete orphaned temporary copies (their process is gone) and the `.part` downloads
+        past the age and size bounds (the module's docstring); the paths deleted."""
+        folder = self.root / ".partial"
+        if not folder.is_dir():
+            return []
+        now = time.time() if now is None else now
+        removed: list[Path] = []
+        parts: list[tuple[float, int, Path]] = []
+        for path in folder.iterdir():
+            try:
+                info = path.stat()
+            except OSError:  # gone meanwhile: another process cleaned it or renamed it in
+                continue
+            idle = now - info.st_mtime
+            if (temp := _TEMP_NAME.fullmatch(path.name)) is not None:
+                owner = temp.group(1)
+                if (owner is None and idle > _IDLE_S) or (
+                    owner is not None and not _process_alive(int(owner))
+                ):
+                    removed.append(path)
+            elif _PART_NAME.fullmatch(path.name):
+                if idle > PART_MAX_AGE_S:
+                    removed.append(path)
+                else:
+                    parts.append((info.st_mtime, info.st_size, path))
+        total = sum(size for _, size, _ in parts)
+        for mtime, size, path in sorted(parts):  # the oldest first
+            if total <= PART_MAX_BYTES:
+                break
+            if now - mtime > 60:  # idle: no pull is writing it
+                removed.append(path)
+                total -= size
+        for path in removed:
+            path.unlink(missing_ok=True)
+            logger.info("Deleted %s, left by an interrupted pull or copy", path.name)
+        return removed
 
     def model_path(self, name: str) -> Path:
         return self.root / f"{_key(name)}.gguf"
@@ -199,3 +254,15 @@ class ModelStore:
         self._manifest_path(name).unlink(missing_ok=True)
         self.model_path(name).unlink(missing_ok=True)
         return model
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process: alive; a bogus number
+        return True
+    return True

@@ -231,6 +231,8 @@ def create_app(settings: ServeSettings, state: ServerState | None = None) -> Fas
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = state if state is not None else await asyncio.to_thread(load_state, settings)
+        # What killed pulls, imports and copies left in the store's .partial folder.
+        await asyncio.to_thread(lambda: registry.store().clean_staging())
         loaded.models.start()
         app.state.hearth = loaded
         try:
