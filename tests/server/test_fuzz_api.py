@@ -421,3 +421,179 @@ def test_fuzz(api_schema: Any, session: requests.Session, method: str, path: str
         )
 
     fuzz()
+
+
+# -- hostile input (issue 22) -------------------------------------------------------------------
+# Schema-valid bodies from the same operations, each then made hostile in one way: what found
+# 500s, hangs and memory blow-ups before. Never a 5xx but the overloads, never a traceback, and
+# the server's resident memory grows at most 64 MiB plus twice the body per request.
+
+HOSTILE_OPERATIONS = [
+    (method, path)
+    for method, path in OPERATIONS
+    if method in ("POST", "DELETE") and "{" not in path
+]
+HOSTILE_KINDS = ("surrogate", "huge_number", "deep", "long_name", "schema_bounds", "origin")
+NAME_FIELDS = ("model", "name", "source", "destination", "from")
+HUGE = "@@HUGE@@"  # replaced in the JSON text: a number json.dumps could not write
+DEEP = "@@DEEP@@"  # replaced too: nesting json.dumps would recurse into too deep
+BOUNDED_SCHEMA_KEYWORDS = ("minLength", "maxLength", "minItems", "maxItems")
+
+
+def _leaves(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], Any]]:
+    """Every (path, value) in a JSON value, the value itself included."""
+    found = [(path, value)]
+    if isinstance(value, dict):
+        for key, child in value.items():
+            found += _leaves(child, (*path, key))
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            found += _leaves(child, (*path, i))
+    return found
+
+
+def _replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(value, dict):
+        return {**value, head: _replaced(value[head], rest, new)}
+    copied = list(value)
+    copied[head] = _replaced(copied[head], rest, new)
+    return copied
+
+
+def _nested(depth: int, kind: str) -> str:
+    """JSON text nested `depth` levels deep."""
+    if kind == "list":
+        return "[" * depth + '"x"' + "]" * depth
+    return '{"a":' * depth + '"x"' + "}" * depth
+
+
+def _bounded_schema(keyword: str, count: str) -> dict[str, Any]:
+    if keyword == "pattern":
+        return {"type": "object", "properties": {"a": {"type": "string", "pattern": count}}}
+    kind = "string" if "Length" in keyword else "array"
+    return {"type": "object", "properties": {"a": {"type": kind, keyword: HUGE}}}
+
+
+def hostile_request(data: st.DataObject, path: str, body: Any) -> tuple[str, bytes, dict[str, str]]:
+    """One hostile change to a schema-valid body: (kind, JSON text, extra headers)."""
+    kind = data.draw(st.sampled_from(HOSTILE_KINDS), label="kind")
+    headers: dict[str, str] = {}
+    deep = ""
+    body = body if isinstance(body, dict) else {}
+    huge = data.draw(st.sampled_from(["1" + "0" * 5000, "1e400", "-99999999999999999999999"]))
+    if kind == "surrogate":
+        strings = [p for p, v in _leaves(body) if isinstance(v, str)] or [("model",)]
+        where = data.draw(st.sampled_from(strings), label="where")
+        lone = data.draw(st.sampled_from(["\ud800", "a\udfffb", "\udc00\ud83d"]))
+        body = _replaced(body, where, lone) if where != ("model",) else {**body, "model": lone}
+    elif kind == "huge_number":
+        numbers = [
+            p for p, v in _leaves(body) if isinstance(v, int | float) and not isinstance(v, bool)
+        ]
+        where = data.draw(st.sampled_from(numbers or [("max_tokens",)]), label="where")
+        body = _replaced(body, where, HUGE) if numbers else {**body, "max_tokens": HUGE}
+    elif kind == "deep":
+        depth = data.draw(st.sampled_from([40, 200, 3000]), label="depth")
+        deep = _nested(depth, data.draw(st.sampled_from(["list", "dict"])))
+        leaves = [p for p, _ in _leaves(body) if p] or [("extra",)]
+        where = data.draw(st.sampled_from(leaves), label="where")
+        body = _replaced(body, where, DEEP) if where != ("extra",) else {**body, "x": DEEP}
+    elif kind == "long_name":
+        name = data.draw(st.sampled_from(["a" * 5000, "a:" * 120, "x/" * 2000 + "y", "a" * 199]))
+        fields = [f for f in NAME_FIELDS if isinstance(body.get(f), str)] or ["model"]
+        body = {**body, data.draw(st.sampled_from(fields)): name}
+    elif kind == "schema_bounds":
+        keyword = data.draw(st.sampled_from([*BOUNDED_SCHEMA_KEYWORDS, "pattern"]))
+        schema = _bounded_schema(keyword, "^a{0," + "9" * 12 + "}$")
+        tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+        if path == "/v1/responses":
+            fmt = {"type": "json_schema", "name": "x", "schema": schema}
+            body = {**body, "text": {"format": fmt}}
+        elif path.startswith("/v1/messages"):
+            body = {**body, "tools": [{"name": "f", "input_schema": schema, "strict": True}]}
+        elif path in ("/api/chat", "/api/generate"):
+            body = {**body, "format": schema}
+        else:
+            strict_tool = {**tool, "function": {**tool["function"], "strict": True}}
+            body = {**body, "tools": [data.draw(st.sampled_from([tool, strict_tool]))]}
+    else:
+        headers["Origin"] = data.draw(
+            st.sampled_from(["https://evil.example", "null", "http://localhost.evil.example"])
+        )
+    # ensure_ascii: a lone half leaves as its \\u escape, as a hostile client writes it
+    text = json.dumps(body).replace(f'"{HUGE}"', huge).replace(f'"{DEEP}"', deep)
+    return kind, text.encode(), headers
+
+
+def resident_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def assert_error_shape(path: str, response: requests.Response) -> None:
+    body = response.json()
+    if path.startswith("/v1/messages"):
+        assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, body
+    elif path.startswith("/api/"):
+        assert set(body) == {"error"} and isinstance(body["error"], str), body
+    else:
+        assert set(body) == {"error"}, body
+        assert set(body["error"]) == {"message", "type", "param", "code"}, body
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), HOSTILE_OPERATIONS, ids=[f"{m} {p}" for m, p in HOSTILE_OPERATIONS]
+)
+def test_hostile_fuzz(
+    api_schema: Any,
+    fuzz_server: HearthServer,
+    session: requests.Session,
+    method: str,
+    path: str,
+) -> None:
+    operation = api_schema[path][method]
+    bodies = operation.as_strategy(generation_mode=schemathesis.GenerationMode.POSITIVE)
+
+    @given(case=bodies, data=st.data())
+    @settings(
+        max_examples=12,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    def fuzz(case: schemathesis.Case, data: st.DataObject) -> None:
+        body = cap_generation(path, case.body)
+        kind, content, headers = hostile_request(data, path, body)
+        before = resident_bytes(fuzz_server.process.pid)
+        response = session.request(
+            method,
+            f"{fuzz_server.base_url}{path}",
+            data=content,
+            headers={"content-type": "application/json", **headers},
+            timeout=60,
+        )
+        grown = resident_bytes(fuzz_server.process.pid) - before
+        assert grown <= (64 << 20) + 2 * len(content), f"{kind}: RSS grew {grown >> 20} MiB"
+        assert response.status_code < 500 or response.status_code in (429, 503), (
+            kind,
+            response.status_code,
+            response.text[:500],
+        )
+        if kind == "origin":
+            assert response.status_code == 403, response.text
+        if kind == "surrogate":
+            assert response.status_code == 400, response.text
+            if not path.startswith(("/api/", "/v1/messages")):
+                assert response.json()["error"]["code"] == "invalid_value"
+        if response.status_code >= 400:
+            assert_error_shape(path, response)
+
+    fuzz()
+    assert "Traceback" not in fuzz_server.log()
