@@ -68,3 +68,28 @@ def test_the_tracker_finds_a_close_cut_at_any_point(split: int) -> None:
     for piece in (text[:split], text[split:]):
         tracker.observe(piece)
     assert tracker.closed and not tracker.inside
+
+
+def test_an_end_inside_the_block_closes_it_and_the_model_answers() -> None:
+    """A model that ends its turn while thinking gets the close written for it and answers:
+    the reply is never thinking only. An end right after the close is the end."""
+    script = [*text_tokens("abc"), EOG, *text_tokens("ok"), EOG]
+    runner = FakeRunner(scripts={ord("A"): script})
+    core: EngineCore[str] = EngineCore(runner, 1, BatchBudget(64, 16))
+    core.add(request("r1", "Ask", reasoning=reasoning(-1)), "r1")
+    out = run(core)["r1"]
+    assert joined(out) == "abc</think>\n\nok"
+    assert out[-1].finish_reason is not None and out[-1].finish_reason.value == "stop"
+    assert out[-1].reasoning_tokens == 3
+
+    runner = FakeRunner(scripts={ord("A"): [*text_tokens("abc"), EOG, EOG]})
+    core = EngineCore(runner, 1, BatchBudget(64, 16))
+    core.add(request("r2", "Ask", reasoning=reasoning(-1)), "r2")
+    assert joined(run(core)["r2"]) == "abc</think>\n\n"  # closed once, then the model's end
+
+
+def test_an_end_after_the_block_closed_ends_the_turn() -> None:
+    runner = FakeRunner(scripts={ord("A"): [*text_tokens("a</think>b"), EOG, *text_tokens("z")]})
+    core: EngineCore[str] = EngineCore(runner, 1, BatchBudget(64, 16))
+    core.add(request("r1", "Ask", reasoning=reasoning(-1)), "r1")
+    assert joined(run(core)["r1"]) == "a</think>b"

@@ -350,6 +350,15 @@ class EngineCore(Generic[SinkT]):
             self.runner.accept(choice.sampler, token)
         else:
             token = self.runner.sample(choice.sampler, row)
+            if (
+                thinking is not None
+                and self.runner.is_end_of_generation(token)
+                and thinking.close_at_end()
+            ):
+                # Ended while thinking: the engine closes the block in place of the end, and
+                # the model answers (as at the budget), so the reply is never thinking only.
+                token, written = thinking.forced.pop(0), True
+                self.runner.accept(choice.sampler, token)
         choice.last_token = token
         if choice.drafter is not None:
             choice.drafter.push(token)

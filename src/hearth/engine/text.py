@@ -92,6 +92,14 @@ class ThinkingTracker:
             return True
         return False
 
+    def close_at_end(self) -> bool:
+        """The model ended its turn inside the block: queue the close in `forced`, so that it
+        answers instead of ending with thinking only (once: an end right after it is the end)."""
+        if self.inside and not self.closed and not self.forced:
+            self.forced = list(self._budget.close_tokens)
+            return True
+        return False
+
     def _closing(self) -> bool:
         close, tail = self._budget.close_text, self._tail
         return any(close.startswith(tail[-n:]) for n in range(1, len(tail) + 1))
