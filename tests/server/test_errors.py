@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.server.conftest import MODEL, HearthServer
+from tests.server.conftest import MODEL, HearthServer, start_server
 
 pytestmark = pytest.mark.server
 
@@ -126,29 +126,49 @@ def test_unknown_model_is_404_model_not_found(client: openai.OpenAI) -> None:
         client.completions.create(model="nope", prompt="x")
 
 
-def test_context_length_exceeded_states_both_numbers(
+def test_a_prompt_past_the_context_is_refused_with_both_numbers(
     server: HearthServer, client: openai.OpenAI
 ) -> None:
     n_ctx = server.health()["n_ctx_per_slot"]
-    with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=n_ctx + 1)
-    body = caught.value.body
-    assert isinstance(body, dict)
-    assert body["code"] == "context_length_exceeded"
-    assert body["param"] == "max_tokens"
-    assert str(n_ctx) in body["message"]
-    prompt_tokens = int(body["message"].split("(")[1].split(" ")[0])
-    assert f"{prompt_tokens + n_ctx + 1} tokens" in body["message"]
-
-    with pytest.raises(openai.BadRequestError) as newer:
-        client.chat.completions.create(model=MODEL, messages=CHAT, max_completion_tokens=n_ctx + 1)
-    assert isinstance(newer.value.body, dict)
-    assert newer.value.body["param"] == "max_completion_tokens"
-
     with pytest.raises(openai.BadRequestError) as long_prompt:
         client.completions.create(model=MODEL, prompt="word " * (n_ctx + 10), max_tokens=1)
-    assert isinstance(long_prompt.value.body, dict)
-    assert long_prompt.value.body["code"] == "context_length_exceeded"
+    body = long_prompt.value.body
+    assert isinstance(body, dict)
+    assert body["code"] == "context_length_exceeded" and body["param"] == "prompt"
+    assert str(n_ctx) in body["message"]
+    prompt_tokens = int(body["message"].split("resulted in ")[1].split(" ")[0])
+    assert prompt_tokens > n_ctx
+
+
+def test_max_tokens_past_the_context_is_a_ceiling_served_to_its_end(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """An agent's max_tokens as large as the model's context is served up to the end of the
+    slot, ending with `length` on every API, as llama-server and Ollama do."""
+    with start_server(
+        tmp_path_factory.mktemp("ceiling"), "--ctx-size", "64", "--parallel", "1"
+    ) as small:
+        n_ctx = small.health()["n_ctx_per_slot"]  # llama.cpp rounds a slot up to 256 cells
+        chat = small.client().chat.completions.create(
+            model=MODEL, messages=CHAT, max_completion_tokens=32000, extra_body={"ignore_eos": True}
+        )
+        assert chat.choices[0].finish_reason == "length"
+        assert chat.usage is not None
+        assert chat.usage.prompt_tokens + chat.usage.completion_tokens == n_ctx
+        messages = httpx.post(
+            f"{small.base_url}/v1/messages",
+            headers={"anthropic-version": "2023-06-01"},
+            json={"model": MODEL, "max_tokens": 32000, "messages": CHAT},
+            timeout=120,
+        )
+        assert messages.status_code == 200, messages.text
+        assert messages.json()["stop_reason"] in ("max_tokens", "end_turn")
+        response = httpx.post(
+            f"{small.base_url}/v1/responses",
+            json={"model": MODEL, "input": "Hi", "max_output_tokens": 10**9},
+            timeout=120,
+        )
+        assert response.status_code == 200, response.text
 
 
 def test_completions_errors(server: HearthServer) -> None:

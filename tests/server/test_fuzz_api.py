@@ -4,7 +4,8 @@ documented (status, content type, body; a stream event by event or line by line)
 input refused.
 
 One server of its own with a small context (256 tokens, 2 slots): a fuzzed `max_tokens` past
-the context is a quick 400 `context_length_exceeded`, and the rest are capped (cap_generation).
+the context would run to its end (a ceiling, not a promise), so every limit that decodes is
+capped (cap_generation).
 Its hub (HF_ENDPOINT, for /api/pull) is the loopback fake with no repos, and so is its OCI
 registry (Ollama's and Docker's names): a fuzzed name is a 404 from them, never a request to the
 internet.
@@ -258,10 +259,10 @@ def api_schema(fuzz_server: HearthServer) -> Any:
 
 
 def _capped(limit: Any) -> Any:
-    """No limit, or one within the context, becomes MAX_NEW_TOKENS; any other value is sent as
-    generated (past the context: a 400; not a positive integer: refused)."""
+    """No limit, or one that would decode more, becomes MAX_NEW_TOKENS; any other value is sent
+    as generated (not a positive integer: refused)."""
     decodes = isinstance(limit, int | float) and not isinstance(limit, bool) and limit % 1 == 0
-    if limit is None or (decodes and MAX_NEW_TOKENS < limit <= CTX_SIZE):
+    if limit is None or (decodes and limit > MAX_NEW_TOKENS):
         return MAX_NEW_TOKENS
     return limit
 

@@ -148,7 +148,6 @@ class Conversation:
     output_format: OutputFormat = field(default_factory=OutputFormat)
     sampling: Sampling = field(default_factory=Sampling)
     max_tokens: int | None = None  # None: until the slot's context is full
-    limit_param: str = "max_tokens"  # the field that set max_tokens, for errors
     n: int = 1
     logprobs: int | None = None  # None: off; k: the sampled token's and k alternatives'
     user: str | None = None  # logged with the request id

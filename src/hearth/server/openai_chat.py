@@ -245,7 +245,6 @@ def chat_conversation(req: ChatCompletionRequest) -> Conversation:
         output_format=output_format(req.response_format),
         sampling=openai_sampling(req),
         max_tokens=req.max_completion_tokens if newer_limit else req.max_tokens,
-        limit_param="max_completion_tokens" if newer_limit else "max_tokens",
         n=1 if req.n is None else req.n,
         logprobs=(req.top_logprobs or 0) if req.logprobs else None,
         user=req.user or req.safety_identifier,

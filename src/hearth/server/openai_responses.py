@@ -383,7 +383,6 @@ async def _conversation(
             stop=stop_sequences(req.stop),
         ),
         max_tokens=req.max_output_tokens,
-        limit_param="max_output_tokens",
         user=req.user or req.safety_identifier,
         messages_param="input",
         reasoning=Reasoning.from_effort(

@@ -94,7 +94,6 @@ def prepare_turn(state: ServerState, conversation: Conversation, *, id_prefix: s
         len(tokens),
         conversation.max_tokens,
         what=conversation.messages_param,
-        limit_param=conversation.limit_param,
         grammar=grammar,
         grammar_param=conversation.output_format.param,
         logprobs=conversation.logprobs,
@@ -184,15 +183,16 @@ def sampling_params(
     max_new: int | None,
     *,
     what: str,
-    limit_param: str = "max_tokens",
     grammar: Grammar | None = None,
     grammar_param: str = "response_format",
     logprobs: int | None = None,
     reasoning: ReasoningBudget | None = None,
 ) -> SamplingParams:
-    """Resolve limits against the slot's context: refuse, never truncate silently. `what`
-    names the prompt's field ("messages", "prompt", "input") and `limit_param` the field that
-    set `max_new`, for the errors."""
+    """Resolve limits against the slot's context: a prompt that does not fit is refused, never
+    truncated. `max_new` is a ceiling, not a promise: past the room the context leaves, the
+    generation runs to the end of the context and finishes with `length`, as llama-server and
+    Ollama do (agents send a max_tokens as large as the model's context). `what` names the
+    prompt's field ("messages", "prompt", "input"), for the error."""
     n_ctx = model.n_ctx_per_slot
     if prompt_len >= n_ctx:
         raise ContextLengthExceededError(
@@ -200,13 +200,7 @@ def sampling_params(
             f"resulted in {prompt_len} tokens. Please reduce the length of the {what}.",
             param=what,
         )
-    if max_new is not None and prompt_len + max_new > n_ctx:
-        raise ContextLengthExceededError(
-            f"This model's maximum context length is {n_ctx} tokens. However, you requested "
-            f"{prompt_len + max_new} tokens ({prompt_len} in the {what}, {max_new} in the "
-            f"completion). Please reduce the length of the {what} or completion.",
-            param=limit_param,
-        )
+    room = n_ctx - prompt_len
     defaults = SamplingParams(max_tokens=1)
 
     def pick(value: T | None, default: T) -> T:
@@ -217,7 +211,7 @@ def sampling_params(
             "llama.cpp could not compile the grammar made from this schema.", param=grammar_param
         )
     return SamplingParams(
-        max_tokens=max_new if max_new is not None else n_ctx - prompt_len,
+        max_tokens=room if max_new is None else min(max_new, room),
         temperature=pick(sampling.temperature, defaults.temperature),
         top_p=pick(sampling.top_p, defaults.top_p),
         top_k=pick(sampling.top_k, defaults.top_k),
