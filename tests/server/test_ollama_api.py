@@ -147,6 +147,26 @@ def test_tags_show_version(client: ollama.Client) -> None:
     assert client.ps is not None  # the client has it; the server side is tested with models
 
 
+def test_version_is_the_ollama_api_matched_and_hearth_s_own(server: HearthServer) -> None:
+    """Clients check /api/version (Codex's --oss needs 0.13.4 or later): it reports the Ollama
+    release whose API Hearth serves, and Hearth's own version beside it."""
+    from hearth import __version__
+
+    body = httpx.get(f"{server.base_url}/api/version", timeout=10).json()
+    assert body == {"version": "0.13.4", "hearth_version": __version__}
+    major, minor, patch = (int(part) for part in body["version"].split("."))
+    assert (major, minor, patch) >= (0, 13, 4)
+
+
+def test_show_takes_the_older_name_field(server: HearthServer) -> None:
+    by_name = httpx.post(f"{server.base_url}/api/show", json={"name": MODEL}, timeout=30)
+    by_model = httpx.post(f"{server.base_url}/api/show", json={"model": MODEL}, timeout=30)
+    assert by_name.status_code == 200, by_name.text
+    assert by_name.json()["template"] == by_model.json()["template"]
+    both = httpx.post(f"{server.base_url}/api/show", json={"name": "x", "model": MODEL}, timeout=30)
+    assert both.status_code == 400 and both.json()["error"]
+
+
 def test_empty_requests_load_the_model(client: ollama.Client) -> None:
     loaded = client.generate(model=MODEL)
     assert loaded.done and loaded.done_reason == "load"

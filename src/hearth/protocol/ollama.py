@@ -16,6 +16,7 @@ from hearth.models.keep_alive import KeepAlive
 from hearth.protocol.base import StrictRequest
 
 __all__ = [
+    "OLLAMA_API_VERSION",
     "ChatRequest",
     "ChatResponse",
     "CreateRequest",
@@ -38,6 +39,11 @@ __all__ = [
     "TagsResponse",
     "VersionResponse",
 ]
+
+
+# The Ollama release whose API (docs/api.md) Hearth serves; /api/version reports it, since
+# clients check it (Codex's `--oss` mode needs 0.13.4 or later).
+OLLAMA_API_VERSION = "0.13.4"
 
 
 class _Request(StrictRequest):
@@ -215,7 +221,20 @@ class TagsResponse(BaseModel):
     models: list[TagModel]
 
 
-class ShowRequest(_Request):
+class _ModelRequest(_Request):
+    """A request that names its model `model`, or `name` as Ollama's older API did."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_is_model(cls, data: Any) -> Any:
+        # Given both, and different, `name` is refused as an unknown field.
+        named = isinstance(data, dict) and "name" in data
+        if named and data.get("model", data["name"]) == data["name"]:
+            data = {k: v for k, v in data.items() if k != "name"} | {"model": data["name"]}
+        return data
+
+
+class ShowRequest(_ModelRequest):
     """POST /api/show"""
 
     model: str
@@ -231,19 +250,6 @@ class ShowResponse(BaseModel):
     model_info: dict[str, Any]
     capabilities: list[str]
     modified_at: str
-
-
-class _ModelRequest(_Request):
-    """A request that names its model `model`, or `name` as Ollama's older API did."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _name_is_model(cls, data: Any) -> Any:
-        # Given both, and different, `name` is refused as an unknown field.
-        named = isinstance(data, dict) and "name" in data
-        if named and data.get("model", data["name"]) == data["name"]:
-            data = {k: v for k, v in data.items() if k != "name"} | {"model": data["name"]}
-        return data
 
 
 class DeleteRequest(_ModelRequest):
@@ -338,6 +344,9 @@ class ErrorResponse(BaseModel):
 
 
 class VersionResponse(BaseModel):
-    """GET /api/version"""
+    """GET /api/version: the Ollama release whose API this matches (clients such as Codex's
+    `--oss` mode refuse an older one), and Hearth's own version beside it."""
 
     version: str
+    # extension, not in the spec
+    hearth_version: str

@@ -531,4 +531,4 @@ async def ollama_embeddings(body: ollama.EmbeddingsRequest, request: Request) ->
 
 @ollama_router.get("/version")
 async def ollama_version() -> ollama.VersionResponse:
-    return ollama.VersionResponse(version=__version__)
+    return ollama.VersionResponse(version=ollama.OLLAMA_API_VERSION, hearth_version=__version__)
