@@ -17,6 +17,17 @@ from tests.server.conftest import MODEL, start_server
 pytestmark = pytest.mark.server
 
 KEY = "journal-test-key"
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+    "strict": True,
+}
 
 
 def test_requests_are_journaled_without_keys(tmp_path: Path) -> None:
@@ -35,6 +46,14 @@ def test_requests_are_journaled_without_keys(tmp_path: Path) -> None:
                 stream=True,
             )
         )
+        called = client.responses.create(
+            model=MODEL,
+            input="What is the weather in Paris?",
+            tools=[WEATHER],
+            tool_choice={"type": "function", "name": "get_weather"},
+            max_output_tokens=64,
+        )
+        assert [item.type for item in called.output] == ["function_call"]
         bad = httpx.post(
             f"{server.base_url}/v1/chat/completions",
             json={"model": MODEL},
@@ -60,6 +79,8 @@ def test_requests_are_journaled_without_keys(tmp_path: Path) -> None:
     assert streamed["completion_tokens"] == 6 and streamed["ttft_ms"] <= streamed["duration_ms"]
     assert "model" not in refused and "request_body" not in refused
     assert "/v1/chat/completions" in shown.stdout and MODEL in shown.stdout
+    (response,) = [e for e in entries if e["route"] == "/v1/responses"]
+    assert response["finish_reason"] == "tool_calls"  # ended by the call, not by the engine
 
 
 def test_the_journal_rotates_by_size_and_hearth_journal_reads_across_files(

@@ -105,10 +105,18 @@ def note_generation(
         prompt_tokens=prompt_tokens,
         cached_tokens=cached_tokens,
         completion_tokens=completion_tokens,
-        finish_reason=finish_reason,
     )
+    # The turn's own finish (note_finish) wins: a tool call ends it before the engine does.
+    entry.setdefault("finish_reason", finish_reason)
     if first_token_s is not None:
         entry["ttft_ms"] = round((first_token_s - entry["_start"]) * 1000, 1)
+
+
+def note_finish(finish_reason: str) -> None:
+    """How the turn ended, as the API tells the client ("stop", "length", "tool_calls")."""
+    entry = _entry.get()
+    if entry is not None:
+        entry["finish_reason"] = finish_reason
 
 
 class JournalMiddleware:

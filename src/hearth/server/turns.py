@@ -30,7 +30,7 @@ from hearth.engine.types import (
 )
 from hearth.errors import ClientDisconnectedError
 from hearth.server.conversation import ToolCall
-from hearth.server.journal import journal_active, note_generation
+from hearth.server.journal import journal_active, note_finish, note_generation
 from hearth.server.state import LoadedModel
 from hearth.server.tools import ToolCallParser, partial_suffix
 
@@ -458,6 +458,8 @@ async def decode_steps(
                 thinking, text, calls = thinking + more_thinking, text + tail, calls + more
             elif decoder.ended:
                 finish = "tool_calls"
+            if finish is not None:
+                note_finish(finish)
             yield Step(index, prompt_index, output, text, calls, finish, thinking)
             if finish is not None:
                 finished.add(index)
