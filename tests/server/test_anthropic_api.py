@@ -230,3 +230,61 @@ def test_x_api_key_authenticates(tmp_path: Path) -> None:
         finally:
             good.close()
             bad.close()
+
+
+def test_what_claude_code_sends_that_changes_nothing_is_accepted(tmp_path: Path) -> None:
+    """Claude Code asks every model to think, names an effort, defers tools and asks for
+    context management: a model that cannot reason answers without thinking, and each ignored
+    field is named in the journal. An effort on a request that asks nothing else is the same."""
+    journal = tmp_path / "journal"
+    body = {
+        "model": MODEL,
+        "max_tokens": 16,
+        "messages": QUESTION,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "output_config": {"effort": "high"},
+        "context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]},
+        "tools": [{**WEATHER_TOOL, "defer_loading": True}],
+    }
+    headers = {"anthropic-version": "2023-06-01", "anthropic-beta": "context-management-2025-06-27"}
+    with start_server(tmp_path, "--journal", str(journal)) as server:
+        answered = httpx.post(
+            f"{server.base_url}/v1/messages", json=body, headers=headers, timeout=120
+        )
+        assert answered.status_code == 200, answered.text
+        assert [block["type"] for block in answered.json()["content"]] in (
+            ["text"],
+            ["tool_use"],
+            ["text", "tool_use"],
+        )
+        counted = httpx.post(
+            f"{server.base_url}/v1/messages/count_tokens",
+            json={k: v for k, v in body.items() if k != "max_tokens"},
+            headers=headers,
+            timeout=60,
+        )
+        assert counted.status_code == 200, counted.text
+        assert counted.json()["input_tokens"] > 0
+    entries = [json.loads(line) for line in (journal / "requests.jsonl").read_text().splitlines()]
+    (message,) = [e for e in entries if e["route"] == "/v1/messages"]
+    assert message["ignored_fields"] == ["context_management", "thinking", "tools[0].defer_loading"]
+
+
+def test_output_config_format_is_a_json_schema_answer(claude: anthropic.Anthropic) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"colors": {"type": "array", "items": {"type": "string"}, "maxItems": 3}},
+        "required": ["colors"],
+        "additionalProperties": False,
+    }
+    reply = claude.messages.create(
+        model=MODEL,
+        max_tokens=60,
+        messages=QUESTION,
+        extra_body={"output_config": {"format": {"type": "json_schema", "schema": schema}}},
+    )
+    text = "".join(block.text for block in reply.content if block.type == "text")
+    if reply.stop_reason == "end_turn":
+        jsonschema.validate(json.loads(text), schema)
+    else:  # cut by max_tokens: still on the way to a valid answer
+        assert reply.stop_reason == "max_tokens" and text.startswith("{")

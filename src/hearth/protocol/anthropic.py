@@ -297,6 +297,20 @@ class ThinkingConfig(_Request):
         return self
 
 
+class JSONOutputFormat(_Request):
+    """https://platform.claude.com/docs/en/build-with-claude/structured-outputs"""
+
+    schema_: dict[str, Any] = Field(alias="schema")
+    type: Literal["json_schema"]
+
+
+class OutputConfig(_Request):
+    """https://docs.anthropic.com/en/api/messages#body-output-config"""
+
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
+    format: JSONOutputFormat | None = None
+
+
 class ToolChoice(_Request):
     """https://docs.anthropic.com/en/api/messages#body-tool-choice
 
@@ -332,6 +346,9 @@ class ToolParam(_Request):
     # newer SDK field: the input must follow the schema (Hearth's grammar enforces it anyway)
     strict: bool | None = None
     type: Literal["custom"] | None = None
+    # Tool search's "leave it out of the prompt until referenced" (Claude Code sends it). Hearth
+    # has no tool search, so every tool is in the prompt: accepted, ignored (journaled).
+    defer_loading: bool | None = None
 
 
 class ServerToolParam(_Lenient):
@@ -394,9 +411,12 @@ class MessagesRequest(_Request):
     top_p: float | None = Field(None, ge=0.0, le=1.0)
     # newer SDK fields (anthropic 1.x/2.x), declared so that the server can refuse them by name
     cache_control: CacheControl | None = None
+    # Server-side clearing of old tool results and thinking as the context fills (Claude Code
+    # sends it): Hearth never edits a prompt, so accepted, ignored (journaled).
+    context_management: dict[str, Any] | None = None
     diagnostics: dict[str, Any] | None = None
     inference_geo: str | None = None
-    output_config: dict[str, Any] | None = None
+    output_config: OutputConfig | None = None
     speed: Literal["standard", "fast"] | None = None
     # extension, not in the spec: Ollama's keep_alive (seconds, or "10m"; 0 unloads the model
     # after this request, -1 keeps it loaded)
@@ -416,7 +436,8 @@ class CountTokensRequest(_Request):
     tools: list[Tool] | None = None
     # newer SDK fields, declared so that the server can refuse them by name
     cache_control: CacheControl | None = None
-    output_config: dict[str, Any] | None = None
+    context_management: dict[str, Any] | None = None  # accepted, ignored: see MessagesRequest
+    output_config: OutputConfig | None = None
     speed: Literal["standard", "fast"] | None = None
 
 

@@ -21,6 +21,7 @@ from hearth.protocol import anthropic as wire
 from hearth.server.conversation import (
     Conversation,
     Message,
+    OutputFormat,
     Reasoning,
     Sampling,
     Tool,
@@ -51,7 +52,6 @@ _REFUSED_FIELDS = {
     "mcp_servers": "Hearth does not connect to MCP servers; define the tools in 'tools'.",
     "diagnostics": "no diagnostics are served.",
     "inference_geo": "a local server runs where it is.",
-    "output_config": "output configuration is not served.",
 }
 
 
@@ -162,13 +162,39 @@ def _tool_choice(choice: wire.ToolChoice | None, has_tools: bool) -> ToolChoice:
     return ToolChoice(mode, parallel=parallel)  # type: ignore[arg-type]
 
 
-def _reasoning(thinking: wire.ThinkingConfig | None) -> Reasoning:
-    """`enabled` with its budget, `disabled`, or `adaptive` (on, with the server's budget)."""
+def _reasoning(thinking: wire.ThinkingConfig | None, output: wire.OutputConfig | None) -> Reasoning:
+    """`enabled` with its budget, `disabled`, or `adaptive` (on, with `output_config.effort`'s
+    budget, else the server's). Optional: Claude Code asks every model to think, so a model
+    that cannot answers without thinking (the field is journaled as ignored)."""
+    effort = output.effort if output is not None else None
     if thinking is None:
-        return Reasoning(param="thinking")
+        return Reasoning.from_effort(effort, "output_config.effort", optional=True)
     if thinking.type == "disabled":
-        return Reasoning(enabled=False, param="thinking")
-    return Reasoning(enabled=True, budget=thinking.budget_tokens, param="thinking")
+        return Reasoning(enabled=False, param="thinking", optional=True)
+    budget = thinking.budget_tokens
+    if budget is None and effort is not None:
+        budget = Reasoning.from_effort(effort, "output_config.effort").budget
+    return Reasoning(enabled=True, budget=budget, param="thinking", optional=True)
+
+
+def _output_format(output: wire.OutputConfig | None) -> OutputFormat:
+    if output is None or output.format is None:
+        return OutputFormat()
+    return OutputFormat(
+        "json_schema",
+        output.format.schema_,
+        param="output_config.format",
+        schema_param="output_config.format.schema",
+    )
+
+
+def _ignored(req: wire.MessagesRequest | wire.CountTokensRequest) -> tuple[str, ...]:
+    """Fields accepted that change nothing here (docs/anthropic-api.md says why each)."""
+    ignored = ["context_management"] if req.context_management is not None else []
+    for i, tool in enumerate(req.tools or []):
+        if isinstance(tool, wire.ToolParam) and tool.defer_loading is not None:
+            ignored.append(f"tools[{i}].defer_loading")
+    return tuple(ignored)
 
 
 def _conversation(req: wire.MessagesRequest | wire.CountTokensRequest) -> Conversation:
@@ -179,7 +205,9 @@ def _conversation(req: wire.MessagesRequest | wire.CountTokensRequest) -> Conver
         "messages": tuple(_messages(req)),
         "tools": tools,
         "tool_choice": _tool_choice(req.tool_choice, bool(tools)),
-        "reasoning": _reasoning(req.thinking),
+        "reasoning": _reasoning(req.thinking, req.output_config),
+        "output_format": _output_format(req.output_config),
+        "ignored": _ignored(req),
     }
     if isinstance(req, wire.CountTokensRequest):
         return Conversation(**common)

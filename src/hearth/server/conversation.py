@@ -109,7 +109,13 @@ class Sampling:
 
 # Thinking tokens per effort level, for APIs that name a level rather than a budget
 # (reasoning_effort, reasoning.effort, Ollama's think). None: the server's --reasoning-budget.
-EFFORT_BUDGETS: dict[str, int | None] = {"low": 512, "medium": 2048, "high": None}
+EFFORT_BUDGETS: dict[str, int | None] = {
+    "low": 512,
+    "medium": 2048,
+    "high": None,
+    "xhigh": None,
+    "max": None,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,21 +126,24 @@ class Reasoning:
     enabled: bool | None = None
     budget: int | None = None
     param: str = "reasoning_effort"  # the field that asked, for errors
+    # A model that cannot reason answers without thinking instead of refusing: Claude Code
+    # asks for thinking on every request, whatever the model.
+    optional: bool = False
 
     @classmethod
-    def from_effort(cls, effort: str | None, param: str) -> Reasoning:
-        """An effort level: `none`/`minimal` turn thinking off, `low`/`medium`/`high` on with
-        EFFORT_BUDGETS' budget."""
+    def from_effort(cls, effort: str | None, param: str, *, optional: bool = False) -> Reasoning:
+        """An effort level: `none`/`minimal` turn thinking off, `low`/`medium`/`high` (and
+        Anthropic's `xhigh`/`max`) on with EFFORT_BUDGETS' budget."""
         if effort is None:
-            return cls(param=param)
+            return cls(param=param, optional=optional)
         if effort in ("none", "minimal"):
-            return cls(enabled=False, param=param)
+            return cls(enabled=False, param=param, optional=optional)
         if effort not in EFFORT_BUDGETS:
             raise InvalidRequestError(
                 f"Invalid '{param}' {effort!r}: use 'none', 'minimal', 'low', 'medium' or 'high'.",
                 param=param,
             )
-        return cls(enabled=True, budget=EFFORT_BUDGETS[effort], param=param)
+        return cls(enabled=True, budget=EFFORT_BUDGETS[effort], param=param, optional=optional)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,3 +164,6 @@ class Conversation:
     reasoning: Reasoning = field(default_factory=Reasoning)
     template_kwargs: dict[str, Any] | None = None  # checked against what the template reads
     prediction: str | None = None  # the expected output (Predicted Outputs): speculation drafts
+    # Fields the client sent that change nothing a local model can honour (client_metadata,
+    # context_management…): accepted, then named in a debug line and the journal.
+    ignored: tuple[str, ...] = ()

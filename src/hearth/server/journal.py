@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,13 @@ def note_generation(
     entry.setdefault("finish_reason", finish_reason)
     if first_token_s is not None:
         entry["ttft_ms"] = round((first_token_s - entry["_start"]) * 1000, 1)
+
+
+def note_ignored(fields: Iterable[str]) -> None:
+    """Fields the request sent that Hearth accepted and ignored (docs of each API say which)."""
+    entry = _entry.get()
+    if entry is not None:
+        entry["ignored_fields"] = sorted({*entry.get("ignored_fields", ()), *fields})
 
 
 def note_finish(finish_reason: str) -> None:

@@ -34,6 +34,7 @@ from hearth.errors import (
 from hearth.models.presets import Preset
 from hearth.models.reasoning import ReasoningFormat, template_variables
 from hearth.server.conversation import Conversation, Message, OutputFormat, Sampling, Tool
+from hearth.server.journal import note_ignored
 from hearth.server.state import LoadedModel, ServerState
 from hearth.server.tools import ToolSpec, render_call, tool_grammar, tool_system_prompt
 
@@ -82,6 +83,10 @@ def prepare_turn(state: ServerState, conversation: Conversation, *, id_prefix: s
             param=conversation.output_format.param,
         )
     thinking = _thinking(model, conversation)
+    ignored = conversation.ignored + thinking.ignored
+    if ignored:
+        logger.debug("Ignored for %s: %s", conversation.model, ", ".join(ignored))
+        note_ignored(ignored)
     text = _render(model, conversation, plan, thinking.template_kwargs)
     tokens = _tokenize(model, text)
     reasoning = thinking.budget(model, text, state.settings.reasoning_budget)
@@ -490,6 +495,7 @@ class _Thinking:
     enabled: bool
     requested_budget: int | None
     template_kwargs: dict[str, Any] | None
+    ignored: tuple[str, ...] = ()  # an optional ask for thinking of a model that cannot
 
     def budget(self, model: LoadedModel, prompt: str, default: int) -> ReasoningBudget | None:
         """What the engine keeps in budget; None when the output holds no thinking block."""
@@ -527,6 +533,8 @@ def _thinking(model: LoadedModel, conversation: Conversation) -> _Thinking:
     requested = conversation.reasoning
     fmt = template.reasoning
     if fmt is None:
+        if requested.enabled and requested.optional:
+            return _Thinking(None, False, None, kwargs or None, (requested.param,))
         if requested.enabled:
             raise UnsupportedParameterError(
                 f"'{requested.param}' is not supported: this model does not reason before "
