@@ -157,6 +157,43 @@ def test_responses_reasoning_item_and_budget(
     assert [item.type for item in low.output] == ["message"]
 
 
+def test_encrypted_reasoning_goes_out_opaque_and_comes_back(
+    thinker: tuple[HearthServer, str], chat: openai.OpenAI
+) -> None:
+    """Codex keeps no state (store false) and asks for reasoning.encrypted_content, then sends
+    the reasoning item back with the next input: it is accepted and left out of the prompt."""
+    import base64
+
+    _, name = thinker
+    first = chat.responses.create(
+        model=name,
+        input="What is the capital of France?",
+        max_output_tokens=40,
+        temperature=0,
+        store=False,
+        include=["reasoning.encrypted_content"],
+        reasoning={"effort": "low", "summary": "auto"},
+    )
+    reasoning: Any = first.output[0]
+    assert reasoning.type == "reasoning" and reasoning.encrypted_content
+    assert base64.b64decode(reasoning.encrypted_content).decode() == reasoning.content[0].text
+    follow_up = chat.responses.create(
+        model=name,
+        input=[
+            {"role": "user", "content": "What is the capital of France?"},
+            reasoning.model_dump(exclude_none=True),
+            {"role": "assistant", "content": first.output_text},
+            {"role": "user", "content": "And of Italy?"},
+        ],
+        max_output_tokens=40,
+        store=False,
+        include=["reasoning.encrypted_content"],
+    )
+    assert follow_up.status in ("completed", "incomplete")
+    plain = chat.responses.create(model=name, input="Hi", max_output_tokens=8, temperature=0)
+    assert all(getattr(item, "encrypted_content", None) is None for item in plain.output)
+
+
 def test_anthropic_thinking_blocks_with_their_budget(thinker: tuple[HearthServer, str]) -> None:
     server, name = thinker
     claude = anthropic.Anthropic(base_url=server.base_url, api_key="unused", max_retries=0)

@@ -266,3 +266,38 @@ def test_a_stored_response_survives_a_restart(tmp_path: Path) -> None:
         assert follow_up.usage is not None and first.usage is not None
         # Its prompt holds the first turn: more tokens than the new question alone.
         assert follow_up.usage.input_tokens > first.usage.input_tokens
+
+
+def test_what_codex_sends_that_changes_nothing_is_accepted(tmp_path: Path) -> None:
+    """Codex sends client_metadata on every request, and with store false asks for encrypted
+    reasoning and summaries: accepted (nothing to encrypt for a model that does not reason),
+    each ignored field named in the journal; any other include is refused by name."""
+    journal = tmp_path / "journal"
+    body = {
+        "model": MODEL,
+        "input": [{"role": "user", "content": "Say hi."}],
+        "max_output_tokens": 8,
+        "store": False,
+        "include": ["reasoning.encrypted_content"],
+        "reasoning": {"summary": "auto"},
+        "client_metadata": {"session_id": "s-1", "turn_id": "t-1"},
+        "stream": True,
+    }
+    with start_server(tmp_path, "--journal", str(journal)) as server:
+        with httpx.stream(
+            "POST", f"{server.base_url}/v1/responses", json=body, timeout=120
+        ) as streamed:
+            assert streamed.status_code == 200
+            events = [line for line in streamed.iter_lines() if line.startswith("event:")]
+        assert events[0] == "event: response.created"
+        assert events[-1] in ("event: response.completed", "event: response.incomplete")
+        other = httpx.post(
+            f"{server.base_url}/v1/responses",
+            json={**body, "stream": False, "include": ["message.output_text.logprobs"]},
+            timeout=60,
+        )
+        assert other.status_code == 400
+        assert other.json()["error"]["param"] == "include[0]"
+    entries = [json.loads(line) for line in (journal / "requests.jsonl").read_text().splitlines()]
+    first = next(e for e in entries if e["route"] == "/v1/responses")
+    assert first["ignored_fields"] == ["client_metadata", "reasoning.summary"]

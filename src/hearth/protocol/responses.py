@@ -354,6 +354,9 @@ class ResponseCreateRequest(_Request):
     access_programs: dict[str, Any] | None = None
     background: bool | None = None
     background_options: dict[str, Any] | None = None
+    # not in the spec: Codex CLI sends it on every request (its session and turn ids);
+    # accepted, ignored (journaled)
+    client_metadata: dict[str, Any] | None = None
     context_management: list[dict[str, Any]] | None = None
     conversation: str | dict[str, Any] | None = None
     image: dict[str, Any] | None = None
@@ -458,6 +461,9 @@ class ReasoningItem(BaseModel):
     id: str
     summary: list[dict[str, Any]] = Field(default_factory=list)
     content: list[ReasoningText] = Field(default_factory=list)
+    # With include ["reasoning.encrypted_content"]: the thinking, opaque (base64, not
+    # encrypted: nothing leaves this machine), for a client that keeps no state to send back.
+    encrypted_content: str | None = None
     status: Literal["in_progress", "completed", "incomplete"] | None = None
 
 

@@ -10,6 +10,7 @@ starts with the same tokens and reuses the KV cache of the turn before.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import sqlite3
 import time
@@ -158,6 +159,25 @@ async def _stored(
 # -- the adapter -------------------------------------------------------------------------------
 
 
+# The thinking as an opaque string in each reasoning item (Codex asks whenever store is false).
+ENCRYPTED_REASONING = "reasoning.encrypted_content"
+# `summary` (and its deprecated `generate_summary`) are accepted and ignored: Hearth returns the
+# whole thinking, never a summary (Codex sends summary "auto").
+_REASONING_FIELDS = ("effort", "summary", "generate_summary")
+
+
+def _ignored(req: wire.ResponseCreateRequest) -> tuple[str, ...]:
+    """Fields accepted that change nothing here (docs/responses-api.md says why each)."""
+    ignored = ["client_metadata"] if req.client_metadata is not None else []
+    if req.reasoning is not None:
+        ignored += [
+            f"reasoning.{name}"
+            for name in ("summary", "generate_summary")
+            if getattr(req.reasoning, name) is not None
+        ]
+    return tuple(ignored)
+
+
 def _refuse_unservable_fields(req: wire.ResponseCreateRequest) -> None:
     for name, why in _REFUSED_FIELDS.items():
         value = getattr(req, name)
@@ -171,14 +191,17 @@ def _refuse_unservable_fields(req: wire.ResponseCreateRequest) -> None:
         )
     if req.reasoning is not None:
         for name, value in req.reasoning.model_dump().items():
-            if name != "effort" and value is not None:
+            if name not in _REASONING_FIELDS and value is not None:
                 raise unsupported(
                     f"reasoning.{name}",
-                    "Hearth returns a reasoning model's whole thinking in a reasoning item; it "
-                    "writes no summaries.",
+                    "Hearth returns a reasoning model's whole thinking in a reasoning item.",
                 )
-    if req.include:
-        raise unsupported("include", "no extra output data is served.")
+    for i, kind in enumerate(req.include or ()):
+        if kind != ENCRYPTED_REASONING:
+            raise unsupported(
+                f"include[{i}]",
+                f"'{kind}' is not served; only '{ENCRYPTED_REASONING}' may be included.",
+            )
     if req.prompt_cache_retention not in (None, "in_memory"):
         raise unsupported(
             "prompt_cache_retention", "Hearth's prompt cache is its KV cache ('in_memory')."
@@ -388,6 +411,7 @@ async def _conversation(
         reasoning=Reasoning.from_effort(
             req.reasoning.effort if req.reasoning is not None else None, "reasoning.effort"
         ),
+        ignored=_ignored(req),
     )
     return _Turn(conversation, history, input_items)
 
@@ -419,8 +443,15 @@ def _message_item(item_id: str, text: str, status: str) -> wire.OutputMessage:
     )
 
 
-def _reasoning_item(item_id: str, text: str, status: str) -> wire.ReasoningItem:
-    return wire.ReasoningItem(id=item_id, content=[wire.ReasoningText(text=text)], status=status)
+def _reasoning_item(
+    item_id: str, text: str, status: str, req: wire.ResponseCreateRequest
+) -> wire.ReasoningItem:
+    opaque = None
+    if ENCRYPTED_REASONING in (req.include or ()):
+        opaque = base64.b64encode(text.encode()).decode()
+    return wire.ReasoningItem(
+        id=item_id, content=[wire.ReasoningText(text=text)], encrypted_content=opaque, status=status
+    )
 
 
 def _call_item(item_id: str, call: ToolCall, status: str) -> wire.FunctionToolCall:
@@ -545,7 +576,7 @@ async def serve_response(
     status = _final_status(choice.finish)
     output: list[Any] = []
     if choice.reasoning:
-        output.append(_reasoning_item(_new_id("rs"), choice.reasoning, status))
+        output.append(_reasoning_item(_new_id("rs"), choice.reasoning, status, req))
     if choice.text or not choice.calls:
         output.append(_message_item(_new_id("msg"), choice.text, status))
     output += [_call_item(_new_id("fc"), call, "completed") for call in choice.calls]
@@ -620,7 +651,7 @@ class _Stream:
             assert thought is not None
             (item_id, index), thought = thought, None
             text = "".join(thought_parts)
-            item = _reasoning_item(item_id, text, status)
+            item = _reasoning_item(item_id, text, status, self.responder.req)
             output[index] = item
             done = wire.ReasoningTextDoneEvent(
                 sequence_number=n(), item_id=item_id, output_index=index, content_index=0, text=text
