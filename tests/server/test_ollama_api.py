@@ -319,3 +319,30 @@ def test_embed_errors_and_an_empty_input(client: ollama.Client) -> None:
     loaded = client.embed(model=MODEL, input=[])
     assert loaded.embeddings == [] and loaded.prompt_eval_count == 0
     assert client.embeddings(model=MODEL, prompt="").embedding == []
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "text/plain", None]
+)  # curl -d's label, another client's, none at all
+def test_a_json_body_is_json_whatever_its_content_type(
+    server: HearthServer, content_type: str | None
+) -> None:
+    """Ollama's documentation example `curl .../api/generate -d '{...}'` as curl sends it;
+    the same on the OpenAI routes, as Ollama reads every body."""
+    headers = {"content-type": content_type} if content_type else {}
+    body = json.dumps({"model": MODEL, "prompt": "Why is the sky blue?", "stream": False,
+                       "options": {"num_predict": 4}})  # fmt: skip
+    generated = httpx.post(
+        f"{server.base_url}/api/generate", content=body, headers=headers, timeout=60
+    )
+    assert generated.status_code == 200, generated.text
+    assert generated.json()["done"] is True
+    chat = json.dumps({"model": MODEL, "messages": QUESTION, "max_tokens": 4})
+    answered = httpx.post(
+        f"{server.base_url}/v1/chat/completions", content=chat, headers=headers, timeout=60
+    )
+    assert answered.status_code == 200, answered.text
+    broken = httpx.post(
+        f"{server.base_url}/api/generate", content=b"model=x", headers=headers, timeout=60
+    )
+    assert broken.status_code == 400  # still JSON or nothing

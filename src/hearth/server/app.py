@@ -30,6 +30,7 @@ from hearth.server.drain import DrainGate
 from hearth.server.errors import drop_validation_responses, install_error_handlers
 from hearth.server.hosts import HostCheck, is_loopback_host
 from hearth.server.journal import Journal, JournalMiddleware
+from hearth.server.json_bodies import JsonBodies
 from hearth.server.limits import BodySizeLimit
 from hearth.server.metrics import CountRequests, HttpCounts
 from hearth.server.model_routes import models_router
@@ -262,6 +263,8 @@ def create_app(settings: ServeSettings, state: ServerState | None = None) -> Fas
         app.include_router(web_router())
     # Innermost: its 503 while the server drains still gets CORS headers.
     app.add_middleware(DrainGate)
+    # Any body is read as JSON (curl's form label, text/plain, none): inside OriginCheck.
+    app.add_middleware(JsonBodies)
     # Inside the body limit, which bounds what it reads whole.
     app.add_middleware(LoneSurrogateCheck)
     if settings.cors_origin:
