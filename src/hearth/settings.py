@@ -96,8 +96,12 @@ class ServeSettings(BaseSettings):
     model: str | None = Field(
         None, description="Model to serve: 'smollm2:135m' (embedded) or a path to a .gguf file."
     )
-    ctx_size: int = Field(
-        4096, ge=64, description="Context tokens per slot; the KV cache holds ctx_size × parallel."
+    ctx_size: int | None = Field(
+        None,
+        ge=64,
+        description="Context tokens per slot; the KV cache holds ctx_size × parallel. Default: "
+        "the model's trained context, or less where its KV cache at --parallel would take more "
+        "than half the memory left after the weights.",
     )
     parallel: int = Field(4, ge=1, le=256, description="Slots: sequences decoded together.")
     threads: int = Field(

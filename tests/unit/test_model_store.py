@@ -139,3 +139,21 @@ def test_clean_staging_keeps_downloads_within_the_size_bound_newest_first(
     # written (touched just now) stays whatever the total.
     assert models.clean_staging(now) == [parts[0], parts[1]]
     assert parts[2].exists()
+
+
+def test_the_default_context_is_the_trained_one_as_memory_allows() -> None:
+    """SmolLM2 was trained for 8192 tokens; its f16 KV cache takes 22.5 KiB a token."""
+    from hearth.models.footprint import MIN_CONTEXT, default_context, model_shape
+    from hearth.models.registry import embedded_model_path
+
+    path = embedded_model_path()
+    shape = model_shape(path)
+    assert shape.context_length == 8192 and shape.kv_bytes_per_token == 23040
+    weights = path.stat().st_size
+    plenty = 64 << 30
+    assert default_context(path, 4, memory=plenty) == 8192
+    # Half of what is left after the weights, for 4 slots: 4 × 2048 × 22.5 KiB is 180 MiB.
+    tight = weights + 2 * 4 * 2048 * 23040
+    assert default_context(path, 4, memory=tight) == 2048
+    assert default_context(path, 4, 0.5, memory=tight) == 4096  # a q8_0-ish cache, half the size
+    assert default_context(path, 4, memory=weights) == MIN_CONTEXT

@@ -94,10 +94,10 @@ def serve(settings: ServeSettings) -> None:
     # Load before uvicorn starts, so a bad model, too big a context or a bad presets file is
     # one clear line.
     logger.info(
-        "Loading %s with %d slots × %d ctx",
+        "Loading %s with %d slots × %s ctx",
         settings.model or DEFAULT_MODEL_ID,
         settings.parallel,
-        settings.ctx_size,
+        settings.ctx_size or "the model's own",
     )
     try:
         state = load_state(settings)

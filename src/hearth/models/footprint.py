@@ -91,6 +91,7 @@ def read_metadata(path: Path, wanted: Callable[[str], bool]) -> dict[str, Metada
 class ModelShape:
     layers: int
     kv_bytes_per_token: int  # f16 K and V, all layers
+    context_length: int | None = None  # the context it was trained for
 
 
 def model_shape(path: Path) -> ModelShape:
@@ -108,7 +109,45 @@ def model_shape(path: Path) -> ModelShape:
     head_dim = number("embedding_length") // heads
     key_length = number("attention.key_length", head_dim)
     value_length = number("attention.value_length", head_dim)
-    return ModelShape(layers, layers * heads_kv * (key_length + value_length) * _F16_BYTES)
+    trained = number("context_length") or None
+    return ModelShape(layers, layers * heads_kv * (key_length + value_length) * _F16_BYTES, trained)
+
+
+# A model whose GGUF names no trained context gets this many tokens per slot; no slot gets
+# fewer than the minimum, whatever memory says (llama.cpp rounds a slot up to 256 anyway).
+FALLBACK_CONTEXT = 4096
+MIN_CONTEXT = 256
+_CONTEXT_STEP = 256
+
+
+def default_context(
+    path: Path, parallel: int, kv_scale: float = 1.0, memory: int | None = None
+) -> int:
+    """Context tokens per slot when --ctx-size is not given: the model's trained context, or
+    less where the KV cache of `parallel` slots would take more than half the memory left
+    after the weights (`memory`: --max-memory, else what the system has available). Agents
+    send prompts of 15k tokens and more; a model trained for them serves them as it is."""
+    shape = model_shape(path)
+    trained = shape.context_length or FALLBACK_CONTEXT
+    available = memory if memory is not None else available_memory()
+    if available is None or shape.kv_bytes_per_token <= 0:
+        return trained
+    room = max(0, available - path.stat().st_size) // 2
+    fits = int(room / (shape.kv_bytes_per_token * kv_scale * parallel))
+    fits -= fits % _CONTEXT_STEP
+    return max(MIN_CONTEXT, min(trained, fits))
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can give without swapping (MemAvailable), where it says."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 # Bytes per K or V value of each KV cache type (ggml blocks of 32: q8_0 34 bytes, q4_0 18).

@@ -69,6 +69,7 @@ def load_model(settings: ServeSettings, devices: list[Device], spec: ModelSpec) 
 
     model = registry.resolve(spec.source)
     model_path = model.path
+    assert spec.ctx_size is not None, "the catalog resolves the context before a load"
     _check_model_file(spec.name, model_path)
     if settings.quantize != "none":
         from hearth.engine.quantize import quantize

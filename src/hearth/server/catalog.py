@@ -12,13 +12,13 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hearth.errors import ModelNotFoundError
 from hearth.models import registry
-from hearth.models.footprint import estimate_bytes, kv_cache_scale
+from hearth.models.footprint import default_context, estimate_bytes, kv_cache_scale
 from hearth.models.keep_alive import parse_keep_alive
 from hearth.models.presets import Preset, PresetError
 from hearth.settings import ServeSettings
@@ -38,7 +38,7 @@ class ModelSpec:
     name: str  # the id requests use
     source: str | None  # what registry.resolve takes: a registry name or a .gguf path
     preset: Preset | None
-    ctx_size: int
+    ctx_size: int | None  # None: the model's own default (context_size)
     parallel: int
 
 
@@ -187,9 +187,22 @@ class ServerCatalog:
     def estimate_bytes(self, name: str) -> int:
         spec = self.spec(name)
         path: Path = registry.resolve(spec.source).path
+        kv_scale = kv_cache_scale(self._settings.cache_type_k, self._settings.cache_type_v)
+        return estimate_bytes(path, self.context_size(spec, path) * spec.parallel, kv_scale)
+
+    def context_size(self, spec: ModelSpec, path: Path) -> int:
+        """Context tokens per slot: the spec's (--ctx-size, a preset's, the model's num_ctx),
+        else the model's trained context as memory allows (footprint.default_context)."""
+        if spec.ctx_size is not None:
+            return spec.ctx_size
         settings = self._settings
         kv_scale = kv_cache_scale(settings.cache_type_k, settings.cache_type_v)
-        return estimate_bytes(path, spec.ctx_size * spec.parallel, kv_scale)
+        memory = int(settings.max_memory) if settings.max_memory is not None else None
+        return default_context(path, spec.parallel, kv_scale, memory)
 
     def load(self, name: str) -> LoadedModel:
-        return self._load(self.spec(name))
+        spec = self.spec(name)
+        if spec.ctx_size is None:
+            path: Path = registry.resolve(spec.source).path
+            spec = replace(spec, ctx_size=self.context_size(spec, path))
+        return self._load(spec)

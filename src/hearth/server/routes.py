@@ -129,6 +129,7 @@ async def health(request: Request) -> dict[str, Any]:
     `error`, until the next request for it loads it again."""
     state = _state(request)
     model = state.model
+    n_ctx: int | None  # None: the model's own default, decided when it loads
     if model is not None:
         stats, n_ctx = model.engine.stats(), model.n_ctx_per_slot
     else:  # unloaded (keep_alive, eviction): what it will have once a request loads it again
