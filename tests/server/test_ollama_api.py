@@ -346,3 +346,7 @@ def test_a_json_body_is_json_whatever_its_content_type(
         f"{server.base_url}/api/generate", content=b"model=x", headers=headers, timeout=60
     )
     assert broken.status_code == 400  # still JSON or nothing
+
+
+def test_head_root_is_a_200_for_clients_checking_the_server(server: HearthServer) -> None:
+    assert httpx.head(f"{server.base_url}/", timeout=10).status_code == 200
