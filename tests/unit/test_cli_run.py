@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -433,7 +433,9 @@ def _serve_with(monkeypatch: pytest.MonkeyPatch, *argv: str) -> list[tuple[str, 
     """Start `python ARGV PORT` instead of `hearth serve`; returns the calls made."""
     calls: list[tuple[str, int, str | None]] = []
 
-    def serve_command(host: str, port: int, model: str | None) -> list[str]:
+    def serve_command(
+        host: str, port: int, model: str | None, serve_args: Sequence[str] = ()
+    ) -> list[str]:
         calls.append((host, port, model))
         return [sys.executable, *argv, str(port)]
 
@@ -447,6 +449,7 @@ def test_serve_command_runs_this_python() -> None:
         *("-m", "hearth", "serve", "--host", "127.0.0.1", "--port", "9"),
     ]
     assert run._serve_command("::1", 9, "x.gguf")[-2:] == ["--model", "x.gguf"]
+    assert run._serve_command("::1", 9, None, ["--parallel", "1"])[-2:] == ["--parallel", "1"]
 
 
 def test_no_server_starts_one_in_the_background(

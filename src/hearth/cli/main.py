@@ -22,6 +22,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "ps": ("hearth.cli.ps", "Show the models the running server has loaded."),
     "journal": ("hearth.cli.journal", "Show the latest requests from a server's --journal."),
     "devices": ("hearth.cli.devices", "List the devices llama.cpp can use."),
+    "launch": ("hearth.cli.launch", "Run Claude Code or Codex against this server."),
 }
 
 

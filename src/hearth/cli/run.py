@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from hearth.cli.client import auth_headers as _auth_headers
 from hearth.cli.client import base_url as _base_url
 from hearth.models.registry import model_id
 
-__all__ = ["command", "log_path", "parse_sse", "pid_path"]
+__all__ = ["ChatError", "command", "ensure_server", "log_path", "parse_sse", "pid_path"]
 
 START_TIMEOUT_S = 120.0
 _POLL_INTERVAL_S = 0.25
@@ -149,9 +149,11 @@ def _stream_chat(
 # --- starting a server ------------------------------------------------------------------------
 
 
-def _serve_command(host: str, port: int, model: str | None) -> list[str]:
+def _serve_command(
+    host: str, port: int, model: str | None, serve_args: Sequence[str] = ()
+) -> list[str]:
     argv = [sys.executable, "-m", "hearth", "serve", "--host", host, "--port", str(port)]
-    return argv + (["--model", model] if model else [])
+    return argv + (["--model", model] if model else []) + list(serve_args)
 
 
 def _log_tail(path: Path, offset: int) -> str:
@@ -165,7 +167,12 @@ def _log_tail(path: Path, offset: int) -> str:
 
 
 def _start_server(
-    client: httpx.Client, host: str, port: int, model: str | None, console: Console
+    client: httpx.Client,
+    host: str,
+    port: int,
+    model: str | None,
+    console: Console,
+    serve_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Start `hearth serve` detached, wait until /health answers, and return its body."""
     log = log_path()
@@ -174,7 +181,7 @@ def _start_server(
     with log.open("ab") as log_file:
         # Its own session: the server outlives this chat and ignores the terminal's Ctrl-C.
         process = subprocess.Popen(
-            _serve_command(host, port, model),
+            _serve_command(host, port, model, serve_args),
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -215,10 +222,15 @@ def _start_server(
     return health
 
 
-def _connect(
-    client: httpx.Client, host: str, port: int, model: str | None, console: Console
-) -> str:
-    """The model id of the server at host:port, starting one if none answers."""
+def ensure_server(
+    client: httpx.Client,
+    host: str,
+    port: int,
+    model: str | None,
+    console: Console,
+    serve_args: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The /health of the server at host:port, starting one (with serve_args) if none answers."""
     health = _health(client)
     if health is None:
         if model is not None:
@@ -228,7 +240,15 @@ def _connect(
                 resolve(model)  # fail now rather than after the server's start
             except UnknownModelError as exc:
                 raise ChatError(str(exc)) from exc
-        health = _start_server(client, host, port, model, console)
+        health = _start_server(client, host, port, model, console, serve_args)
+    return health
+
+
+def _connect(
+    client: httpx.Client, host: str, port: int, model: str | None, console: Console
+) -> str:
+    """The model id of the server at host:port, starting one if none answers."""
+    health = ensure_server(client, host, port, model, console)
     served = str(health["model"])
     if model is not None and model_id(model) != served:
         raise ChatError(
