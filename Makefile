@@ -13,7 +13,7 @@ ARGS ?=
 # The llama-cpp-python pin, for rebuild-llama.
 LLAMA_CPP := $(shell sed -n 's/^ *"\(llama-cpp-python==[^"]*\)",.*/\1/p' pyproject.toml | head -n 1)
 
-.PHONY: serve test lint typecheck unit bench soak clean browser web-vendor fit rebuild-llama
+.PHONY: serve test lint typecheck unit bench soak clean browser web-vendor fit rebuild-llama clients
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Hearth needs Python 3.11 or newer"; exit 1; }
@@ -80,6 +80,10 @@ bench: $(BENCH_STAMP)  ## Hearth vs llama-cpp-python's server and bare llama.cpp
 
 soak: $(STAMP)  ## Mixed load for 15 minutes; checks no 5xx, nothing left in use, flat memory (ARGS="--seconds 60")
 	$(BIN)/python bench/soak.py $(ARGS)
+
+# Opt-in, not part of test: needs npm and the registry, and minutes per agent on a CPU.
+clients: fit  ## Claude Code and Codex from npm, each run to a clean exit against hearth serve
+	$(BIN)/python scripts/run_clients.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
