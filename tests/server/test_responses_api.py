@@ -301,3 +301,54 @@ def test_what_codex_sends_that_changes_nothing_is_accepted(tmp_path: Path) -> No
     entries = [json.loads(line) for line in (journal / "requests.jsonl").read_text().splitlines()]
     first = next(e for e in entries if e["route"] == "/v1/responses")
     assert first["ignored_fields"] == ["client_metadata", "reasoning.summary"]
+
+
+def test_a_namespace_s_functions_are_offered_and_their_calls_name_it(
+    client: openai.OpenAI,
+) -> None:
+    """Codex groups its agent tools in a namespace and offers web_search on every request: the
+    namespace's functions are tools like any other, a call to one names its namespace, and
+    web_search (which OpenAI's servers run) is left out."""
+    spawn = {
+        "type": "function",
+        "name": "spawn_agent",
+        "description": "Start a helper agent with a task.",
+        "parameters": {
+            "type": "object",
+            "properties": {"task": {"type": "string", "maxLength": 40}},
+            "required": ["task"],
+            "additionalProperties": False,
+        },
+        "strict": False,
+    }
+    tools: Any = [
+        {"type": "namespace", "name": "multi_agent_v1", "description": "Agents.", "tools": [spawn]},
+        {"type": "web_search", "external_web_access": False},
+    ]
+    response = client.responses.create(
+        model=MODEL,
+        input="Start a helper agent that lists files.",
+        tools=tools,
+        tool_choice={"type": "function", "name": "spawn_agent"},
+        max_output_tokens=60,
+    )
+    (call,) = response.output
+    assert call.type == "function_call" and call.name == "spawn_agent"
+    assert call.namespace == "multi_agent_v1"
+    assert "task" in json.loads(call.arguments)
+    with client.responses.stream(
+        model=MODEL,
+        input="Start a helper agent that lists files.",
+        tools=tools,
+        tool_choice={"type": "function", "name": "spawn_agent"},
+        max_output_tokens=60,
+    ) as stream:
+        events = list(stream)
+    added = [e for e in events if e.type == "response.output_item.added"]
+    assert added[0].item.type == "function_call" and added[0].item.namespace == "multi_agent_v1"
+    refused = httpx.post(
+        f"{client.base_url}responses",
+        json={"model": MODEL, "input": "Hi", "tools": [{"type": "file_search"}]},
+        timeout=30,
+    )
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "tools[0].type"

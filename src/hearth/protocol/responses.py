@@ -47,6 +47,7 @@ __all__ = [
     "InputTextPart",
     "InputTokensDetails",
     "Logprob",
+    "NamespaceTool",
     "OutputItem",
     "OutputMessage",
     "OutputRefusal",
@@ -259,6 +260,16 @@ class FunctionTool(_Config):
     description: str | None = None
 
 
+class NamespaceTool(_Config):
+    """Function tools grouped under a name (Codex sends its agent tools so); a call to one of
+    them names the namespace in its `namespace` field."""
+
+    description: str
+    name: str
+    tools: list[FunctionTool]
+    type: Literal["namespace"]
+
+
 class GenericTool(_Lenient):
     """Any other tool (web_search, file_search, code_interpreter, computer_use_preview, mcp,
     image_generation, local_shell, custom…): parsed so that the server can refuse it by `type`."""
@@ -270,9 +281,15 @@ def _tool_tag(value: Any) -> str | None:
     return _tag(value, frozenset({"function"}))
 
 
+def _tool_kind(value: Any) -> str | None:
+    return _tag(value, frozenset({"function", "namespace"}))
+
+
 Tool = Annotated[
-    Annotated[FunctionTool, Tag("function")] | Annotated[GenericTool, Tag("other")],
-    Discriminator(_tool_tag),
+    Annotated[FunctionTool, Tag("function")]
+    | Annotated[NamespaceTool, Tag("namespace")]
+    | Annotated[GenericTool, Tag("other")],
+    Discriminator(_tool_kind),
 ]
 
 
@@ -446,6 +463,7 @@ class FunctionToolCall(BaseModel):
     name: str
     arguments: str  # JSON, as the model wrote it
     status: Literal["in_progress", "completed", "incomplete"]
+    namespace: str | None = None  # the NamespaceTool the function came in
 
 
 class ReasoningText(BaseModel):

@@ -169,6 +169,11 @@ _REASONING_FIELDS = ("effort", "summary", "generate_summary")
 def _ignored(req: wire.ResponseCreateRequest) -> tuple[str, ...]:
     """Fields accepted that change nothing here (docs/responses-api.md says why each)."""
     ignored = ["client_metadata"] if req.client_metadata is not None else []
+    ignored += [
+        f"tools[{i}]"
+        for i, tool in enumerate(req.tools or [])
+        if isinstance(tool, wire.GenericTool) and tool.type in _IGNORED_TOOLS
+    ]
     if req.reasoning is not None:
         ignored += [
             f"reasoning.{name}"
@@ -314,25 +319,39 @@ def _input_messages(
     return messages, listed_items
 
 
-def _tools(req: wire.ResponseCreateRequest) -> tuple[Tool, ...]:
-    tools = []
+# Built-in tools that OpenAI's servers run, left out rather than refused: the model answers
+# without them (Codex offers web_search on every request). Journaled as ignored.
+_IGNORED_TOOLS = frozenset({"web_search", "web_search_preview"})
+
+
+def _function(tool: wire.FunctionTool, param: str) -> Tool:
+    parameters = tool.parameters or {"type": "object", "properties": {}}
+    return Tool(
+        tool.name,
+        tool.description or "",
+        parameters,
+        param=param,
+        strict=tool.strict is not False,  # the spec's default is strict
+    )
+
+
+def _tools(req: wire.ResponseCreateRequest) -> tuple[tuple[Tool, ...], dict[str, str]]:
+    """The function tools, a namespace's members among them, and each member's namespace."""
+    tools: list[Tool] = []
+    namespaces: dict[str, str] = {}
     for i, tool in enumerate(req.tools or []):
-        if not isinstance(tool, wire.FunctionTool):
+        if isinstance(tool, wire.FunctionTool):
+            tools.append(_function(tool, f"tools[{i}]"))
+        elif isinstance(tool, wire.NamespaceTool):
+            for j, member in enumerate(tool.tools):
+                tools.append(_function(member, f"tools[{i}].tools[{j}]"))
+                namespaces[member.name] = tool.name
+        elif tool.type not in _IGNORED_TOOLS:
             raise unsupported(
                 f"tools[{i}].type",
                 f"the built-in tool '{tool.type}' is not served; Hearth runs function tools.",
             )
-        parameters = tool.parameters or {"type": "object", "properties": {}}
-        tools.append(
-            Tool(
-                tool.name,
-                tool.description or "",
-                parameters,
-                param=f"tools[{i}]",
-                strict=tool.strict is not False,  # the spec's default is strict
-            )
-        )
-    return tuple(tools)
+    return tuple(tools), namespaces
 
 
 def _tool_choice(req: wire.ResponseCreateRequest, has_tools: bool) -> ToolChoice:
@@ -376,6 +395,7 @@ class _Turn:
     conversation: Conversation
     history: list[Message]  # without instructions: what a follow-up continues from
     input_items: list[dict[str, Any]]
+    namespaces: dict[str, str] = field(default_factory=dict)  # a function -> its namespace
     prepared: PreparedTurn | None = field(default=None)
 
 
@@ -390,7 +410,7 @@ async def _conversation(
     new_messages, input_items = _input_messages(req.input)
     history += new_messages
     system = [Message("system", req.instructions)] if req.instructions else []
-    tools = _tools(req)
+    tools, namespaces = _tools(req)
     conversation = Conversation(
         model=req.model,
         messages=(*system, *history),
@@ -413,7 +433,7 @@ async def _conversation(
         ),
         ignored=_ignored(req),
     )
-    return _Turn(conversation, history, input_items)
+    return _Turn(conversation, history, input_items, namespaces)
 
 
 # -- the renderer ------------------------------------------------------------------------------
@@ -454,13 +474,16 @@ def _reasoning_item(
     )
 
 
-def _call_item(item_id: str, call: ToolCall, status: str) -> wire.FunctionToolCall:
+def _call_item(
+    item_id: str, call: ToolCall, status: str, turn: _Turn, *, arguments: str | None = None
+) -> wire.FunctionToolCall:
     return wire.FunctionToolCall(
         id=item_id,
         call_id=call.id,
         name=call.name,
-        arguments=call.arguments,
+        arguments=call.arguments if arguments is None else arguments,
         status=status,
+        namespace=turn.namespaces.get(call.name),
     )
 
 
@@ -579,7 +602,9 @@ async def serve_response(
         output.append(_reasoning_item(_new_id("rs"), choice.reasoning, status, req))
     if choice.text or not choice.calls:
         output.append(_message_item(_new_id("msg"), choice.text, status))
-    output += [_call_item(_new_id("fc"), call, "completed") for call in choice.calls]
+    output += [
+        _call_item(_new_id("fc"), call, "completed", responder.turn) for call in choice.calls
+    ]
     body = responder.body(status, output, _usage(totals), choice.finish)
     body = await responder.store(body, choice.text, choice.calls)
     return JSONResponse(body.model_dump(mode="json", by_alias=True))
@@ -722,19 +747,15 @@ class _Stream:
 
         def call_events(call: ToolCall) -> list[bytes]:
             item_id, index = _new_id("fc"), len(output)
-            done = _call_item(item_id, call, "completed")
+            done = _call_item(item_id, call, "completed", self.responder.turn)
             output.append(done)
             return [
                 self.event(
                     wire.ResponseOutputItemAddedEvent(
                         sequence_number=n(),
                         output_index=index,
-                        item=wire.FunctionToolCall(
-                            id=item_id,
-                            call_id=call.id,
-                            name=call.name,
-                            arguments="",
-                            status="in_progress",
+                        item=_call_item(
+                            item_id, call, "in_progress", self.responder.turn, arguments=""
                         ),
                     )
                 ),
