@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -10,11 +11,13 @@ from hearth.engine.grammar import (
     MAX_REPETITION,
     MAX_SCHEMA_DEPTH,
     MAX_TOTAL_REPETITION,
+    SchemaNotEnforcedError,
     SchemaNotSupportedError,
     SchemaTooLargeError,
     check_schema,
     json_schema_grammar,
     without_large_bounds,
+    without_unenforced,
 )
 from hearth.server.tools import ToolCallParser, ToolSpec, render_call, tool_grammar
 
@@ -63,13 +66,21 @@ def test_a_call_cut_short_keeps_what_came() -> None:
 
 
 def test_unenforceable_keywords_are_refused_by_path() -> None:
-    with pytest.raises(SchemaNotSupportedError) as caught:
-        check_schema({"type": "object", "properties": {"age": {"type": "integer", "minimum": 0}}})
+    with pytest.raises(SchemaNotEnforcedError) as caught:
+        check_schema({"type": "object", "properties": {"age": {"type": "number", "minimum": 0}}})
     assert caught.value.path == "schema.properties.age.minimum"
-    with pytest.raises(SchemaNotSupportedError):
+    with pytest.raises(SchemaNotEnforcedError):
         check_schema({"type": "string", "format": "email"})
-    with pytest.raises(SchemaNotSupportedError):
+    with pytest.raises(SchemaNotEnforcedError):
+        check_schema({"type": "array", "uniqueItems": True})
+    with pytest.raises(SchemaNotEnforcedError):
+        check_schema({"type": "object", "propertyNames": {"pattern": "^a"}})
+    with pytest.raises(SchemaNotSupportedError) as invalid:
         check_schema({"$ref": "https://example.com/schema.json"})
+    assert not isinstance(invalid.value, SchemaNotEnforcedError)  # refused even when not strict
+    with pytest.raises(SchemaNotSupportedError) as empty:
+        check_schema({"type": "integer", "minimum": 5, "maximum": 4})
+    assert "no integer" in str(empty.value)
     check_schema(
         {
             "title": "Person",
@@ -78,11 +89,75 @@ def test_unenforceable_keywords_are_refused_by_path() -> None:
                 "name": {"type": "string", "maxLength": 20, "description": "a name"},
                 "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3},
                 "when": {"type": "string", "format": "date"},
+                "age": {"type": "integer", "minimum": 0, "exclusiveMaximum": 150},
+                "meta": {"type": "object", "propertyNames": {"type": "string"}},
             },
             "required": ["name"],
             "additionalProperties": False,
         }
     )
+
+
+def test_a_schema_not_strict_leaves_out_what_cannot_be_enforced() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "url": {"type": "string", "format": "uri"},
+            "ratio": {"type": "number", "minimum": 0, "maximum": 1},
+            "offset": {"type": "integer", "minimum": 0},
+            "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+        },
+    }
+    relaxed, dropped = without_unenforced(schema)
+    assert sorted(dropped) == [
+        "schema.properties.ratio.maximum",
+        "schema.properties.ratio.minimum",
+        "schema.properties.tags.uniqueItems",
+        "schema.properties.url.format",
+    ]
+    assert relaxed["properties"]["offset"] == {"type": "integer", "minimum": 0}  # enforced
+    assert "format" in schema["properties"]["url"]  # the caller's schema is left as it was
+    check_schema(relaxed)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "bound", "inside", "outside"),
+    [
+        ("minimum", 0, [0, 1, 42], [-1, -30]),
+        ("maximum", 10, [10, 0, -5], [11, 100]),
+        ("exclusiveMinimum", 0, [1, 7], [0, -1]),
+        ("exclusiveMaximum", 10, [9, -3], [10, 12]),
+    ],
+)
+def test_integer_bounds_are_enforced_by_the_grammar(
+    keyword: str, bound: int, inside: list[int], outside: list[int]
+) -> None:
+    """One keyword at a time, through the GBNF llama.cpp is given: the rule the converter wrote
+    for the integer is read back as a regex and matched (engine/integer_grammar.py checks the
+    digit patterns themselves exhaustively)."""
+    schema = {"type": "object", "properties": {"n": {"type": "integer", keyword: bound}}}
+    rules = dict(
+        line.split(" ::= ", 1) for line in json_schema_grammar(schema).gbnf.splitlines() if line
+    )
+    pattern = _gbnf_digits_to_regex(rules["value-n"].removesuffix(" space"))
+    for number in inside:
+        assert re.fullmatch(pattern, str(number)), (keyword, number, rules["value-n"])
+    for number in outside:
+        assert not re.fullmatch(pattern, str(number)), (keyword, number, rules["value-n"])
+
+
+def _gbnf_digits_to_regex(body: str) -> str:
+    """The integer rule's GBNF (quoted digits, classes, counts, alternatives) as a regex."""
+    text = re.sub(r'"([-0-9])"', lambda m: re.escape(m.group(1)), body)
+    return text.replace(" ", "")
+
+
+def test_an_annotation_only_schema_is_any_value() -> None:
+    """Claude Code's Workflow tool has an argument described and not typed."""
+    schema = {"type": "object", "properties": {"args": {"description": "any input"}}}
+    check_schema(schema)
+    grammar = json_schema_grammar(schema)
+    assert "value" in grammar.gbnf
 
 
 def test_grammars_name_their_root() -> None:

@@ -19,6 +19,7 @@ import json
 import re
 from typing import Any
 
+from hearth.engine.integer_grammar import IntegerBounds, gbnf, integer_patterns
 from hearth.engine.types import Grammar
 
 __all__ = [
@@ -26,11 +27,13 @@ __all__ = [
     "MAX_SCHEMA_DEPTH",
     "MAX_TOTAL_REPETITION",
     "GrammarBuilder",
+    "SchemaNotEnforcedError",
     "SchemaNotSupportedError",
     "SchemaTooLargeError",
     "check_schema",
     "json_schema_grammar",
     "without_large_bounds",
+    "without_unenforced",
 ]
 
 # The largest repetition count a schema may ask for: llama.cpp compiles up to about 1000 as an
@@ -55,6 +58,11 @@ _ENFORCED = frozenset(
         "definitions", "pattern", "format", "minLength", "maxLength",
     }
 )  # fmt: skip
+# Integer bounds: enforced on an `integer` (engine/integer_grammar.py); on a `number` they are
+# float bounds, which a grammar cannot enforce.
+_INTEGER_BOUNDS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"})
+# `propertyNames` that every JSON key satisfies (Claude Code's tools send {"type": "string"}).
+_TRIVIAL_PROPERTY_NAMES: tuple[Any, ...] = ({}, {"type": "string"}, True)
 # Keywords that describe and never constrain.
 _ANNOTATIONS = frozenset(
     {
@@ -75,6 +83,11 @@ class SchemaNotSupportedError(ValueError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class SchemaNotEnforcedError(SchemaNotSupportedError):
+    """A keyword the grammar cannot enforce (a float bound, a format, `uniqueItems`…): a schema
+    that is not strict is served without it (`without_unenforced`); a strict one is refused."""
 
 
 class SchemaTooLargeError(SchemaNotSupportedError):
@@ -188,15 +201,15 @@ def check_schema(
         where = f"{path}.{key}"
         if key in _ANNOTATIONS:
             continue
-        if key not in _ENFORCED:
-            raise SchemaNotSupportedError(where, f"the keyword '{key}' cannot be enforced")
+        if not _enforced(schema, key):
+            raise SchemaNotEnforcedError(where, _why_not_enforced(schema, key))
         if key == "type":
             types = value if isinstance(value, list) else [value]
             bad = [t for t in types if t not in _TYPES]
             if bad:
                 raise SchemaNotSupportedError(where, f"unknown type {bad[0]!r}")
-        elif key == "format" and value not in _FORMATS:
-            raise SchemaNotSupportedError(where, f"the format {value!r} cannot be enforced")
+        elif key in _INTEGER_BOUNDS and IntegerBounds.from_schema(schema).empty:
+            raise SchemaNotSupportedError(where, "no integer lies within these bounds")
         elif key == "$ref" and not (isinstance(value, str) and value.startswith("#")):
             raise SchemaNotSupportedError(where, "only local references ('#/...') are allowed")
         elif key in _SUBSCHEMA_MAPS:
@@ -213,15 +226,68 @@ def check_schema(
             check_schema(value, where, depth + 1, budget)
 
 
+def _enforced(schema: dict[str, Any], key: str) -> bool:
+    """Whether the grammar enforces `key` where it stands in `schema`."""
+    if key in _INTEGER_BOUNDS:
+        return schema.get("type") == "integer"
+    if key == "format":
+        return schema.get("format") in _FORMATS
+    if key == "propertyNames":
+        return any(schema[key] == trivial for trivial in _TRIVIAL_PROPERTY_NAMES)
+    return key in _ENFORCED
+
+
+def _why_not_enforced(schema: dict[str, Any], key: str) -> str:
+    if key in _INTEGER_BOUNDS:
+        return f"the keyword '{key}' cannot be enforced on a non-integer (a float bound)"
+    if key == "format":
+        return f"the format {schema[key]!r} cannot be enforced"
+    return f"the keyword '{key}' cannot be enforced"
+
+
+def without_unenforced(schema: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """For a schema that is not strict: a copy without the keywords the grammar cannot enforce
+    (float bounds, formats, `uniqueItems`…), and the paths of what was left out."""
+    relaxed = copy.deepcopy(schema)
+    dropped: list[str] = []
+    stack: list[tuple[Any, str]] = [(relaxed, "schema")]
+    while stack:
+        node, path = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        for key in list(node):
+            if key not in _ANNOTATIONS and not _enforced(node, key):
+                del node[key]
+                dropped.append(f"{path}.{key}")
+        for where, sub in reversed(_subschemas(node)):
+            stack.append((sub, f"{path}.{where}"))
+    return relaxed, dropped
+
+
+def _converter() -> Any:
+    """llama.cpp's converter, taught two things it lacks: integer bounds, and a schema of
+    annotations only (`{"description": …}`), which accepts any value."""
+    from llama_cpp.llama_grammar import PRIMITIVE_RULES, RESERVED_NAMES, SchemaConverter
+
+    class Converter(SchemaConverter):  # type: ignore[misc]
+        def visit(self, schema: Any, name: str) -> str:
+            if isinstance(schema, dict) and not ({"enum", "const"} & schema.keys()):
+                rule_name = name + "-" if name in RESERVED_NAMES else name or "root"
+                if schema and schema.keys() <= _ANNOTATIONS:
+                    return str(self._add_primitive("value", PRIMITIVE_RULES["value"]))
+                if schema.get("type") == "integer" and _INTEGER_BOUNDS & schema.keys():
+                    digits = gbnf(integer_patterns(IntegerBounds.from_schema(schema)))
+                    return str(self._add_rule(rule_name, f"{digits} space"))
+            return str(super().visit(schema, name))
+
+    return Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+
+
 class GrammarBuilder:
     """One GBNF made of several schemas' rules and a root the caller writes."""
 
     def __init__(self) -> None:
-        from llama_cpp.llama_grammar import SchemaConverter
-
-        self._converter = SchemaConverter(
-            prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
-        )
+        self._converter = _converter()
 
     def add_schema(self, schema: dict[str, Any], name: str) -> str:
         """Add `schema`'s rules; the name of the rule that matches it."""

@@ -185,6 +185,7 @@ def _output_format(output: wire.OutputConfig | None) -> OutputFormat:
         output.format.schema_,
         param="output_config.format",
         schema_param="output_config.format.schema",
+        strict=True,  # Anthropic's structured outputs always follow the schema
     )
 
 

@@ -84,6 +84,9 @@ class OutputFormat:
     schema: Any = None  # as sent: a non-object is refused where the grammar is made
     param: str = "response_format"  # the field that asked for it, for errors
     schema_param: str = "response_format.json_schema"  # where `schema` sits, for errors
+    # A strict schema is refused for a keyword the grammar cannot enforce (a float bound, a
+    # format); one that is not strict is served without it.
+    strict: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,7 +171,7 @@ def output_format(response_format: dict[str, Any] | None) -> OutputFormat:
             param="response_format.json_schema",
         )
     schema = spec.get("schema", {"type": "object"})
-    return OutputFormat("json_schema", schema)
+    return OutputFormat("json_schema", schema, strict=spec.get("strict") is True)
 
 
 def _message_text(content: object, param: str) -> str:

@@ -383,7 +383,11 @@ def _output_format(req: wire.ResponseCreateRequest) -> OutputFormat:
         return OutputFormat("json_object", param="text.format", schema_param="text.format")
     if isinstance(fmt, wire.TextFormatJsonSchema):
         return OutputFormat(
-            "json_schema", fmt.schema_, param="text.format", schema_param="text.format"
+            "json_schema",
+            fmt.schema_,
+            param="text.format",
+            schema_param="text.format",
+            strict=fmt.strict is True,
         )
     return OutputFormat()
 

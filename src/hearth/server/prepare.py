@@ -24,6 +24,7 @@ from hearth.engine.grammar import (
     check_schema,
     json_schema_grammar,
     without_large_bounds,
+    without_unenforced,
 )
 from hearth.engine.types import GenerationRequest, Grammar, ReasoningBudget, SamplingParams
 from hearth.errors import (
@@ -303,7 +304,7 @@ def _schema_param(schema_param: str, exc: SchemaNotSupportedError) -> str:
 
 
 def _tool_plan(conversation: Conversation, *, build_grammar: bool = True) -> _ToolPlan:
-    """`build_grammar=False`: the prompt's part only (count_tokens), the schemas still checked."""
+    """`build_grammar=False`: the prompt's part only (count_tokens), no schema checked."""
     if not conversation.tools:
         return _ToolPlan([], offered=False, grammar=None)
     specs = _tool_specs(conversation.tools)
@@ -318,18 +319,22 @@ def _tool_plan(conversation: Conversation, *, build_grammar: bool = True) -> _To
                 f"'{choice.param}' names the function {choice.name!r}, which is not in 'tools'.",
                 param=choice.param,
             )
+    if not build_grammar:  # count_tokens: nothing is generated, so no schema is refused
+        return _ToolPlan(specs, offered=True, grammar=None)
     grammar_specs = []
     for tool, spec in zip(conversation.tools, specs, strict=True):
         if spec not in callable_specs:
             continue
         if not tool.strict:
-            # Only a strict tool promises its bounds; past the limit the grammar drops them.
-            parameters, dropped = without_large_bounds(spec.parameters)
-            if dropped:
+            # Only a strict tool promises its schema whole: the grammar leaves out bounds past
+            # the limits and keywords it cannot enforce (a float bound, a format).
+            parameters, large = without_large_bounds(spec.parameters)
+            parameters, unenforced = without_unenforced(parameters)
+            if large or unenforced:
                 logger.info(
-                    "%s is not strict: its grammar leaves out %s (past the limits)",
+                    "%s is not strict: its grammar leaves out %s",
                     spec.name,
-                    ", ".join(dropped),
+                    ", ".join(large + unenforced),
                 )
                 spec = replace(spec, parameters=parameters)
         try:
@@ -340,8 +345,6 @@ def _tool_plan(conversation: Conversation, *, build_grammar: bool = True) -> _To
                 param=_schema_param(f"{tool.param}.{tool.schema_field}", exc),
             ) from exc
         grammar_specs.append(spec)
-    if not build_grammar:
-        return _ToolPlan(specs, offered=True, grammar=None)
     try:
         grammar = tool_grammar(
             grammar_specs,
@@ -360,9 +363,15 @@ def _format_grammar(output_format: OutputFormat) -> Grammar | None:
         return None
     if output_format.kind == "json_object":
         return json_schema_grammar({"type": "object"})
+    schema = {"type": "object"} if output_format.schema is None else output_format.schema
+    if not output_format.strict and isinstance(schema, dict):
+        schema, unenforced = without_unenforced(schema)
+        if unenforced:
+            logger.info(
+                "The schema is not strict: its grammar leaves out %s", ", ".join(unenforced)
+            )
     try:
-        schema = output_format.schema
-        return json_schema_grammar({"type": "object"} if schema is None else schema)
+        return json_schema_grammar(schema)
     except SchemaNotSupportedError as exc:
         raise InvalidRequestError(
             f"The schema cannot be enforced: {exc}",
