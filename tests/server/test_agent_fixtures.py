@@ -151,3 +151,68 @@ def test_claude_codes_tools_are_counted(agent_server: HearthServer) -> None:
     )
     assert response.status_code == 200, response.text
     assert response.json()["input_tokens"] > 5000
+
+
+def test_claude_code_s_forced_call_parses_and_its_result_is_taken(
+    agent_server: HearthServer,
+) -> None:
+    """One live turn of Claude Code's first request with tool_choice forced onto Read: the call
+    parses in the anthropic SDK's own types, and the tool result sent back gets a 200."""
+    import anthropic.types
+
+    fixture = _load(FIXTURES / "claude-code-2.1.197-messages.json")
+    body = {**fixture["body"], "stream": False, "max_tokens": 200}
+    body["tool_choice"] = {"type": "tool", "name": "Read"}
+    url = agent_server.base_url + fixture["path"]
+    with httpx.Client(timeout=httpx.Timeout(10.0, read=240.0)) as client:
+        called = client.post(url, headers=_headers(fixture), json=body)
+        assert called.status_code == 200, called.text
+        message = anthropic.types.Message.model_validate(called.json())
+        (use,) = [block for block in message.content if block.type == "tool_use"]
+        assert use.name == "Read" and isinstance(use.input, dict)
+        assert message.stop_reason == "tool_use"
+        result = {
+            "type": "tool_result",
+            "tool_use_id": use.id,
+            "content": "1\tHearth notes: the tests pass.",
+        }
+        follow_up = {
+            **body,
+            "messages": [
+                *body["messages"],
+                {"role": "assistant", "content": [use.model_dump()]},
+                {"role": "user", "content": [result]},
+            ],
+            "tool_choice": {"type": "auto"},
+            "max_tokens": 8,
+        }
+        answered = client.post(url, headers=_headers(fixture), json=follow_up)
+        assert answered.status_code == 200, answered.text
+
+
+def test_codex_s_forced_call_parses_and_its_result_is_taken(agent_server: HearthServer) -> None:
+    """The same for Codex's first request, forced onto exec_command, in the openai SDK's types."""
+    from openai.types.responses import Response
+
+    fixture = _load(FIXTURES / "codex-0.171.0-responses.json")
+    body = {**fixture["body"], "stream": False, "max_output_tokens": 200}
+    body["tool_choice"] = {"type": "function", "name": "exec_command"}
+    url = agent_server.base_url + fixture["path"]
+    with httpx.Client(timeout=httpx.Timeout(10.0, read=240.0)) as client:
+        called = client.post(url, headers=_headers(fixture), json=body)
+        assert called.status_code == 200, called.text
+        response = Response.model_validate(called.json())
+        (call,) = [item for item in response.output if item.type == "function_call"]
+        assert call.name == "exec_command" and "cmd" in json.loads(call.arguments)
+        follow_up = {
+            **body,
+            "input": [
+                *body["input"],
+                call.model_dump(exclude_none=True),
+                {"type": "function_call_output", "call_id": call.call_id, "output": "notes.txt"},
+            ],
+            "tool_choice": "auto",
+            "max_output_tokens": 8,
+        }
+        answered = client.post(url, headers=_headers(fixture), json=follow_up)
+        assert answered.status_code == 200, answered.text
