@@ -28,6 +28,7 @@ from hearth.engine.types import TokenLogprob
 from hearth.errors import HearthError, InvalidRequestError, UnsupportedParameterError
 from hearth.models import registry
 from hearth.models.gguf_info import NotAGGUFError, read_gguf_info
+from hearth.models.keep_alive import KeepAlive, parse_keep_alive
 from hearth.models.presets import apply_preset
 from hearth.protocol import ollama as wire
 from hearth.protocol.embeddings import EmbeddingRequest
@@ -92,6 +93,7 @@ _LOAD_TIME_OPTIONS = {
     "use_mlock": "the model loader",
     "embedding_only": "/v1/embeddings",
     "num_thread": "--threads",
+    "draft_num_predict": "--speculation",
 }
 _NDJSON = "application/x-ndjson"
 _JSON = "application/json"
@@ -285,10 +287,12 @@ def _finish_reason(finish: Finish) -> str:
     return "length" if finish == "length" else "stop"
 
 
-def _loaded(model: str, *, chat: bool) -> JSONResponse:
-    # An empty request loads the model and answers at once, as Ollama's does.
+def _loaded(model: str, keep_alive: KeepAlive | None, *, chat: bool) -> JSONResponse:
+    """An empty request loads the model and answers at once, as Ollama's does; with
+    `keep_alive: 0` it unloads it instead (once the request's lease ends), and says so."""
+    unloads = keep_alive is not None and parse_keep_alive(keep_alive) == 0
     body: dict[str, Any] = {"model": model, "created_at": _now(), "done": True}
-    body["done_reason"] = "load"
+    body["done_reason"] = "unload" if unloads else "load"
     if chat:
         body["message"] = {"role": "assistant", "content": ""}
     else:
@@ -325,7 +329,7 @@ async def serve_ollama_chat(
     model = state.model_for(req.model)
     _check_num_ctx(model, req.options)
     if not req.messages:
-        return _loaded(req.model, chat=True)
+        return _loaded(req.model, req.keep_alive, chat=True)
     body: dict[str, Any] = {
         "model": req.model,
         "messages": _openai_messages(req.messages),
@@ -423,7 +427,7 @@ async def serve_ollama_generate(
             param="context",
         )
     if not req.prompt and req.suffix is None:
-        return _loaded(req.model, chat=False)
+        return _loaded(req.model, req.keep_alive, chat=False)
     fields = _sampling_fields(req.options)
     fields.setdefault("max_tokens", None)  # Ollama has no 16-token default
     if req.logprobs:
