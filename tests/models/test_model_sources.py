@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -342,3 +343,14 @@ def test_hearth_create_quantizes() -> None:
     model = registry.find("smol:q8")
     assert model.path is not None and read_gguf_info(model.path).quantization == "Q8_0"
     assert model.sha256 == _sha(model.path)
+
+
+def test_hearth_create_offers_every_type_the_quantizer_has() -> None:
+    # The CLI lists the types itself (its imports stay lazy); they must not drift apart.
+    from hearth.cli.create import command
+    from hearth.engine.quantize import QUANT_TYPES
+
+    option = next(p for p in command.params if p.name == "quantize")
+    assert isinstance(option.type, click.Choice)
+    assert set(option.type.choices) == set(QUANT_TYPES)
+    assert {"q4_k_m", "q4_k_s", "q8_0"} <= set(QUANT_TYPES)  # Ollama's docs/api.md table

@@ -64,7 +64,7 @@ def _parameters(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--license", "license_text", default=None, help="The model's license text.")
 @click.option(
     "--quantize",
-    type=click.Choice(["q8_0", "q4_0"], case_sensitive=False),
+    type=click.Choice(["q8_0", "q4_0", "q4_k_m", "q4_k_s"], case_sensitive=False),
     default=None,
     help="Re-quantize through llama.cpp's quantizer.",
 )

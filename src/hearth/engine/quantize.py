@@ -3,6 +3,10 @@
 The embedded SmolLM2 is Q4_1, which neither ggml's repack path nor llamafile's sgemm handles on
 x86, so batching gains little; Q8_0 and Q4_0 do have those kernels. Opt-in, measured in
 bench/quality.py (top-1 agreement with the original) and bench/bench.py (speed).
+
+`hearth create` and `/api/create` also take Q4_K_M and Q4_K_S, the types Ollama's docs/api.md
+lists for `quantize`; tensors whose rows are not a multiple of 256 (all of SmolLM2-135M's 576-wide
+ones) fall back to Q5_0 or Q8_0, as llama.cpp's quantizer decides.
 """
 
 from __future__ import annotations
@@ -23,7 +27,12 @@ __all__ = ["QUANT_TYPES", "quantize"]
 logger = logging.getLogger(__name__)
 
 # name -> enum llama_ftype
-QUANT_TYPES = {"q8_0": llama.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_0": llama.LLAMA_FTYPE_MOSTLY_Q4_0}
+QUANT_TYPES = {
+    "q8_0": llama.LLAMA_FTYPE_MOSTLY_Q8_0,
+    "q4_0": llama.LLAMA_FTYPE_MOSTLY_Q4_0,
+    "q4_k_m": llama.LLAMA_FTYPE_MOSTLY_Q4_K_M,
+    "q4_k_s": llama.LLAMA_FTYPE_MOSTLY_Q4_K_S,
+}
 
 
 def quantize(source: Path, kind: str, target: Path, threads: int) -> Path:
