@@ -268,6 +268,11 @@ def test_create_with_a_system_prompt_and_parameters_then_chat(sources: Sources) 
         ({"from": "smollm2:135m", "parameters": {"temperature": 9}}, 400, "temperature"),
         ({"from": "smollm2:135m", "quantize": "q2_k"}, 400, "cannot quantize to 'q2_k'"),
         ({"files": {"m.gguf": "sha256:" + "0" * 64}}, 404, "POST /api/blobs/"),
+        (
+            {"files": {"model.safetensors": "sha256:" + "0" * 64}},
+            400,
+            "does not convert safetensors",
+        ),
         ({"from": "smollm2:135m", "adapters": {"a": "sha256:x"}}, 400, "adapters"),
     ],
 )

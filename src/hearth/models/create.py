@@ -137,6 +137,12 @@ def plan(
         inherited = entry.defaults or inherited
     elif files:
         ggufs = [(n, d) for n, d in files.items() if n.lower().endswith(".gguf")]
+        if not ggufs:
+            raise CreateError(
+                "`files` names no .gguf blob: Hearth creates a model from one GGUF and does not "
+                "convert safetensors (llama.cpp's convert_hf_to_gguf.py does; send its GGUF)",
+                "files",
+            )
         if len(ggufs) != 1 or len(files) != 1:
             raise CreateError("`files` must name one .gguf blob (split GGUFs are not supported)")
         filename, digest = ggufs[0]

@@ -89,6 +89,7 @@ class Options(_Request):
     mirostat_eta: float | None = Field(None, gt=0.0, le=1.0)
     penalize_newline: bool | None = None
     stop: list[str] | None = None
+    draft_num_predict: int | None = None  # speculative decoding's drafts per step
 
 
 class ToolCallFunction(BaseModel):
