@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +140,9 @@ def run_agent(agent: str, port: int, bin_dir: Path, work: Path, timeout: float) 
         text=True,
     )
     assert process.stdout is not None
+    # An agent waiting on a slow first answer prints nothing: the deadline cannot wait for a line.
+    deadline = threading.Timer(timeout, process.kill)
+    deadline.start()
     try:
         for line in process.stdout:
             outcome.tail = [*outcome.tail[-19:], line.rstrip()[:500]]
@@ -152,13 +156,12 @@ def run_agent(agent: str, port: int, bin_dir: Path, work: Path, timeout: float) 
                 outcome.first_event_s = time.monotonic() - started
             outcome.tokens = _tokens(agent, event) or outcome.tokens
             outcome.failure = _failure(agent, event) or outcome.failure
-            if time.monotonic() - started > timeout:
-                break
     finally:
-        if process.poll() is None and time.monotonic() - started > timeout:
-            process.kill()
-        outcome.returncode = process.wait(timeout=max(1.0, timeout - (time.monotonic() - started)))
+        deadline.cancel()
+        outcome.returncode = process.wait()
         outcome.total_s = time.monotonic() - started
+        if outcome.total_s >= timeout and outcome.failure is None:
+            outcome.failure = f"no exit within {timeout:.0f} s (killed)"
     return outcome
 
 
