@@ -110,7 +110,7 @@ def test_first_request_is_answered(agent_server: HearthServer, path: Path) -> No
     fixture = _load(path)
     url = agent_server.base_url + fixture["path"]
     headers = _headers(fixture)
-    timeout = httpx.Timeout(10.0, read=240.0)  # a 13k-token prompt's prefill on a slow CPU
+    timeout = httpx.Timeout(10.0, read=280.0)  # a 13k-token prompt's prefill on a slow CPU
     with httpx.Client(timeout=timeout) as client:
         if fixture["body"] is None:
             response = client.request(fixture["method"], url, headers=headers)
@@ -164,7 +164,7 @@ def test_claude_code_s_forced_call_parses_and_its_result_is_taken(
     body = {**fixture["body"], "stream": False, "max_tokens": 200}
     body["tool_choice"] = {"type": "tool", "name": "Read"}
     url = agent_server.base_url + fixture["path"]
-    with httpx.Client(timeout=httpx.Timeout(10.0, read=240.0)) as client:
+    with httpx.Client(timeout=httpx.Timeout(10.0, read=280.0)) as client:
         called = client.post(url, headers=_headers(fixture), json=body)
         assert called.status_code == 200, called.text
         message = anthropic.types.Message.model_validate(called.json())
@@ -198,7 +198,7 @@ def test_codex_s_forced_call_parses_and_its_result_is_taken(agent_server: Hearth
     body = {**fixture["body"], "stream": False, "max_output_tokens": 200}
     body["tool_choice"] = {"type": "function", "name": "exec_command"}
     url = agent_server.base_url + fixture["path"]
-    with httpx.Client(timeout=httpx.Timeout(10.0, read=240.0)) as client:
+    with httpx.Client(timeout=httpx.Timeout(10.0, read=280.0)) as client:
         called = client.post(url, headers=_headers(fixture), json=body)
         assert called.status_code == 200, called.text
         response = Response.model_validate(called.json())
