@@ -150,7 +150,8 @@ def free_port() -> int:
 def test_defaults_match_the_server_settings() -> None:
     from hearth.settings import DEFAULT_HOST, DEFAULT_PORT
 
-    assert (run.DEFAULT_HOST, run.DEFAULT_PORT) == (DEFAULT_HOST, DEFAULT_PORT)
+    defaults = {param.name: param.default for param in run.command.params}
+    assert (defaults["host"], defaults["port"]) == (DEFAULT_HOST, DEFAULT_PORT)
 
 
 def test_run_is_a_subcommand_of_hearth() -> None:

@@ -20,7 +20,7 @@ import httpx
 from rich.console import Console
 from rich.text import Text
 
-from hearth.cli.client import DEFAULT_HOST, DEFAULT_PORT, auth_headers, base_url
+from hearth.cli.client import auth_headers, base_url, server_options
 
 __all__ = ["AGENT_CONTEXT", "claude_environment", "codex_arguments", "command"]
 
@@ -119,21 +119,7 @@ def _exec(program: str, argv: Sequence[str], environment: Mapping[str, str]) -> 
 @click.argument("agent", type=click.Choice(["claude", "codex"]))
 @click.argument("agent_args", nargs=-1, type=click.UNPROCESSED)
 @click.option("--model", "-m", default=None, help="A model Hearth serves. [default: the server's]")
-@click.option(
-    "--host",
-    envvar="HEARTH_HOST",
-    default=DEFAULT_HOST,
-    show_default=True,
-    help="Server address. [env: HEARTH_HOST]",
-)
-@click.option(
-    "--port",
-    envvar="HEARTH_PORT",
-    type=click.IntRange(1, 65535),
-    default=DEFAULT_PORT,
-    show_default=True,
-    help="Server port. [env: HEARTH_PORT]",
-)
+@server_options
 @click.option(
     "--ctx-size",
     type=click.IntRange(2048),

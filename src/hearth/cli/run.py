@@ -20,9 +20,9 @@ import httpx
 from rich.console import Console
 from rich.text import Text
 
-from hearth.cli.client import DEFAULT_HOST, DEFAULT_PORT
 from hearth.cli.client import auth_headers as _auth_headers
 from hearth.cli.client import base_url as _base_url
+from hearth.cli.client import server_options
 from hearth.models.registry import model_id
 
 __all__ = ["ChatError", "command", "ensure_server", "log_path", "parse_sse", "pid_path"]
@@ -331,21 +331,7 @@ def _chat_loop(client: httpx.Client, model: str, history: list[Message], console
 
 @click.command(name="run")
 @click.argument("model", required=False)
-@click.option(
-    "--host",
-    envvar="HEARTH_HOST",
-    default=DEFAULT_HOST,
-    show_default=True,
-    help="Server address. [env: HEARTH_HOST]",
-)
-@click.option(
-    "--port",
-    envvar="HEARTH_PORT",
-    type=click.IntRange(1, 65535),
-    default=DEFAULT_PORT,
-    show_default=True,
-    help="Server port. [env: HEARTH_PORT]",
-)
+@server_options
 @click.option("--system", "system", default=None, help="A system prompt for the conversation.")
 def command(model: str | None, host: str, port: int, system: str | None) -> None:
     """Chat with MODEL in the terminal (default: whatever the server serves).
