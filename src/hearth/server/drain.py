@@ -20,7 +20,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hearth.errors import HearthError, ServerDrainingError, ServerShuttingDownError
-from hearth.server.errors import error_response, is_anthropic_path, is_ollama_path
+from hearth.server.errors import refusal
 
 __all__ = ["RETRY_AFTER_S", "Drain", "DrainGate"]
 
@@ -118,20 +118,10 @@ class DrainGate:
                 "The server is shutting down and admits no new requests; retry once it is back.",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
-            await _refusal(error, scope)(scope, receive, send)
+            await refusal(error, scope)(scope, receive, send)
             return
         drain.opened()
         try:
             await self.app(scope, receive, send)
         finally:
             drain.closed()
-
-
-def _refusal(error: HearthError, scope: Scope) -> Any:
-    path: str = scope["path"]
-    # GET /v1/models answers Anthropic's shape to Anthropic's clients (server/errors.py).
-    headers = dict(scope.get("headers") or ())
-    anthropic = is_anthropic_path(path) or (
-        path.startswith("/v1/models") and b"anthropic-version" in headers
-    )
-    return error_response(error, ollama=is_ollama_path(path), anthropic=anthropic)

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from hearth.errors import HearthError, InvalidRequestError, NotFoundError, ServerOverloadedError
 from hearth.protocol.anthropic import ErrorResponse as AnthropicErrorBody
@@ -31,6 +32,7 @@ __all__ = [
     "install_error_handlers",
     "is_anthropic_path",
     "is_ollama_path",
+    "refusal",
     "sse_error_event",
     "validation_error",
 ]
@@ -112,6 +114,18 @@ def error_response(
     else:
         body = error.to_body()
     return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+
+
+def refusal(error: HearthError, scope: Scope) -> JSONResponse:
+    """`error` in the body shape of the API the request's path belongs to, for the middleware
+    that refuses a request before any route runs (drain, hosts, origins, limits, surrogates)."""
+    path: str = scope["path"]
+    # GET /v1/models answers Anthropic's shape to Anthropic's clients (_is_anthropic).
+    headers = dict(scope.get("headers") or ())
+    anthropic = is_anthropic_path(path) or (
+        path.startswith("/v1/models") and b"anthropic-version" in headers
+    )
+    return error_response(error, ollama=is_ollama_path(path), anthropic=anthropic)
 
 
 def error_responses(

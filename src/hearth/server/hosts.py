@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hearth.errors import PermissionDeniedError
-from hearth.server.errors import error_response, is_anthropic_path, is_ollama_path
+from hearth.server.errors import refusal
 
 __all__ = ["HostCheck", "host_allowed", "is_loopback_host", "split_host"]
 
@@ -74,16 +74,12 @@ class HostCheck:
                     header = value.decode("latin-1")
                     break
             if not host_allowed(header, self.allowed):
-                path = scope["path"]
                 error = PermissionDeniedError(
                     f"Host {header!r} is not allowed: this server is bound to a loopback address "
                     "and answers only requests to localhost, 127.0.0.1 or [::1]. To serve this "
                     "name too, start it with --allowed-hosts.",
                     code="host_not_allowed",
                 )
-                response = error_response(
-                    error, ollama=is_ollama_path(path), anthropic=is_anthropic_path(path)
-                )
-                await response(scope, receive, send)
+                await refusal(error, scope)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hearth.errors import PayloadTooLargeError
-from hearth.server.errors import error_response, is_anthropic_path, is_ollama_path
+from hearth.server.errors import refusal
 
 __all__ = ["BodySizeLimit"]
 
@@ -24,15 +23,10 @@ class BodySizeLimit:
         error = PayloadTooLargeError(
             f"Request body too large: the limit is {self.max_bytes} bytes.", param=None
         )
-        ollama = is_ollama_path(scope["path"])
-        anthropic = is_anthropic_path(scope["path"])
-
-        def refusal() -> JSONResponse:  # in the error shape of the route's API
-            return error_response(error, ollama=ollama, anthropic=anthropic)
 
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await refusal()(scope, receive, send)
+                await refusal(error, scope)(scope, receive, send)
                 return
 
         received = 0
@@ -52,7 +46,7 @@ class BodySizeLimit:
             # The framework may turn the read failure into its own 400; answer 413 instead.
             if exceeded:
                 if message["type"] == "http.response.start":
-                    await refusal()(scope, receive, send)
+                    await refusal(error, scope)(scope, receive, send)
                 return
             await send(message)
 

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hearth.errors import PermissionDeniedError
-from hearth.server.errors import error_response, is_anthropic_path, is_ollama_path
+from hearth.server.errors import refusal
 from hearth.server.hosts import is_loopback_host
 
 __all__ = ["APP_SCHEMES", "OriginCheck", "origin_allowed"]
@@ -73,16 +73,12 @@ class OriginCheck:
                 elif name == b"host":
                     host = value.decode("latin-1")
             if origin is not None and not origin_allowed(origin, host, self.allowed):
-                path = scope["path"]
                 error = PermissionDeniedError(
                     f"Origin {origin!r} is not allowed: a web page from another site may not "
                     "send requests to this server. To allow it, start the server with "
                     "--cors-origin.",
                     code="origin_not_allowed",
                 )
-                response = error_response(
-                    error, ollama=is_ollama_path(path), anthropic=is_anthropic_path(path)
-                )
-                await response(scope, receive, send)
+                await refusal(error, scope)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -18,7 +18,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hearth.errors import HearthError, InvalidRequestError
-from hearth.server.errors import error_response, is_anthropic_path, is_ollama_path
+from hearth.server.errors import refusal
 
 __all__ = ["LoneSurrogateCheck", "lone_surrogate_path"]
 
@@ -66,7 +66,7 @@ def _find(body: bytes) -> tuple[str | None, bool] | None:
     return lone_surrogate_path(parsed)
 
 
-def _refusal(found: tuple[str | None, bool]) -> InvalidRequestError:
+def _invalid_value(found: tuple[str | None, bool]) -> InvalidRequestError:
     param, is_key = found
     where = f"'{param}'" if param else "the request body"
     what = "one of its keys" if is_key else "its text"
@@ -94,7 +94,6 @@ class LoneSurrogateCheck:
         ):
             await self.app(scope, receive, send)
             return
-        ollama, anthropic = is_ollama_path(path), is_anthropic_path(path)
         chunks: list[bytes] = []
         try:
             while True:
@@ -105,7 +104,7 @@ class LoneSurrogateCheck:
                 if not message.get("more_body", False):
                     break
         except HearthError as exc:  # BodySizeLimit's 413
-            await error_response(exc, ollama=ollama, anthropic=anthropic)(scope, receive, send)
+            await refusal(exc, scope)(scope, receive, send)
             return
         body = b"".join(chunks)
         del chunks
@@ -113,10 +112,7 @@ class LoneSurrogateCheck:
             large = len(body) > _INLINE_BYTES
             found = await asyncio.to_thread(_find, body) if large else _find(body)
             if found is not None:
-                error = _refusal(found)
-                await error_response(error, ollama=ollama, anthropic=anthropic)(
-                    scope, receive, send
-                )
+                await refusal(_invalid_value(found), scope)(scope, receive, send)
                 return
 
         replayed = False
