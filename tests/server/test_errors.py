@@ -76,7 +76,12 @@ def test_malformed_json_is_a_400(server: HearthServer) -> None:
                 "messages": CHAT,
                 "response_format": {
                     "type": "json_schema",
-                    "json_schema": {"name": "n", "schema": {"type": "integer", "minimum": 1}},
+                    # a float bound, in a strict schema: the grammar cannot enforce it
+                    "json_schema": {
+                        "name": "n",
+                        "schema": {"type": "number", "minimum": 1},
+                        "strict": True,
+                    },
                 },
             },
             "response_format.json_schema.schema.minimum",

@@ -400,7 +400,9 @@ def test_tool_and_format_refusals_name_the_field(server: HearthServer) -> None:
     bad_name = error({**base, "tools": [{"type": "function", "function": {"name": "a b"}}]})
     assert bad_name["param"] == "tools[0].function.name"
     bad_schema = {"type": "object", "properties": {"x": {"type": "string", "format": "email"}}}
-    tools = [{"type": "function", "function": {"name": "f", "parameters": bad_schema}}]
+    function = {"name": "f", "parameters": bad_schema, "strict": True}
+    tools = [{"type": "function", "function": function}]
+    # A strict tool promises its schema whole: a keyword the grammar cannot enforce is a 400.
     unenforceable = error({**base, "tools": tools, "tool_choice": "required"})
     assert unenforceable["param"] == "tools[0].function.parameters"
     assert "format" in unenforceable["message"]
@@ -408,6 +410,14 @@ def test_tool_and_format_refusals_name_the_field(server: HearthServer) -> None:
     assert second["param"] == "tools[2].function.parameters"  # the failing one, by position
     both = error({**base, "tools": TOOLS, "response_format": {"type": "json_object"}})
     assert both["param"] == "response_format"
+    # Not strict: served without the keyword (docs/generation-fields.md).
+    loose = [{"type": "function", "function": {**function, "strict": False}}]
+    served = httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        json={**base, "tools": loose, "tool_choice": "required", "max_tokens": 24},
+        timeout=60,
+    )
+    assert served.status_code == 200, served.text
 
 
 def test_penalties_change_what_greedy_repeats(client: openai.OpenAI) -> None:

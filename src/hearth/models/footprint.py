@@ -127,7 +127,10 @@ def default_context(
     less where the KV cache of `parallel` slots would take more than half the memory left
     after the weights (`memory`: --max-memory, else what the system has available). Agents
     send prompts of 15k tokens and more; a model trained for them serves them as it is."""
-    shape = model_shape(path)
+    try:
+        shape = model_shape(path)
+    except (OSError, ValueError, struct.error):
+        return FALLBACK_CONTEXT  # not a whole GGUF: the load refuses it, naming the file
     trained = shape.context_length or FALLBACK_CONTEXT
     available = memory if memory is not None else available_memory()
     if available is None or shape.kv_bytes_per_token <= 0:

@@ -177,6 +177,9 @@ class ToolUseBlockParam(_Block):
     name: str
     type: Literal["tool_use"]
     cache_control: CacheControl | None = None  # accepted, ignored: see CacheControl
+    # Who called the tool (newer SDKs dump it on every block, `null` or {"type": "direct"} for
+    # the model's own calls): it changes nothing in the prompt, so accepted and not read.
+    caller: dict[str, Any] | None = None
 
 
 class ToolReferenceBlockParam(_Lenient):
