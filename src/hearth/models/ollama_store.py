@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import re
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,9 +49,6 @@ LAYER_PARAMS = "application/vnd.ollama.image.params"
 LAYER_LICENSE = "application/vnd.ollama.image.license"
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 _TEXT_LIMIT = 1 << 20  # a system prompt or params layer bigger than this is not one
-_FRESH_S = 1.0
-# root -> (when listed, the models): a cache of what is on disk, shared by every caller.
-_LISTINGS: dict[Path, tuple[float, list[OllamaModel]]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,12 +160,8 @@ class OllamaStore:
         )
 
     def entries(self) -> list[OllamaModel]:
-        """Every GGUF model in the store, by name; a listing at most _FRESH_S old, since every
-        request's name check asks (a model `ollama pull` just added shows up a second later)."""
-        now = time.monotonic()
-        listed = _LISTINGS.get(self.root)
-        if listed is not None and now - listed[0] < _FRESH_S:
-            return listed[1]
+        """Every GGUF model in the store, by name. The server asks only when the manifests
+        changed (registry.ModelIndex); each manifest is parsed once per version (_read)."""
         # os.walk, not Path.rglob, which is several times slower.
         paths = (
             Path(folder, file)
@@ -177,9 +169,7 @@ class OllamaStore:
             for file in files
         )
         found = (self._read(path) for path in paths)
-        models = sorted((m for m in found if m is not None), key=lambda m: m.name.lower())
-        _LISTINGS[self.root] = (now, models)
-        return models
+        return sorted((m for m in found if m is not None), key=lambda m: m.name.lower())
 
 
 @functools.lru_cache(maxsize=1024)

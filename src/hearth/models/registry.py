@@ -16,6 +16,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ __all__ = [
     "GEMMA_MODEL_ID",
     "ModelEntry",
     "ModelExistsError",
+    "ModelIndex",
     "ModelRef",
     "NotRemovableError",
     "UnknownModelError",
@@ -38,6 +40,7 @@ __all__ = [
     "defaults",
     "embedded_model_path",
     "find",
+    "index_signature",
     "list_models",
     "model_id",
     "removable",
@@ -261,6 +264,72 @@ def available_ids() -> list[str]:
     """All model names servable right now: the bundled ones (Gemma even before it is
     assembled) and every model in the store."""
     return [entry.name for entry in list_models()]
+
+
+def index_signature() -> tuple[tuple[str, int], ...]:
+    """What changes when a model is pulled, copied, created or removed, by Hearth or by Ollama:
+    the store folder's mtime (every manifest is written by a rename into it) and the mtimes of
+    Ollama's manifest folders and files. A few stats: far cheaper than list_models()."""
+    marks: list[tuple[str, int]] = []
+    root = store().root
+    with contextlib.suppress(OSError):
+        marks.append((str(root), os.stat(root).st_mtime_ns))
+    found = ollama_store.locate()
+    if found is not None:
+        for folder, _, files in os.walk(found.root / "manifests"):
+            for path in (folder, *(os.path.join(folder, file) for file in files)):
+                with contextlib.suppress(OSError):
+                    marks.append((path, os.stat(path).st_mtime_ns))
+    return tuple(marks)
+
+
+class ModelIndex:
+    """list_models(), kept in memory for the server, so that a request finds its model without
+    touching the disk. `refresh()` rescans when `index_signature()` changed and `rescan()`
+    rescans regardless: both block, so the server calls them off the event loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._signature = index_signature()
+        self._entries = list_models()
+        self._ids = frozenset(entry.name for entry in self._entries)
+
+    def refresh(self) -> bool:
+        """Rescan if the store or Ollama's manifests changed; whether it did."""
+        signature = index_signature()
+        if signature == self._signature:
+            return False
+        self._replace(signature)
+        return True
+
+    def rescan(self) -> None:
+        self._replace(index_signature())
+
+    def _replace(self, signature: tuple[tuple[str, int], ...]) -> None:
+        # The signature is taken before the scan: a change during it shows at the next refresh.
+        entries = list_models()
+        with self._lock:
+            self._signature, self._entries = signature, entries
+            self._ids = frozenset(entry.name for entry in entries)
+
+    def entries(self) -> list[ModelEntry]:
+        return self._entries
+
+    def ids(self) -> list[str]:
+        return [entry.name for entry in self._entries]
+
+    def __contains__(self, name: str) -> bool:
+        """Whether a model has exactly this name (as `available_ids()` holds it)."""
+        return name in self._ids
+
+    def find(self, name: str) -> ModelEntry | None:
+        """As `find()`, from memory: case-insensitive, `NAME` finds `NAME:latest`."""
+        entries = self._entries
+        for candidate in (name, with_default_tag(name)):
+            for entry in entries:
+                if candidate is not None and entry.name.lower() == candidate.lower():
+                    return entry
+        return None
 
 
 def with_default_tag(name: str) -> str | None:

@@ -32,7 +32,7 @@ from hearth.server.errors import anthropic_error_event
 from hearth.server.openai_common import unsupported
 from hearth.server.prepare import count_prompt_tokens, prepare_turn_off_loop, with_preset
 from hearth.server.sse import named_event, streaming_response
-from hearth.server.state import ServerState
+from hearth.server.state import LoadedModel, ServerState
 from hearth.server.turns import (
     ChoiceResult,
     Finish,
@@ -261,12 +261,11 @@ def _tool_use(call: ToolCall, input_: dict[str, Any] | None = None) -> wire.Tool
 
 
 async def serve_messages(
-    state: ServerState, req: wire.MessagesRequest, http_request: Request
+    state: ServerState, model: LoadedModel, req: wire.MessagesRequest, http_request: Request
 ) -> JSONResponse | StreamingResponse:
     conversation = _conversation(req)
-    model = state.model_for(req.model)
     turn = await prepare_turn_off_loop(
-        state, with_preset(conversation, model.preset), id_prefix="msg"
+        state, model, with_preset(conversation, model.preset), id_prefix="msg"
     )
     message_id = _new_id("msg")
 
@@ -380,13 +379,12 @@ async def _stream(steps: AsyncIterator[Any], message_id: str, model: str) -> Asy
 
 
 async def count_tokens(
-    state: ServerState, req: wire.CountTokensRequest
+    model: LoadedModel, req: wire.CountTokensRequest
 ) -> wire.CountTokensResponse:
     """The exact prompt length the same request would have (the template, tools and all)."""
     conversation = _conversation(req)
-    model = state.model_for(req.model)
     return wire.CountTokensResponse(
         input_tokens=await asyncio.to_thread(
-            count_prompt_tokens, state, with_preset(conversation, model.preset)
+            count_prompt_tokens, model, with_preset(conversation, model.preset)
         )
     )

@@ -236,10 +236,12 @@ def create_app(settings: ServeSettings, state: ServerState | None = None) -> Fas
         # What killed pulls, imports and copies left in the store's .partial folder.
         await asyncio.to_thread(lambda: registry.store().clean_staging())
         loaded.models.start()
+        watcher = asyncio.create_task(loaded.catalog.watch_index(), name="hearth-model-index")
         app.state.hearth = loaded
         try:
             yield
         finally:
+            watcher.cancel()
             await loaded.models.close()
             if loaded.responses is not None:
                 loaded.responses.close()

@@ -4,10 +4,16 @@ A name is the startup model (`--model`, which may be a .gguf path served under i
 model the registry knows, or a preset's alias from hearth.toml. `ServerCatalog` is the
 `ModelCatalog` the model manager asks: it says whether a name exists, its default keep_alive
 and its memory estimate, and loads it through the loader app.py gives it.
+
+The registry's models are read from `index` (registry.ModelIndex), in memory: a request does no
+file-system work on the event loop to find its model. The app refreshes the index off the loop
+when the store's or Ollama's manifests change (`watch_index`), and `known` rescans it once before
+answering 404, so a model pulled a moment ago by the CLI or by Ollama is found.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -59,11 +65,12 @@ class ServerCatalog:
             # The registry is read by module functions (the CLI's too); it reads this variable.
             os.environ["HEARTH_NO_OLLAMA_STORE"] = "1"
         self.default_name = registry.model_id(settings.model)
+        self.index = registry.ModelIndex()
         self._validate_presets()
 
     def _validate_presets(self) -> None:
         """Fail `hearth serve` at start, with one line, for a preset that could never load."""
-        entries = registry.list_models()
+        entries = self.index.entries()
         models = {self.default_name, *(e.name for e in entries if not e.in_ollama_store)}
         # Ollama's store is another program's: what it adds must not stop the server starting.
         ollama_names = {e.name for e in entries if e.in_ollama_store}
@@ -91,7 +98,7 @@ class ServerCatalog:
         """Every name a request may use: the startup model first, then the registry's, then
         the aliases."""
         names = [self.default_name]
-        names.extend(n for n in registry.available_ids() if n != self.default_name)
+        names.extend(n for n in self.index.ids() if n != self.default_name)
         names.extend(alias for alias in self._presets if alias not in names)
         return names
 
@@ -105,16 +112,36 @@ class ServerCatalog:
         both names share one loaded copy."""
         if name in self._presets or name == self.default_name:
             return name
-        ids = registry.available_ids()
         tagged = registry.with_default_tag(name)
-        return tagged if name not in ids and tagged is not None and tagged in ids else name
+        index = self.index
+        return tagged if name not in index and tagged is not None and tagged in index else name
+
+    def serves(self, name: str) -> bool:
+        if name in self._presets or name == self.default_name or name in self.index:
+            return True
+        tagged = registry.with_default_tag(name)  # `llama3.2` is `llama3.2:latest`, as in Ollama
+        return tagged is not None and tagged in self.index
+
+    async def known(self, name: str) -> str:
+        """The name `name` loads under, or a 404. A name the index lacks gets one rescan, off
+        the event loop, first: a model pulled a moment ago is not missing."""
+        if not self.serves(name):
+            await asyncio.to_thread(self.index.rescan)
+        self.check(name)
+        return self.canonical(name)
+
+    async def watch_index(self, interval_s: float = 1.0) -> None:
+        """Refresh the index whenever the store's or Ollama's manifests change, off the event
+        loop; runs until cancelled (the app's lifespan)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await asyncio.to_thread(self.index.refresh)
+            except OSError as exc:  # a store folder that went away mid-scan: next time
+                logger.warning("Could not rescan the models: %s", exc)
 
     def check(self, name: str) -> None:
-        if name in self._presets or name == self.default_name:
-            return
-        ids = registry.available_ids()
-        tagged = registry.with_default_tag(name)  # `llama3.2` is `llama3.2:latest`, as in Ollama
-        if name not in ids and (tagged is None or tagged not in ids):
+        if not self.serves(name):
             raise ModelNotFoundError(
                 f"The model `{name}` does not exist. This server serves: "
                 f"{', '.join(self.names())}.",
@@ -159,7 +186,8 @@ class ServerCatalog:
         /api/create gave it) as a preset over it; --ctx-size, when given, wins over num_ctx."""
         if source is None or source.lower().endswith(".gguf"):
             return None
-        defaults = registry.defaults(source)
+        entry = self.index.find(source)
+        defaults = entry.defaults if entry is not None else None
         if defaults is None:
             return None
         try:
@@ -186,7 +214,7 @@ class ServerCatalog:
 
     def estimate_bytes(self, name: str) -> int:
         spec = self.spec(name)
-        path: Path = registry.resolve(spec.source).path
+        path = _model_path(spec)
         kv_scale = kv_cache_scale(self._settings.cache_type_k, self._settings.cache_type_v)
         return estimate_bytes(path, self.context_size(spec, path) * spec.parallel, kv_scale)
 
@@ -203,6 +231,10 @@ class ServerCatalog:
     def load(self, name: str) -> LoadedModel:
         spec = self.spec(name)
         if spec.ctx_size is None:
-            path: Path = registry.resolve(spec.source).path
-            spec = replace(spec, ctx_size=self.context_size(spec, path))
+            spec = replace(spec, ctx_size=self.context_size(spec, _model_path(spec)))
         return self._load(spec)
+
+
+def _model_path(spec: ModelSpec) -> Path:
+    """The GGUF to load (blocking: it reads the store)."""
+    return registry.resolve(spec.source).path

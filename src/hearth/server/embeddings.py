@@ -183,6 +183,7 @@ def _embedder(state: ServerState, model: LoadedModel) -> Embedder:
 
 async def embed_inputs(
     state: ServerState,
+    model: LoadedModel,
     req: EmbeddingRequest,
     http_request: Request,
     *,
@@ -191,7 +192,6 @@ async def embed_inputs(
 ) -> Embedded:
     """Check, tokenize and embed the request's inputs with its (leased) model. `max_tokens`
     lowers the length limit below the embedder's; `truncate` cuts longer inputs to it."""
-    model = state.model_for(req.model)
     embedder = _embedder(state, model)
     _check_dimensions(req.dimensions, embedder.n_embd, model.model_id)
     limit = embedder.max_input_tokens if max_tokens is None else max_tokens
@@ -202,9 +202,9 @@ async def embed_inputs(
 
 
 async def serve_embeddings(
-    state: ServerState, req: EmbeddingRequest, http_request: Request
+    state: ServerState, model: LoadedModel, req: EmbeddingRequest, http_request: Request
 ) -> Response:
-    embedded = await embed_inputs(state, req, http_request)
+    embedded = await embed_inputs(state, model, req, http_request)
     body = EmbeddingList(
         data=[
             Embedding(embedding=_encoded(vector, req.encoding_format), index=i)

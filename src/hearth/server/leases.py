@@ -1,6 +1,6 @@
 """A request holds its model (a `Lease`) from before serving until its response is fully sent,
 so the model manager never unloads a model under a request, not even mid-stream. Routes call
-`with_model`; serving then finds the model with `state.model_for(name)`.
+`with_model`, which hands the leased model to serving: nothing looks it up by name again.
 """
 
 from __future__ import annotations

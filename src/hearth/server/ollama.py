@@ -324,9 +324,8 @@ async def _guarded(lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 
 async def serve_ollama_chat(
-    state: ServerState, req: wire.ChatRequest, http_request: Request
+    state: ServerState, model: LoadedModel, req: wire.ChatRequest, http_request: Request
 ) -> JSONResponse | StreamingResponse:
-    model = state.model_for(req.model)
     _check_num_ctx(model, req.options)
     if not req.messages:
         return _loaded(req.model, req.keep_alive, chat=True)
@@ -346,7 +345,7 @@ async def serve_ollama_chat(
         body["top_logprobs"] = req.top_logprobs
     request = _with_preset(_validated(ChatCompletionRequest, body), model, req.options)
     conversation = replace(chat_conversation(request), reasoning=_reasoning(req.think))
-    turn = await prepare_turn_off_loop(state, conversation, id_prefix="chatcmpl")
+    turn = await prepare_turn_off_loop(state, model, conversation, id_prefix="chatcmpl")
     clock = _Clock()
 
     if req.stream:
@@ -408,9 +407,8 @@ async def _stream_chat(
 
 
 async def serve_ollama_generate(
-    state: ServerState, req: wire.GenerateRequest, http_request: Request
+    state: ServerState, model: LoadedModel, req: wire.GenerateRequest, http_request: Request
 ) -> JSONResponse | StreamingResponse:
-    model = state.model_for(req.model)
     _check_num_ctx(model, req.options)
     if req.images:
         raise UnsupportedParameterError("Images are not supported by this model.", param="images")
@@ -443,7 +441,7 @@ async def serve_ollama_generate(
             )
         body = {"model": req.model, "prompt": req.prompt or "", "suffix": req.suffix, **fields}
         completion = _with_preset(_validated(CompletionRequest, body), model, req.options)
-        prepared = await asyncio.to_thread(prepare_completion, state, completion)
+        prepared = await asyncio.to_thread(prepare_completion, model, completion)
         engine_model, request = prepared.model, prepared.requests[0]
     else:
         messages = [{"role": "system", "content": req.system}] if req.system else []
@@ -459,7 +457,7 @@ async def serve_ollama_generate(
             _validated(ChatCompletionRequest, chat_body), model, req.options
         )
         conversation = replace(chat_conversation(chat_request), reasoning=_reasoning(req.think))
-        turn = await prepare_turn_off_loop(state, conversation, id_prefix="chatcmpl")
+        turn = await prepare_turn_off_loop(state, model, conversation, id_prefix="chatcmpl")
         engine_model, request = turn.model, turn.request
     clock = _Clock()
 
@@ -543,18 +541,18 @@ def _embedding_limit(state: ServerState, model: LoadedModel, options: wire.Optio
 
 
 async def serve_ollama_embed(
-    state: ServerState, req: wire.EmbedRequest, http_request: Request
+    state: ServerState, model: LoadedModel, req: wire.EmbedRequest, http_request: Request
 ) -> Response:
     """One unit vector per input, through the same checks and embedder as /v1/embeddings.
     `truncate` (Ollama's default) cuts a long input to the limit; without it, a 400."""
     start = time.perf_counter_ns()
-    model = state.model_for(req.model)
     limit = _embedding_limit(state, model, req.options)
     vectors: list[list[float]] = []
     n_tokens = 0
     if req.input:  # an empty input only loads the model, as in Ollama
         embedded = await embed_inputs(
             state,
+            model,
             EmbeddingRequest(input=req.input, model=req.model, dimensions=req.dimensions),
             http_request,
             max_tokens=limit,
@@ -572,16 +570,16 @@ async def serve_ollama_embed(
 
 
 async def serve_ollama_embeddings(
-    state: ServerState, req: wire.EmbeddingsRequest, http_request: Request
+    state: ServerState, model: LoadedModel, req: wire.EmbeddingsRequest, http_request: Request
 ) -> Response:
     """The superseded /api/embeddings: one prompt, one vector. It has no `truncate`, and
     Hearth never cuts a prompt silently: a prompt over the limit is a 400."""
-    model = state.model_for(req.model)
     limit = _embedding_limit(state, model, req.options)
     vector: list[float] = []
     if req.prompt:  # an empty prompt only loads the model, as in Ollama
         embedded = await embed_inputs(
             state,
+            model,
             EmbeddingRequest(input=req.prompt, model=req.model),
             http_request,
             max_tokens=limit,

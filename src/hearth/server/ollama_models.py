@@ -300,6 +300,7 @@ def _store_name(model: str, source: HubSource | OciReference) -> str | None:
 def _served(state: ServerState, model: str) -> bool:
     """Whether a request may already name `model` (`NAME` being `NAME:latest`). Blocking: reads
     the store's manifests."""
+    state.catalog.index.refresh()
     names = {name.lower() for name in state.catalog.names()}
     tagged = registry.with_default_tag(model.strip())
     return model.strip().lower() in names or (tagged is not None and tagged.lower() in names)
@@ -491,6 +492,8 @@ async def delete_model(state: ServerState, model: str) -> None:
         if await state.models.unload(status.name) == "pending":  # a request came meanwhile
             raise _in_use(entry.name)
     await asyncio.to_thread(registry.store().remove, entry.name)
+    # Now, not at the next refresh: a request in between would find a model with no file.
+    await asyncio.to_thread(state.catalog.index.rescan)
     logger.info("Deleted %s (%d bytes)", entry.name, entry.size_bytes)
 
 

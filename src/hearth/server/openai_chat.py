@@ -44,7 +44,7 @@ from hearth.server.openai_common import (
 )
 from hearth.server.prepare import prepare_turn_off_loop
 from hearth.server.sse import SSE_DONE, ContentChunk, sse, streaming_response
-from hearth.server.state import ServerState
+from hearth.server.state import LoadedModel, ServerState
 from hearth.server.turns import (
     ChoiceResult,
     Step,
@@ -265,9 +265,9 @@ def _prediction_text(prediction: wire.PredictionContent | None) -> str | None:
 
 
 async def serve_chat(
-    state: ServerState, req: ChatCompletionRequest, http_request: Request
+    state: ServerState, model: LoadedModel, req: ChatCompletionRequest, http_request: Request
 ) -> JSONResponse | StreamingResponse:
-    turn = await prepare_turn_off_loop(state, chat_conversation(req), id_prefix="chatcmpl")
+    turn = await prepare_turn_off_loop(state, model, chat_conversation(req), id_prefix="chatcmpl")
     completion_id = turn.request.request_id
     created = int(time.time())
 

@@ -124,9 +124,9 @@ class PreparedCompletion:
     best_of: int
 
 
-def prepare_completion(state: ServerState, req: CompletionRequest) -> PreparedCompletion:
-    """Validate and tokenize a completions request. Shared by /v1 and the Ollama API."""
-    model = state.model_for(req.model)
+def prepare_completion(model: LoadedModel, req: CompletionRequest) -> PreparedCompletion:
+    """Validate and tokenize a completions request for the model it holds. Shared by /v1 and
+    the Ollama API."""
     _refuse_unservable_completion_fields(req)
     check_stream_options(req.stream, req.stream_options)
     n = choice_count(model, 1 if req.n is None else req.n)
@@ -162,9 +162,9 @@ def prepare_completion(state: ServerState, req: CompletionRequest) -> PreparedCo
 
 
 async def serve_completion(
-    state: ServerState, req: CompletionRequest, http_request: Request
+    state: ServerState, model: LoadedModel, req: CompletionRequest, http_request: Request
 ) -> JSONResponse | StreamingResponse:
-    prepared = await asyncio.to_thread(prepare_completion, state, req)  # tokenizing: off loop
+    prepared = await asyncio.to_thread(prepare_completion, model, req)  # tokenizing: off loop
     model, requests, prompts = prepared.model, prepared.requests, prepared.prompts
     n, best_of = prepared.n, prepared.best_of
     completion_id = prepared.completion_id

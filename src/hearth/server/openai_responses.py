@@ -47,7 +47,7 @@ from hearth.server.openai_common import stop_sequences, unsupported
 from hearth.server.prepare import PreparedTurn, prepare_turn_off_loop, with_preset
 from hearth.server.response_store import DB_FILENAME, ResponseStore, StoredResponse
 from hearth.server.sse import named_event, streaming_response
-from hearth.server.state import ServerState
+from hearth.server.state import LoadedModel, ServerState
 from hearth.server.turns import (
     ChoiceResult,
     Finish,
@@ -580,13 +580,15 @@ def _final_status(finish: Finish) -> Literal["completed", "incomplete"]:
 
 
 async def serve_response(
-    state: ServerState, req: wire.ResponseCreateRequest, http_request: Request
+    state: ServerState,
+    model: LoadedModel,
+    req: wire.ResponseCreateRequest,
+    http_request: Request,
 ) -> JSONResponse | StreamingResponse:
     owner = key_owner(http_request)
     turn = await _conversation(state, req, owner)
-    model = state.model_for(req.model)
     prepared = await prepare_turn_off_loop(
-        state, with_preset(turn.conversation, model.preset), id_prefix="resp"
+        state, model, with_preset(turn.conversation, model.preset), id_prefix="resp"
     )
     responder = _Responder(state, req, turn, owner)
 

@@ -71,9 +71,11 @@ class PreparedTurn:
     parse_tools: bool  # the model was offered tools, so its output may hold calls
 
 
-def prepare_turn(state: ServerState, conversation: Conversation, *, id_prefix: str) -> PreparedTurn:
-    """Template, tools, grammar, sampling and limits: the one place a turn is prepared."""
-    model = state.model_for(conversation.model)
+def prepare_turn(
+    state: ServerState, model: LoadedModel, conversation: Conversation, *, id_prefix: str
+) -> PreparedTurn:
+    """Template, tools, grammar, sampling and limits: the one place a turn is prepared, for the
+    model the request holds."""
     n = choice_count(model, conversation.n)
     plan = _tool_plan(conversation)
     format_grammar = _format_grammar(conversation.output_format)
@@ -118,13 +120,13 @@ def prepare_turn(state: ServerState, conversation: Conversation, *, id_prefix: s
 
 
 async def prepare_turn_off_loop(
-    state: ServerState, conversation: Conversation, *, id_prefix: str
+    state: ServerState, model: LoadedModel, conversation: Conversation, *, id_prefix: str
 ) -> PreparedTurn:
     """`prepare_turn` on a worker thread: templating, tokenizing and building a grammar grow with
     the request, and a large one must cost its own latency only, never a neighbour's (the event
     loop serves every other client meanwhile). llama.cpp's tokenizer and grammar parser read
     the vocabulary only, so any thread may run them."""
-    return await asyncio.to_thread(prepare_turn, state, conversation, id_prefix=id_prefix)
+    return await asyncio.to_thread(prepare_turn, state, model, conversation, id_prefix=id_prefix)
 
 
 def with_preset(conversation: Conversation, preset: Preset | None) -> Conversation:
@@ -573,7 +575,6 @@ def _after_reasoning(grammar: Grammar, close_tag: str) -> Grammar:
     return Grammar(gbnf, rule, (rf"[\s\S]*?({close}[\s\S]*)",))
 
 
-def count_prompt_tokens(state: ServerState, conversation: Conversation) -> int:
+def count_prompt_tokens(model: LoadedModel, conversation: Conversation) -> int:
     """The exact prompt length `prepare_turn` would send (Anthropic's count_tokens)."""
-    model = state.model_for(conversation.model)
     return len(prompt_tokens(model, conversation, _tool_plan(conversation, build_grammar=False)))

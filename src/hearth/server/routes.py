@@ -236,6 +236,8 @@ async def list_models(request: Request) -> JSONResponse:
     """Every model a request may name, loaded or not (a request loads it on demand). In
     Anthropic's shape when the request carries `anthropic-version`, else OpenAI's."""
     state = _state(request)
+    # A listing shows what is on disk now, as it did before the index: its stats off the loop.
+    await asyncio.to_thread(state.catalog.index.refresh)
     names = state.catalog.names()
     if _wants_anthropic(request):
         page = anthropic_wire.ModelListPage(
@@ -246,7 +248,7 @@ async def list_models(request: Request) -> JSONResponse:
         )
         return JSONResponse(page.model_dump(mode="json"))
     # A model read in place from Ollama's store is Ollama's: it says so.
-    in_ollama_store = {e.name for e in registry.list_models() if e.in_ollama_store}
+    in_ollama_store = {e.name for e in state.catalog.index.entries() if e.in_ollama_store}
     cards = [_model_card(state, n, "ollama" if n in in_ollama_store else "hearth") for n in names]
     listing = ModelList(data=cards)
     return JSONResponse(listing.model_dump(mode="json"))
@@ -259,7 +261,7 @@ async def list_models(request: Request) -> JSONResponse:
 )
 async def get_model(model_id: str, request: Request) -> JSONResponse:
     state = _state(request)
-    state.catalog.check(model_id)
+    await state.catalog.known(model_id)
     if _wants_anthropic(request):
         return JSONResponse(_anthropic_card(state, model_id).model_dump(mode="json"))
     card = _model_card(state, model_id)
@@ -298,7 +300,7 @@ async def chat_completions(
         state,
         body.model,
         body.keep_alive,
-        lambda model: serve_chat(state, apply_preset(body, model.preset), request),
+        lambda model: serve_chat(state, model, apply_preset(body, model.preset), request),
     )
 
 
@@ -315,7 +317,7 @@ async def completions(
         state,
         body.model,
         body.keep_alive,
-        lambda model: serve_completion(state, apply_preset(body, model.preset), request),
+        lambda model: serve_completion(state, model, apply_preset(body, model.preset), request),
     )
 
 
@@ -331,7 +333,10 @@ async def create_response(
 ) -> JSONResponse | StreamingResponse:
     state = _state(request)
     return await with_model(
-        state, body.model, body.keep_alive, lambda model: serve_response(state, body, request)
+        state,
+        body.model,
+        body.keep_alive,
+        lambda model: serve_response(state, model, body, request),
     )
 
 
@@ -389,7 +394,7 @@ async def response_input_items(
 async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
     state = _state(request)
     return await with_model(
-        state, body.model, None, lambda model: serve_embeddings(state, body, request)
+        state, body.model, None, lambda model: serve_embeddings(state, model, body, request)
     )
 
 
@@ -405,7 +410,10 @@ async def messages(
 ) -> JSONResponse | StreamingResponse:
     state = _state(request)
     return await with_model(
-        state, body.model, body.keep_alive, lambda model: serve_messages(state, body, request)
+        state,
+        body.model,
+        body.keep_alive,
+        lambda model: serve_messages(state, model, body, request),
     )
 
 
@@ -414,8 +422,8 @@ async def messages_count_tokens(
     body: anthropic_wire.CountTokensRequest, request: Request
 ) -> anthropic_wire.CountTokensResponse:
     state = _state(request)
-    with await state.acquire(body.model):
-        return await count_tokens(state, body)
+    with await state.acquire(body.model) as lease:
+        return await count_tokens(lease.model, body)
 
 
 @extensions_router.post("/tokenize")
@@ -447,7 +455,7 @@ async def ollama_chat(
         state,
         body.model,
         body.keep_alive,
-        lambda model: serve_ollama_chat(state, body, request),
+        lambda model: serve_ollama_chat(state, model, body, request),
     )
 
 
@@ -462,7 +470,7 @@ async def ollama_generate(
         state,
         body.model,
         body.keep_alive,
-        lambda model: serve_ollama_generate(state, body, request),
+        lambda model: serve_ollama_generate(state, model, body, request),
     )
 
 
@@ -520,7 +528,7 @@ async def ollama_embed(body: ollama.EmbedRequest, request: Request) -> Response:
         state,
         body.model,
         body.keep_alive,
-        lambda model: serve_ollama_embed(state, body, request),
+        lambda model: serve_ollama_embed(state, model, body, request),
     )
 
 
@@ -533,7 +541,7 @@ async def ollama_embeddings(body: ollama.EmbeddingsRequest, request: Request) ->
         state,
         body.model,
         body.keep_alive,
-        lambda model: serve_ollama_embeddings(state, body, request),
+        lambda model: serve_ollama_embeddings(state, model, body, request),
     )
 
 

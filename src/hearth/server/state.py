@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from hearth.errors import EngineError, HearthError
+from hearth.errors import HearthError
 from hearth.models.chat_template import ChatTemplate
 from hearth.models.manager import Lease, ModelManager
 from hearth.models.presets import Preset
@@ -109,7 +109,7 @@ class ServerState:
     async def acquire(self, name: str, keep_alive: float | None = None) -> Lease[LoadedModel]:
         """Hold the model `name` for a request, loading it if needed; release the lease once
         the response is fully sent (`server/leases.py` does it for the routes)."""
-        return await self.models.acquire(self.catalog.canonical(name), keep_alive)
+        return await self.models.acquire(await self.catalog.known(name), keep_alive)
 
     def end_requests(self, error: HearthError) -> None:
         """End every request on every loaded model, and every pull, with `error` (the server
@@ -120,11 +120,3 @@ class ServerState:
                 status.model.embedder.abort_all(error)
         for job in list(self.pulls):
             job.abort(error)
-
-    def model_for(self, name: str) -> LoadedModel:
-        """The loaded model a request names (held by the request's lease), or a 404."""
-        model = self.models.get(self.catalog.canonical(name))
-        if model is None:
-            self.catalog.check(name)
-            raise EngineError(f"The model `{name}` is not loaded: a request must hold a lease.")
-        return model
