@@ -1,4 +1,4 @@
-"""Presets: parsing hearth.toml, validating it against the catalog, applying one to a request;
+"""Presets: parsing hearth.toml, validating it against the catalog, applying one to a conversation;
 and the memory estimate read from a GGUF header."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,14 @@ from hearth.models.footprint import (
     model_shape,
     read_metadata,
 )
-from hearth.models.presets import Preset, PresetError, apply_preset, load_presets
+from hearth.models.presets import Preset, PresetError, load_presets
 from hearth.models.registry import embedded_model_path
 from hearth.protocol.openai import ChatCompletionRequest, CompletionRequest
 from hearth.server.catalog import ModelSpec, ServerCatalog
+from hearth.server.conversation import Conversation
+from hearth.server.openai_chat import chat_conversation
+from hearth.server.openai_common import openai_sampling
+from hearth.server.prepare import preset_max_tokens, preset_sampling, with_preset
 from hearth.settings import ServeSettings
 
 PIRATE = """
@@ -88,13 +93,17 @@ def test_a_bad_file_is_one_clear_line(tmp_path: Path, text: str, message: str) -
     assert str(caught.value).startswith(str(tmp_path))
 
 
-# -- applying a preset -------------------------------------------------------------------------
+# -- applying a preset (once, to the protocol-free conversation) -------------------------------
+
+
+def conversation(request: ChatCompletionRequest) -> Conversation:
+    return chat_conversation(request)
 
 
 def test_the_system_prompt_goes_first_when_the_chat_has_none(tmp_path: Path) -> None:
-    applied = apply_preset(chat(), pirate(tmp_path))
+    applied = with_preset(conversation(chat()), pirate(tmp_path))
     assert [m.role for m in applied.messages] == ["system", "user"]
-    assert applied.messages[0].content == "You are a pirate."
+    assert applied.messages[0].text == "You are a pirate."
 
 
 @pytest.mark.parametrize("role", ["system", "developer"])
@@ -105,38 +114,47 @@ def test_the_chats_own_system_message_wins(tmp_path: Path, role: str) -> None:
             "messages": [{"role": role, "content": "Be brief."}, {"role": "user", "content": "Hi"}],
         }
     )
-    applied = apply_preset(request, pirate(tmp_path))
-    assert [m.content for m in applied.messages] == ["Be brief.", "Hi"]
+    applied = with_preset(conversation(request), pirate(tmp_path))
+    assert [m.text for m in applied.messages] == ["Be brief.", "Hi"]
 
 
 def test_sampling_defaults_fill_only_what_the_request_left_unset(tmp_path: Path) -> None:
     preset = pirate(tmp_path)
-    applied = apply_preset(chat(), preset)
-    assert (applied.temperature, applied.max_tokens, applied.stop) == (0.2, 3, ["Arr"])
-    own = apply_preset(chat(temperature=1.0, stop="Ahoy", max_completion_tokens=9), preset)
-    assert (own.temperature, own.stop, own.max_tokens, own.max_completion_tokens) == (
-        1.0,
-        "Ahoy",
-        None,
-        9,
+    applied = with_preset(conversation(chat()), preset)
+    assert (applied.sampling.temperature, applied.max_tokens, applied.sampling.stop) == (
+        0.2,
+        3,
+        ("Arr",),
     )
-    explicit_zero = apply_preset(chat(temperature=0), preset)
-    assert explicit_zero.temperature == 0
+    own = with_preset(
+        conversation(chat(temperature=1.0, stop="Ahoy", max_completion_tokens=9)), preset
+    )
+    assert (own.sampling.temperature, own.sampling.stop, own.max_tokens) == (1.0, ("Ahoy",), 9)
+    explicit_zero = with_preset(conversation(chat(temperature=0)), preset)
+    assert explicit_zero.sampling.temperature == 0
+    cleared = with_preset(conversation(chat(stop=[])), preset)
+    assert cleared.sampling.stop == ()  # an explicit empty list: no stop strings at all
 
 
-def test_completions_take_the_defaults_but_no_system_prompt(tmp_path: Path) -> None:
+def test_no_limit_asked_for_keeps_the_presets_limit_off(tmp_path: Path) -> None:
+    preset = pirate(tmp_path)
+    unlimited = replace(conversation(chat()), unlimited=True)  # Ollama's num_predict -1
+    assert with_preset(unlimited, preset).max_tokens is None
+    assert preset_max_tokens(None, preset, unlimited=False) == 3
+    assert preset_max_tokens(7, preset, unlimited=False) == 7
+
+
+def test_a_raw_prompt_takes_the_sampling_defaults(tmp_path: Path) -> None:
     preset = pirate(tmp_path)
     request = CompletionRequest.model_validate({"model": "pirate", "prompt": "Once"})
-    applied = apply_preset(request, preset)
-    assert applied.max_tokens == 3  # over the spec's default of 16, which the client never set
-    assert applied.prompt == "Once"
-    own = apply_preset(request.model_copy(update={"max_tokens": 16}), preset)
-    assert own.max_tokens == 16
+    sampling = preset_sampling(openai_sampling(request), preset)
+    assert (sampling.temperature, sampling.stop) == (0.2, ("Arr",))
 
 
-def test_no_preset_leaves_the_request_as_it_is() -> None:
-    request = chat()
-    assert apply_preset(request, None) is request
+def test_no_preset_leaves_the_conversation_as_it_is() -> None:
+    plain = conversation(chat())
+    assert with_preset(plain, None) is plain
+    assert preset_sampling(plain.sampling, None) is plain.sampling
 
 
 # -- validation against the models -------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Presets: named aliases over a base model with a system prompt, sampling defaults, and their own
 context size and slots, declared in `hearth.toml` (like an Ollama Modelfile, or llama-server's
-presets). Parsing and validation are pydantic; applying a preset to a request is pure: the
-request's own fields always win, and the preset fills only what the request left unset.
+presets). Parsing and validation are pydantic. A preset is applied once, to the protocol-free
+conversation (server/prepare.py `with_preset`): the request's own fields always win, and the
+preset fills only what the request left unset.
 
     [models."pirate"]
     base = "smollm2:135m"
@@ -17,12 +18,10 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hearth.models.keep_alive import KeepAlive
-from hearth.protocol.openai import ChatCompletionRequest, CompletionRequest, SystemMessage
 
 __all__ = [
     "PRESETS_FILE_NAME",
@@ -30,14 +29,11 @@ __all__ = [
     "PresetError",
     "PresetParams",
     "PresetsFile",
-    "apply_preset",
     "load_presets",
 ]
 
 PRESETS_FILE_NAME = "hearth.toml"
 MAX_STOP_SEQUENCES = 4
-
-Request = TypeVar("Request", ChatCompletionRequest, CompletionRequest)
 
 
 class PresetError(ValueError):
@@ -120,29 +116,3 @@ def load_presets(path: Path, *, required: bool = False) -> dict[str, Preset]:
         return PresetsFile.model_validate(data).models
     except ValidationError as exc:
         raise PresetError(f"{path}: {_one_line(exc)}") from exc
-
-
-def _unset(request: BaseModel, name: str) -> bool:
-    return name not in request.model_fields_set or getattr(request, name) is None
-
-
-def apply_preset(request: Request, preset: Preset | None) -> Request:
-    """The request with the preset's system prompt and sampling defaults where it has none."""
-    if preset is None:
-        return request
-    update: dict[str, Any] = {}
-    for name, value in preset.params.model_dump(exclude_none=True).items():
-        if name == "max_tokens" and isinstance(request, ChatCompletionRequest):
-            # Chat has two names for one limit; a request that gives either keeps its own.
-            if _unset(request, "max_tokens") and _unset(request, "max_completion_tokens"):
-                update[name] = value
-        elif _unset(request, name):
-            update[name] = value
-    if (
-        isinstance(request, ChatCompletionRequest)
-        and preset.system
-        and not any(message.role in ("system", "developer") for message in request.messages)
-    ):
-        system = SystemMessage(role="system", content=preset.system)
-        update["messages"] = [system, *request.messages]
-    return request.model_copy(update=update) if update else request

@@ -30,7 +30,7 @@ from hearth.server.conversation import (
 )
 from hearth.server.errors import anthropic_error_event
 from hearth.server.openai_common import unsupported
-from hearth.server.prepare import count_prompt_tokens, prepare_turn_off_loop, with_preset
+from hearth.server.prepare import count_prompt_tokens, prepare_turn_off_loop
 from hearth.server.sse import named_event, streaming_response
 from hearth.server.state import LoadedModel, ServerState
 from hearth.server.turns import (
@@ -220,7 +220,7 @@ def _conversation(req: wire.MessagesRequest | wire.CountTokensRequest) -> Conver
             temperature=req.temperature,
             top_p=req.top_p,
             top_k=req.top_k,
-            stop=tuple(req.stop_sequences or ()),
+            stop=None if req.stop_sequences is None else tuple(req.stop_sequences),
         ),
         max_tokens=req.max_tokens,
         user=req.metadata.user_id if req.metadata is not None else None,
@@ -264,9 +264,7 @@ async def serve_messages(
     state: ServerState, model: LoadedModel, req: wire.MessagesRequest, http_request: Request
 ) -> JSONResponse | StreamingResponse:
     conversation = _conversation(req)
-    turn = await prepare_turn_off_loop(
-        state, model, with_preset(conversation, model.preset), id_prefix="msg"
-    )
+    turn = await prepare_turn_off_loop(state, model, conversation, id_prefix="msg")
     message_id = _new_id("msg")
 
     if req.stream:
@@ -384,7 +382,5 @@ async def count_tokens(
     """The exact prompt length the same request would have (the template, tools and all)."""
     conversation = _conversation(req)
     return wire.CountTokensResponse(
-        input_tokens=await asyncio.to_thread(
-            count_prompt_tokens, model, with_preset(conversation, model.preset)
-        )
+        input_tokens=await asyncio.to_thread(count_prompt_tokens, model, conversation)
     )

@@ -16,18 +16,22 @@ from hearth.errors import InvalidRequestError
 
 __all__ = [
     "EFFORT_BUDGETS",
+    "MAX_STOP_SEQUENCES",
     "Conversation",
     "Message",
     "OutputFormat",
+    "RawPrompt",
     "Reasoning",
     "Role",
     "Sampling",
     "Tool",
     "ToolCall",
     "ToolChoice",
+    "stop_sequences",
 ]
 
 Role = Literal["system", "user", "assistant", "tool"]
+MAX_STOP_SEQUENCES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +109,8 @@ class Sampling:
     mirostat_tau: float | None = None
     mirostat_eta: float | None = None
     seed: int | None = None
-    stop: tuple[str, ...] = ()
+    # None: not given, so a preset's stop strings apply; () was given: none, not the preset's.
+    stop: tuple[str, ...] | None = None
     logit_bias: dict[str, float] | None = None
     ignore_eos: bool = False
 
@@ -119,6 +124,18 @@ EFFORT_BUDGETS: dict[str, int | None] = {
     "xhigh": None,
     "max": None,
 }
+
+
+def stop_sequences(stop: str | list[str] | None) -> tuple[str, ...] | None:
+    """The stop strings, checked; None when the request has none (a preset's then apply)."""
+    if stop is None:
+        return None
+    stops = [stop] if isinstance(stop, str) else stop
+    if len(stops) > MAX_STOP_SEQUENCES:
+        raise InvalidRequestError(
+            f"'stop' takes at most {MAX_STOP_SEQUENCES} sequences, got {len(stops)}.", param="stop"
+        )
+    return tuple(s for s in stops if s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +176,9 @@ class Conversation:
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
     output_format: OutputFormat = field(default_factory=OutputFormat)
     sampling: Sampling = field(default_factory=Sampling)
-    max_tokens: int | None = None  # None: until the slot's context is full
+    max_tokens: int | None = None  # None: a preset's, else until the slot's context is full
+    # The client asked for no limit (Ollama's num_predict -1 or -2): a preset's max_tokens too.
+    unlimited: bool = False
     n: int = 1
     logprobs: int | None = None  # None: off; k: the sampled token's and k alternatives'
     user: str | None = None  # logged with the request id
@@ -170,3 +189,23 @@ class Conversation:
     # Fields the client sent that change nothing a local model can honour (client_metadata,
     # context_management…): accepted, then named in a debug line and the journal.
     ignored: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RawPrompt:
+    """Prompts run as they are, without the chat template or tools: OpenAI's completions and
+    Ollama's raw /api/generate. Each prompt is text or token ids; a `suffix` asks the model to
+    fill in the middle."""
+
+    model: str
+    prompts: tuple[str | tuple[int, ...], ...]
+    suffix: str | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+    max_tokens: int | None = None  # None: a preset's, else `default_max_tokens`
+    default_max_tokens: int | None = None  # completions' 16; None: until the context is full
+    unlimited: bool = False  # as on Conversation: a preset's max_tokens stays off too
+    n: int = 1
+    best_of: int | None = None  # None: n; more: the n most likely of best_of choices
+    logprobs: int | None = None  # None: off; k: the sampled token's and k alternatives'
+    stream: bool = False  # best_of above n cannot stream
+    user: str | None = None  # logged with the request id

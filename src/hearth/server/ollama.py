@@ -1,9 +1,9 @@
 """Ollama's native API on the same engine.
 
-An Ollama request is translated into the OpenAI wire type (whose validation and preset rules it
-shares), which becomes the same protocol-free `Conversation` as every API's (`prepare_turn`), or
-a raw prompt (`prepare_completion`) or embedding inputs (`embed_inputs`): one place decides
-templates, tools, grammars and limits. Its output is read back through `turns` as every API's.
+An Ollama request converts straight into the same protocol-free `Conversation` as every API's
+(`prepare_turn`), or a `RawPrompt` (`prepare_raw`, as /v1/completions), or embedding inputs
+(`embed_inputs`): one place decides presets, templates, tools, grammars and limits. Its output
+is read back through `turns` as every API's.
 Replies go back in Ollama's shape: NDJSON when streaming (Ollama's default), durations in
 nanoseconds, `{"error": "..."}` bodies (see `server/errors.py`).
 Pulling and deleting models is in `server/ollama_models.py`.
@@ -16,29 +16,33 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from hearth.engine.types import TokenLogprob
 from hearth.errors import HearthError, InvalidRequestError, UnsupportedParameterError
 from hearth.models import registry
 from hearth.models.gguf_info import NotAGGUFError, read_gguf_info
 from hearth.models.keep_alive import KeepAlive, parse_keep_alive
-from hearth.models.presets import apply_preset
 from hearth.protocol import ollama as wire
 from hearth.protocol.embeddings import EmbeddingRequest
-from hearth.protocol.openai import ChatCompletionRequest, CompletionRequest
-from hearth.server.conversation import Reasoning, ToolCall
+from hearth.server.conversation import (
+    Conversation,
+    Message,
+    OutputFormat,
+    RawPrompt,
+    Reasoning,
+    Sampling,
+    ToolCall,
+    stop_sequences,
+)
 from hearth.server.embeddings import embed_inputs, max_input_tokens
-from hearth.server.errors import validation_error
-from hearth.server.openai_chat import chat_conversation
-from hearth.server.openai_completions import prepare_completion
-from hearth.server.prepare import prepare_turn_off_loop
+from hearth.server.function_tools import tool_choice, tools_from
+from hearth.server.prepare import prepare_raw, prepare_turn_off_loop
 from hearth.server.state import LoadedModel, ServerState
 from hearth.server.turns import (
     Finish,
@@ -95,10 +99,9 @@ _LOAD_TIME_OPTIONS = {
     "num_thread": "--threads",
     "draft_num_predict": "--speculation",
 }
+_RAW_TOP_LOGPROBS = 5
 _NDJSON = "application/x-ndjson"
 _JSON = "application/json"
-
-OpenAIRequest = TypeVar("OpenAIRequest", ChatCompletionRequest, CompletionRequest)
 
 
 def _now() -> str:
@@ -154,15 +157,9 @@ def _check_num_ctx(model: LoadedModel, options: wire.Options | None) -> None:
         )
 
 
-def _with_preset(
-    request: OpenAIRequest, model: LoadedModel, options: wire.Options | None
-) -> OpenAIRequest:
-    """The preset's system prompt and sampling defaults where the request sets none, exactly as
-    on /v1. num_predict -1 or -2 asks for no limit, which a preset's max_tokens does not undo."""
-    applied = apply_preset(request, model.preset)
-    if applied is not request and options is not None and options.num_predict in (-1, -2):
-        applied = applied.model_copy(update={"max_tokens": None})
-    return applied
+def _unlimited(options: wire.Options | None) -> bool:
+    """num_predict -1 or -2 asks for no limit, which a preset's max_tokens does not undo."""
+    return options is not None and options.num_predict in (-1, -2)
 
 
 def _reasoning(think: bool | str | None) -> Reasoning:
@@ -172,57 +169,108 @@ def _reasoning(think: bool | str | None) -> Reasoning:
     return Reasoning.from_effort(think, "think")
 
 
-def _format(value: str | dict[str, Any] | None) -> dict[str, Any] | None:
+def _output_format(value: str | dict[str, Any] | None) -> OutputFormat:
+    """Ollama's `format`: "json" or a JSON Schema."""
     if not value:
-        return None
+        return OutputFormat()
     if value == "json":
-        return {"type": "json_object"}
-    return {"type": "json_schema", "json_schema": {"name": "format", "schema": value}}
+        return OutputFormat("json_object")
+    return OutputFormat("json_schema", value)
 
 
-def _validated(kind: type[BaseModel], body: dict[str, Any]) -> Any:
-    try:
-        return kind.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc.errors()) from exc
+def _sampling(options: wire.Options | None) -> tuple[Sampling, int | None]:
+    """Ollama's options as sampling and a token limit (None: a preset's, else none)."""
+    fields = _sampling_fields(options)
+    stop = stop_sequences(fields.pop("stop", None))
+    max_tokens = fields.pop("max_tokens", None)
+    return Sampling(**fields, stop=stop), max_tokens
 
 
-def _openai_messages(messages: Sequence[wire.Message]) -> list[dict[str, Any]]:
-    converted: list[dict[str, Any]] = []
+def _messages(messages: Sequence[wire.Message]) -> tuple[Message, ...]:
+    converted: list[Message] = []
     for i, message in enumerate(messages):
         if message.images:
             raise UnsupportedParameterError(
                 "Images are not supported by this model.", param=f"messages[{i}].images"
             )
         if message.role == "tool":
-            converted.append(
-                {
-                    "role": "tool",
-                    "content": message.content,
-                    "tool_call_id": message.tool_name or "tool",
-                }
-            )
+            # Ollama matches a result to its call by the function's name: it has no call ids.
+            converted.append(Message("tool", message.content, tool_name=message.tool_name))
         elif message.role == "assistant" and message.tool_calls:
-            converted.append(
-                {
-                    "role": "assistant",
-                    "content": message.content or None,
-                    "tool_calls": [
-                        {
-                            "id": f"call_{i}_{j}",
-                            "type": "function",
-                            "function": {
-                                "name": call.function.name,
-                                "arguments": json.dumps(call.function.arguments),
-                            },
-                        }
-                        for j, call in enumerate(message.tool_calls)
-                    ],
-                }
+            calls = tuple(
+                ToolCall(f"call_{i}_{j}", call.function.name, json.dumps(call.function.arguments))
+                for j, call in enumerate(message.tool_calls)
             )
+            converted.append(Message("assistant", message.content, calls))
         else:
-            converted.append({"role": message.role, "content": message.content})
-    return converted
+            converted.append(Message(message.role, message.content))
+    return tuple(converted)
+
+
+def _logprobs_wanted(logprobs: bool | None, top_logprobs: int | None) -> int | None:
+    return (top_logprobs or 0) if logprobs else None
+
+
+def chat_conversation(req: wire.ChatRequest) -> Conversation:
+    """An /api/chat request as a conversation."""
+    sampling, max_tokens = _sampling(req.options)
+    return Conversation(
+        model=req.model,
+        messages=_messages(req.messages),
+        tools=tools_from(req.tools) if req.tools else (),
+        tool_choice=tool_choice(req.tool_choice, bool(req.tools), None),
+        output_format=_output_format(req.format),
+        sampling=sampling,
+        max_tokens=max_tokens,
+        logprobs=_logprobs_wanted(req.logprobs, req.top_logprobs),
+        reasoning=_reasoning(req.think),
+        unlimited=_unlimited(req.options),
+    )
+
+
+def generate_conversation(req: wire.GenerateRequest) -> Conversation:
+    """A templated /api/generate request: its system prompt and prompt as a conversation."""
+    sampling, max_tokens = _sampling(req.options)
+    system = (Message("system", req.system),) if req.system else ()
+    return Conversation(
+        model=req.model,
+        messages=(*system, Message("user", req.prompt or "")),
+        output_format=_output_format(req.format),
+        sampling=sampling,
+        max_tokens=max_tokens,
+        logprobs=_logprobs_wanted(req.logprobs, req.top_logprobs),
+        reasoning=_reasoning(req.think),
+        unlimited=_unlimited(req.options),
+    )
+
+
+def generate_raw_prompt(req: wire.GenerateRequest) -> RawPrompt:
+    """A raw (or fill-in-the-middle) /api/generate request: its prompt as it is."""
+    if req.think:
+        raise UnsupportedParameterError(
+            "'think' needs the chat template; drop raw and suffix to use it.", param="think"
+        )
+    if req.format:
+        raise UnsupportedParameterError(
+            "'format' needs the chat template; drop raw and suffix to use it.", param="format"
+        )
+    logprobs = _logprobs_wanted(req.logprobs, req.top_logprobs)
+    if logprobs is not None and logprobs > _RAW_TOP_LOGPROBS:
+        # A raw prompt is OpenAI's completions' path, whose logprobs stop at 5.
+        raise InvalidRequestError(
+            f"'top_logprobs' is at most {_RAW_TOP_LOGPROBS} with raw or a suffix.",
+            param="top_logprobs",
+        )
+    sampling, max_tokens = _sampling(req.options)
+    return RawPrompt(
+        model=req.model,
+        prompts=(req.prompt or "",),
+        suffix=req.suffix,
+        sampling=sampling,
+        max_tokens=max_tokens,
+        unlimited=_unlimited(req.options),
+        logprobs=logprobs,
+    )
 
 
 def _logprobs(entries: Sequence[TokenLogprob]) -> list[wire.Logprob]:
@@ -329,22 +377,7 @@ async def serve_ollama_chat(
     _check_num_ctx(model, req.options)
     if not req.messages:
         return _loaded(req.model, req.keep_alive, chat=True)
-    body: dict[str, Any] = {
-        "model": req.model,
-        "messages": _openai_messages(req.messages),
-        **_sampling_fields(req.options),
-    }
-    if req.tools:
-        body["tools"] = req.tools
-    if req.tool_choice is not None:
-        body["tool_choice"] = req.tool_choice
-    if (response_format := _format(req.format)) is not None:
-        body["response_format"] = response_format
-    if req.logprobs:
-        body["logprobs"] = True
-        body["top_logprobs"] = req.top_logprobs
-    request = _with_preset(_validated(ChatCompletionRequest, body), model, req.options)
-    conversation = replace(chat_conversation(request), reasoning=_reasoning(req.think))
+    conversation = chat_conversation(req)
     turn = await prepare_turn_off_loop(state, model, conversation, id_prefix="chatcmpl")
     clock = _Clock()
 
@@ -426,37 +459,12 @@ async def serve_ollama_generate(
         )
     if not req.prompt and req.suffix is None:
         return _loaded(req.model, req.keep_alive, chat=False)
-    fields = _sampling_fields(req.options)
-    fields.setdefault("max_tokens", None)  # Ollama has no 16-token default
-    if req.logprobs:
-        fields["logprobs"] = req.top_logprobs or 0
     if req.raw or req.suffix is not None:
-        if req.think:
-            raise UnsupportedParameterError(
-                "'think' needs the chat template; drop raw and suffix to use it.", param="think"
-            )
-        if req.format:
-            raise UnsupportedParameterError(
-                "'format' needs the chat template; drop raw and suffix to use it.", param="format"
-            )
-        body = {"model": req.model, "prompt": req.prompt or "", "suffix": req.suffix, **fields}
-        completion = _with_preset(_validated(CompletionRequest, body), model, req.options)
-        prepared = await asyncio.to_thread(prepare_completion, model, completion)
+        raw = generate_raw_prompt(req)
+        prepared = await asyncio.to_thread(prepare_raw, model, raw)
         engine_model, request = prepared.model, prepared.requests[0]
     else:
-        messages = [{"role": "system", "content": req.system}] if req.system else []
-        messages.append({"role": "user", "content": req.prompt or ""})
-        chat_body: dict[str, Any] = {"model": req.model, "messages": messages, **fields}
-        chat_body.pop("logprobs", None)
-        if req.logprobs:
-            chat_body["logprobs"] = True
-            chat_body["top_logprobs"] = req.top_logprobs
-        if (response_format := _format(req.format)) is not None:
-            chat_body["response_format"] = response_format
-        chat_request = _with_preset(
-            _validated(ChatCompletionRequest, chat_body), model, req.options
-        )
-        conversation = replace(chat_conversation(chat_request), reasoning=_reasoning(req.think))
+        conversation = generate_conversation(req)
         turn = await prepare_turn_off_loop(state, model, conversation, id_prefix="chatcmpl")
         engine_model, request = turn.model, turn.request
     clock = _Clock()

@@ -9,37 +9,23 @@ from hearth.engine.types import TokenLogprob
 from hearth.errors import InvalidRequestError, UnsupportedParameterError
 from hearth.protocol import openai as wire
 from hearth.protocol.openai import ChatCompletionRequest, CompletionRequest
-from hearth.server.conversation import Sampling
+from hearth.server.conversation import Sampling, stop_sequences
 
 __all__ = [
-    "MAX_STOP_SEQUENCES",
     "SYSTEM_FINGERPRINT",
     "chat_logprobs",
     "check_stream_options",
     "openai_sampling",
     "piece_text",
-    "stop_sequences",
     "unsupported",
     "wire_usage",
 ]
 
 SYSTEM_FINGERPRINT = f"hearth-{__version__}"
-MAX_STOP_SEQUENCES = 4
 
 
 def unsupported(param: str, why: str) -> UnsupportedParameterError:
     return UnsupportedParameterError(f"'{param}' is not supported: {why}", param=param)
-
-
-def stop_sequences(stop: str | list[str] | None) -> tuple[str, ...]:
-    if stop is None:
-        return ()
-    stops = [stop] if isinstance(stop, str) else stop
-    if len(stops) > MAX_STOP_SEQUENCES:
-        raise InvalidRequestError(
-            f"'stop' takes at most {MAX_STOP_SEQUENCES} sequences, got {len(stops)}.", param="stop"
-        )
-    return tuple(s for s in stops if s)
 
 
 def openai_sampling(req: ChatCompletionRequest | CompletionRequest) -> Sampling:

@@ -1,8 +1,9 @@
 """OpenAI completions: a prompt (text or token ids, one or many) in, raw text out.
 https://platform.openai.com/docs/api-reference/completions
 
-A completions prompt is not a conversation: no chat template, no tools. It shares the rest of
-the one path (`prepare.sampling_params`, the engine, `turns`), and its own renderer.
+A completions prompt is not a conversation: no chat template, no tools. Its adapter makes a
+protocol-free `RawPrompt`, prepared by `prepare.prepare_raw` as Ollama's raw /api/generate is;
+then the engine, `turns`, and its own renderer.
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from hearth.engine.types import FinishReason, GenerationRequest, TokenLogprob
-from hearth.errors import HearthError, InvalidRequestError
+from hearth.engine.types import FinishReason, TokenLogprob
+from hearth.errors import HearthError
 from hearth.protocol import openai as wire
 from hearth.protocol.openai import CompletionRequest
+from hearth.server.conversation import RawPrompt
 from hearth.server.openai_common import (
     SYSTEM_FINGERPRINT,
     check_stream_options,
@@ -29,7 +30,7 @@ from hearth.server.openai_common import (
     unsupported,
     wire_usage,
 )
-from hearth.server.prepare import check_token_ids, choice_count, new_id, sampling_params
+from hearth.server.prepare import prepare_raw
 from hearth.server.sse import SSE_DONE, ContentChunk, sse, streaming_response
 from hearth.server.state import LoadedModel, ServerState
 from hearth.server.turns import (
@@ -41,7 +42,7 @@ from hearth.server.turns import (
     until_disconnect,
 )
 
-__all__ = ["PreparedCompletion", "prepare_completion", "serve_completion"]
+__all__ = ["raw_prompt", "serve_completion"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,39 +63,6 @@ def _refuse_unservable_completion_fields(req: CompletionRequest) -> None:
         )
 
 
-def _completion_prompts(model: LoadedModel, req: CompletionRequest) -> list[list[int]]:
-    """The request's prompts as token lists: a string, strings, token ids, or lists of them."""
-    prompt = req.prompt
-    prompts: list[str | list[int]]
-    if isinstance(prompt, str):
-        prompts = [prompt]
-    elif prompt and all(isinstance(p, int) for p in prompt):
-        prompts = [[int(t) for t in prompt]]  # type: ignore[arg-type]
-    else:
-        prompts = list(prompt)  # type: ignore[arg-type]
-    if not prompts:
-        raise InvalidRequestError("'prompt' must not be empty.", param="prompt")
-    fim = model.model_info.fim_tokens
-    if req.suffix is not None and fim is None:
-        raise unsupported("suffix", "this model has no fill-in-the-middle tokens.")
-    token_lists = []
-    for i, item in enumerate(prompts):
-        param = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
-        if isinstance(item, str):
-            add_special = req.suffix is None
-            tokens = model.runner.tokenize(item, add_special=add_special, parse_special=True)
-        else:
-            tokens = list(item)
-            check_token_ids(model, tokens, param=param)
-        if req.suffix is not None and fim is not None:
-            suffix = model.runner.tokenize(req.suffix, add_special=False, parse_special=False)
-            tokens = [fim[0], *tokens, fim[1], *suffix, fim[2]]
-        if not tokens:
-            raise InvalidRequestError("A prompt must not be empty.", param=param)
-        token_lists.append(tokens)
-    return token_lists
-
-
 def _completion_logprobs(entries: Sequence[TokenLogprob], offset: int) -> wire.CompletionLogprobs:
     tokens, token_logprobs, top, text_offset = [], [], [], []
     position = offset
@@ -112,62 +80,42 @@ def _completion_logprobs(entries: Sequence[TokenLogprob], offset: int) -> wire.C
     )
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedCompletion:
-    """A completions request parsed at the edge: one engine request per prompt."""
-
-    completion_id: str
-    model: LoadedModel
-    requests: list[GenerationRequest]
-    prompts: list[list[int]]
-    n: int
-    best_of: int
-
-
-def prepare_completion(model: LoadedModel, req: CompletionRequest) -> PreparedCompletion:
-    """Validate and tokenize a completions request for the model it holds. Shared by /v1 and
-    the Ollama API."""
+def raw_prompt(req: CompletionRequest) -> RawPrompt:
+    """A completions request as a raw prompt, refusing what cannot be served."""
     _refuse_unservable_completion_fields(req)
     check_stream_options(req.stream, req.stream_options)
-    n = choice_count(model, 1 if req.n is None else req.n)
-    best_of = req.best_of if req.best_of is not None else n
-    if best_of < n:
-        raise InvalidRequestError("'best_of' must be at least 'n'.", param="best_of")
-    if best_of > n and req.stream:
-        raise InvalidRequestError("'best_of' cannot be used with 'stream'.", param="best_of")
-    choice_count(model, best_of, "best_of")
-    prompts = _completion_prompts(model, req)
-    wants_logprobs = req.logprobs is not None or best_of > n
-    completion_id = new_id("cmpl")
-    if req.user is not None:
-        logger.info("completion %s for user %r (n=%d)", completion_id, req.user, n)
-    sampling = openai_sampling(req)
-    requests = [
-        GenerationRequest(
-            f"{completion_id}-{i}" if len(prompts) > 1 else completion_id,
-            tuple(tokens),
-            sampling_params(
-                model,
-                sampling,
-                len(tokens),
-                req.max_tokens,
-                what="prompt",
-                logprobs=(req.logprobs or 0) if wants_logprobs else None,
-            ),
-            n=best_of,
-        )
-        for i, tokens in enumerate(prompts)
-    ]
-    return PreparedCompletion(completion_id, model, requests, prompts, n, best_of)
+    prompt = req.prompt
+    prompts: tuple[str | tuple[int, ...], ...]
+    if isinstance(prompt, str):
+        prompts = (prompt,)
+    elif prompt and all(isinstance(p, int) for p in prompt):
+        prompts = (tuple(int(t) for t in prompt),)  # type: ignore[arg-type]
+    else:
+        prompts = tuple(p if isinstance(p, str) else tuple(p) for p in prompt)  # type: ignore[arg-type]
+    given = "max_tokens" in req.model_fields_set
+    return RawPrompt(
+        model=req.model,
+        prompts=prompts,
+        suffix=req.suffix,
+        sampling=openai_sampling(req),
+        max_tokens=req.max_tokens if given else None,
+        default_max_tokens=None if given else req.max_tokens,
+        n=1 if req.n is None else req.n,
+        best_of=req.best_of,
+        logprobs=req.logprobs,
+        stream=bool(req.stream),
+        user=req.user,
+    )
 
 
 async def serve_completion(
     state: ServerState, model: LoadedModel, req: CompletionRequest, http_request: Request
 ) -> JSONResponse | StreamingResponse:
-    prepared = await asyncio.to_thread(prepare_completion, model, req)  # tokenizing: off loop
+    raw = raw_prompt(req)
+    prepared = await asyncio.to_thread(prepare_raw, model, raw)  # tokenizing: off loop
     model, requests, prompts = prepared.model, prepared.requests, prepared.prompts
     n, best_of = prepared.n, prepared.best_of
-    completion_id = prepared.completion_id
+    completion_id = prepared.request_id
     echoes = [model.runner.detokenize(tokens) if req.echo else "" for tokens in prompts]
     created = int(time.time())
 

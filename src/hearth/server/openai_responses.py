@@ -42,9 +42,10 @@ from hearth.server.conversation import (
     Tool,
     ToolCall,
     ToolChoice,
+    stop_sequences,
 )
-from hearth.server.openai_common import stop_sequences, unsupported
-from hearth.server.prepare import PreparedTurn, prepare_turn_off_loop, with_preset
+from hearth.server.openai_common import unsupported
+from hearth.server.prepare import PreparedTurn, prepare_turn_off_loop
 from hearth.server.response_store import DB_FILENAME, ResponseStore, StoredResponse
 from hearth.server.sse import named_event, streaming_response
 from hearth.server.state import LoadedModel, ServerState
@@ -587,9 +588,7 @@ async def serve_response(
 ) -> JSONResponse | StreamingResponse:
     owner = key_owner(http_request)
     turn = await _conversation(state, req, owner)
-    prepared = await prepare_turn_off_loop(
-        state, model, with_preset(turn.conversation, model.preset), id_prefix="resp"
-    )
+    prepared = await prepare_turn_off_loop(state, model, turn.conversation, id_prefix="resp")
     responder = _Responder(state, req, turn, owner)
 
     if req.stream:

@@ -34,18 +34,29 @@ from hearth.errors import (
 )
 from hearth.models.presets import Preset
 from hearth.models.reasoning import ReasoningFormat, template_variables
-from hearth.server.conversation import Conversation, Message, OutputFormat, Sampling, Tool
+from hearth.server.conversation import (
+    Conversation,
+    Message,
+    OutputFormat,
+    RawPrompt,
+    Sampling,
+    Tool,
+)
 from hearth.server.journal import note_ignored
 from hearth.server.state import LoadedModel, ServerState
 from hearth.server.tools import ToolSpec, render_call, tool_grammar, tool_system_prompt
 
 __all__ = [
+    "PreparedPrompt",
     "PreparedTurn",
     "check_token_ids",
     "choice_count",
     "count_prompt_tokens",
     "new_id",
+    "prepare_raw",
     "prepare_turn",
+    "preset_max_tokens",
+    "preset_sampling",
     "prompt_tokens",
     "sampling_params",
     "with_preset",
@@ -75,7 +86,8 @@ def prepare_turn(
     state: ServerState, model: LoadedModel, conversation: Conversation, *, id_prefix: str
 ) -> PreparedTurn:
     """Template, tools, grammar, sampling and limits: the one place a turn is prepared, for the
-    model the request holds."""
+    model the request holds (whose preset applies here, and only here)."""
+    conversation = with_preset(conversation, model.preset)
     n = choice_count(model, conversation.n)
     plan = _tool_plan(conversation)
     format_grammar = _format_grammar(conversation.output_format)
@@ -129,14 +141,121 @@ async def prepare_turn_off_loop(
     return await asyncio.to_thread(prepare_turn, state, model, conversation, id_prefix=id_prefix)
 
 
+# -- raw prompts -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedPrompt:
+    """A raw prompt made ready: one engine request per prompt, each decoding best_of choices."""
+
+    request_id: str
+    model: LoadedModel
+    requests: list[GenerationRequest]
+    prompts: list[list[int]]
+    n: int
+    best_of: int
+
+
+def prepare_raw(model: LoadedModel, raw: RawPrompt, *, id_prefix: str = "cmpl") -> PreparedPrompt:
+    """Tokenize raw prompts (no template, no tools) and resolve their sampling and limits, the
+    model's preset included: /v1/completions and Ollama's raw /api/generate. Blocking: it
+    tokenizes, so call it off the event loop."""
+    n = choice_count(model, raw.n)
+    best_of = raw.best_of if raw.best_of is not None else n
+    if best_of < n:
+        raise InvalidRequestError("'best_of' must be at least 'n'.", param="best_of")
+    if best_of > n and raw.stream:
+        raise InvalidRequestError("'best_of' cannot be used with 'stream'.", param="best_of")
+    choice_count(model, best_of, "best_of")
+    prompts = _raw_tokens(model, raw)
+    wants_logprobs = raw.logprobs is not None or best_of > n
+    request_id = new_id(id_prefix)
+    if raw.user is not None:
+        logger.info("completion %s for user %r (n=%d)", request_id, raw.user, n)
+    sampling = preset_sampling(raw.sampling, model.preset)
+    max_tokens = preset_max_tokens(raw.max_tokens, model.preset, unlimited=raw.unlimited)
+    if max_tokens is None:
+        max_tokens = raw.default_max_tokens
+    requests = [
+        GenerationRequest(
+            f"{request_id}-{i}" if len(prompts) > 1 else request_id,
+            tuple(tokens),
+            sampling_params(
+                model,
+                sampling,
+                len(tokens),
+                max_tokens,
+                what="prompt",
+                logprobs=(raw.logprobs or 0) if wants_logprobs else None,
+            ),
+            n=best_of,
+        )
+        for i, tokens in enumerate(prompts)
+    ]
+    return PreparedPrompt(request_id, model, requests, prompts, n, best_of)
+
+
+def _raw_tokens(model: LoadedModel, raw: RawPrompt) -> list[list[int]]:
+    """The prompts as token lists; a suffix wraps each in the model's fill-in-the-middle tokens."""
+    if not raw.prompts:
+        raise InvalidRequestError("'prompt' must not be empty.", param="prompt")
+    fim = model.model_info.fim_tokens
+    if raw.suffix is not None and fim is None:
+        raise UnsupportedParameterError(
+            "'suffix' is not supported: this model has no fill-in-the-middle tokens.",
+            param="suffix",
+        )
+    token_lists = []
+    for i, item in enumerate(raw.prompts):
+        param = "prompt" if len(raw.prompts) == 1 else f"prompt[{i}]"
+        if isinstance(item, str):
+            add_special = raw.suffix is None
+            tokens = model.runner.tokenize(item, add_special=add_special, parse_special=True)
+        else:
+            tokens = list(item)
+            check_token_ids(model, tokens, param=param)
+        if raw.suffix is not None and fim is not None:
+            suffix = model.runner.tokenize(raw.suffix, add_special=False, parse_special=False)
+            tokens = [fim[0], *tokens, fim[1], *suffix, fim[2]]
+        if not tokens:
+            raise InvalidRequestError("A prompt must not be empty.", param=param)
+        token_lists.append(tokens)
+    return token_lists
+
+
 def with_preset(conversation: Conversation, preset: Preset | None) -> Conversation:
-    """The preset's system prompt and sampling defaults where the conversation has none (the
-    Responses and Messages APIs; chat completions and Ollama apply it to their wire request)."""
+    """The preset's system prompt and sampling defaults where the conversation has none: what
+    the client gave always wins, an explicit empty `stop` included."""
     if preset is None:
         return conversation
+    messages = conversation.messages
+    if preset.system and not any(m.role == "system" for m in messages):
+        messages = (Message("system", preset.system), *messages)
+    return replace(
+        conversation,
+        sampling=preset_sampling(conversation.sampling, preset),
+        messages=messages,
+        max_tokens=preset_max_tokens(
+            conversation.max_tokens, preset, unlimited=conversation.unlimited
+        ),
+    )
+
+
+def preset_max_tokens(
+    max_tokens: int | None, preset: Preset | None, *, unlimited: bool
+) -> int | None:
+    """The client's limit, else the preset's, unless the client asked for none."""
+    if max_tokens is not None or unlimited or preset is None:
+        return max_tokens
+    return preset.params.max_tokens
+
+
+def preset_sampling(sampling: Sampling, preset: Preset | None) -> Sampling:
+    """The preset's sampling defaults where the client gave none (a raw prompt's too)."""
+    if preset is None:
+        return sampling
     params = preset.params
-    sampling = conversation.sampling
-    filled = replace(
+    return replace(
         sampling,
         temperature=params.temperature if sampling.temperature is None else sampling.temperature,
         top_p=params.top_p if sampling.top_p is None else sampling.top_p,
@@ -153,15 +272,8 @@ def with_preset(conversation: Conversation, preset: Preset | None) -> Conversati
             else sampling.frequency_penalty
         ),
         seed=params.seed if sampling.seed is None else sampling.seed,
-        stop=sampling.stop or _preset_stops(params.stop),
+        stop=_preset_stops(params.stop) if sampling.stop is None else sampling.stop,
     )
-    messages = conversation.messages
-    if preset.system and not any(m.role == "system" for m in messages):
-        messages = (Message("system", preset.system), *messages)
-    max_tokens = conversation.max_tokens
-    if max_tokens is None:
-        max_tokens = params.max_tokens
-    return replace(conversation, sampling=filled, messages=messages, max_tokens=max_tokens)
 
 
 def _preset_stops(stop: str | list[str] | None) -> tuple[str, ...]:
@@ -232,7 +344,7 @@ def sampling_params(
         mirostat_tau=pick(sampling.mirostat_tau, defaults.mirostat_tau),
         mirostat_eta=pick(sampling.mirostat_eta, defaults.mirostat_eta),
         seed=sampling.seed,
-        stop=tuple(s for s in sampling.stop if s),
+        stop=tuple(s for s in sampling.stop or () if s),
         logit_bias=_logit_bias(model, sampling.logit_bias),
         grammar=grammar,
         logprobs=logprobs,
@@ -384,6 +496,14 @@ def _format_grammar(output_format: OutputFormat) -> Grammar | None:
 # -- the prompt --------------------------------------------------------------------------------
 
 
+def _result_id(message: Message) -> str:
+    """The call a tool result answers: its id, or for an API without call ids (Ollama's), the
+    function's name."""
+    if message.tool_call_id is not None:
+        return message.tool_call_id
+    return message.tool_name or "tool"
+
+
 def _template_messages(
     messages: Sequence[Message], model: LoadedModel, tools: _ToolPlan, messages_param: str
 ) -> list[dict[str, object]]:
@@ -399,7 +519,7 @@ def _template_messages(
         if message.role == "tool":
             if native:
                 rendered.append(
-                    {"role": "tool", "content": message.text, "tool_call_id": message.tool_call_id}
+                    {"role": "tool", "content": message.text, "tool_call_id": _result_id(message)}
                 )
                 continue
             # Hermes' layout: a tool's answer comes back in the user's turn.
@@ -577,4 +697,5 @@ def _after_reasoning(grammar: Grammar, close_tag: str) -> Grammar:
 
 def count_prompt_tokens(model: LoadedModel, conversation: Conversation) -> int:
     """The exact prompt length `prepare_turn` would send (Anthropic's count_tokens)."""
+    conversation = with_preset(conversation, model.preset)
     return len(prompt_tokens(model, conversation, _tool_plan(conversation, build_grammar=False)))

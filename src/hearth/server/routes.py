@@ -17,7 +17,6 @@ from hearth.errors import UnsupportedParameterError
 from hearth.models import registry
 from hearth.models.chat_template import ChatTemplate
 from hearth.models.gguf_info import read_gguf_info
-from hearth.models.presets import apply_preset
 from hearth.protocol import anthropic as anthropic_wire
 from hearth.protocol import ollama
 from hearth.protocol import responses as responses_wire
@@ -300,7 +299,7 @@ async def chat_completions(
         state,
         body.model,
         body.keep_alive,
-        lambda model: serve_chat(state, model, apply_preset(body, model.preset), request),
+        lambda model: serve_chat(state, model, body, request),
     )
 
 
@@ -317,7 +316,7 @@ async def completions(
         state,
         body.model,
         body.keep_alive,
-        lambda model: serve_completion(state, model, apply_preset(body, model.preset), request),
+        lambda model: serve_completion(state, model, body, request),
     )
 
 
