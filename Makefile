@@ -13,7 +13,7 @@ ARGS ?=
 # The llama-cpp-python pin, for rebuild-llama.
 LLAMA_CPP := $(shell sed -n 's/^ *"\(llama-cpp-python==[^"]*\)",.*/\1/p' pyproject.toml | head -n 1)
 
-.PHONY: serve test lint typecheck unit bench soak clean browser web-vendor fit rebuild-llama clients
+.PHONY: serve test lint typecheck cycles unit bench soak clean browser web-vendor fit rebuild-llama clients
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Hearth needs Python 3.11 or newer"; exit 1; }
@@ -48,6 +48,9 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+cycles: $(STAMP)  ## Import cycles in src/hearth, counting imports in functions and under TYPE_CHECKING
+	$(BIN)/python scripts/import_cycles.py
 
 unit: $(STAMP)  ## The fast tier: no model, no server
 	$(BIN)/pytest tests/unit

@@ -1,10 +1,13 @@
 """The one exception hierarchy. Each error knows its HTTP status and OpenAI error type.
 
-`hearth.server.errors` turns these into responses in one place; nothing else maps errors to HTTP.
+`hearth.server.http.errors` turns these into responses in one place; nothing else maps errors
+to HTTP.
 The body shape is OpenAI's: https://platform.openai.com/docs/guides/error-codes
 """
 
 from __future__ import annotations
+
+import errno
 
 __all__ = [
     "AuthenticationError",
@@ -28,6 +31,8 @@ __all__ = [
     "ServerShuttingDownError",
     "UnsupportedParameterError",
     "UpstreamError",
+    "no_space",
+    "unsupported",
 ]
 
 
@@ -205,3 +210,16 @@ class KvCacheFullError(EngineError):
 
     status_code = 503
     default_code = "kv_cache_full"
+
+
+def unsupported(param: str, why: str) -> UnsupportedParameterError:
+    """A field the client sent that Hearth cannot honour, refused by name."""
+    return UnsupportedParameterError(f"'{param}' is not supported: {why}", param=param)
+
+
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def no_space(exc: OSError) -> bool:
+    """Whether a write failed for want of space: a full disk, a quota, a file size limit."""
+    return exc.errno in _NO_SPACE

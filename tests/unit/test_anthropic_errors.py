@@ -1,5 +1,6 @@
-"""Anthropic's error shape (server/errors.py) and API keys in x-api-key (server/auth.py): the
-mapping table, then the handlers and the auth dependency on a small in-process app."""
+"""Anthropic's error shape (server/http/errors.py) and API keys in x-api-key
+(server/http/auth.py): the mapping table, then the handlers and the auth dependency on a small
+in-process app."""
 
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ from hearth.errors import (
     UpstreamError,
 )
 from hearth.protocol.anthropic import CountTokensRequest, CountTokensResponse, MessagesRequest
-from hearth.server.auth import require_api_key
-from hearth.server.errors import (
+from hearth.server.http.auth import require_api_key
+from hearth.server.http.errors import (
     anthropic_error_body,
     anthropic_error_event,
     anthropic_error_type,
@@ -41,7 +42,7 @@ from hearth.server.errors import (
     install_error_handlers,
     is_anthropic_path,
 )
-from hearth.server.limits import BodySizeLimit
+from hearth.server.http.limits import BodySizeLimit
 
 KEY = "sk-local"
 

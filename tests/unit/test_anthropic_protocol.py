@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from hearth.protocol import anthropic as a
-from hearth.server.errors import validation_error
+from hearth.server.http.errors import validation_error
 
 REQUEST: dict[str, Any] = {
     "model": "m",

@@ -16,7 +16,7 @@ from hearth.errors import EngineError, HearthError, ServerShuttingDownError
 from hearth.models.manager import ManagerLimits, ModelManager
 from hearth.server.app import create_app
 from hearth.server.catalog import ServerCatalog
-from hearth.server.drain import Drain
+from hearth.server.http.drain import Drain
 from hearth.server.state import LoadedModel, ServerState
 from hearth.settings import ServeSettings
 from tests.unit.fake_runner import FakeRunner, text_tokens

@@ -6,7 +6,7 @@ from pydantic import ValidationError
 
 from hearth.cli.serve import command as serve_command
 from hearth.errors import ContextLengthExceededError, ModelNotFoundError
-from hearth.server.errors import format_param, validation_error
+from hearth.server.http.errors import format_param, validation_error
 from hearth.settings import ServeSettings, physical_cores
 
 

@@ -18,8 +18,8 @@ from hearth.engine.types import (
     SamplingParams,
 )
 from hearth.server.app import create_app
-from hearth.server.hosts import HostCheck, host_allowed, is_loopback_host, split_host
-from hearth.server.metrics import HttpCounts, ModelMetrics, api_of, render_metrics
+from hearth.server.http.hosts import HostCheck, host_allowed, is_loopback_host, split_host
+from hearth.server.http.metrics import HttpCounts, ModelMetrics, api_of, render_metrics
 from hearth.settings import ServeSettings
 from tests.unit.fake_runner import EOG, FakeRunner, text_tokens
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hearth.server.journal import JOURNAL_FILE, KEPT_FILES, Journal, read_entries
+from hearth.server.http.journal import JOURNAL_FILE, KEPT_FILES, Journal, read_entries
 
 
 def test_lines_rotate_by_size_and_read_back_in_order(tmp_path: Path) -> None:

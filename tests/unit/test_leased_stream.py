@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from fastapi.responses import StreamingResponse
 
-from hearth.server.leases import _LeasedStream
+from hearth.server.http.leases import _LeasedStream
 from tests.asgi_leaving import leave_a_stream
 
 

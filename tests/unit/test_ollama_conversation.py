@@ -8,9 +8,13 @@ import asyncio
 
 from hearth.protocol import ollama as wire
 from hearth.protocol.openai import CompletionRequest
-from hearth.server.conversation import Message, OutputFormat, RawPrompt, Sampling, ToolCall
-from hearth.server.ollama import chat_conversation, generate_conversation, generate_raw_prompt
-from hearth.server.openai_completions import raw_prompt
+from hearth.server.core.conversation import Message, OutputFormat, RawPrompt, Sampling, ToolCall
+from hearth.server.ollama.serving import (
+    chat_conversation,
+    generate_conversation,
+    generate_raw_prompt,
+)
+from hearth.server.openai.completions import raw_prompt
 from tests.unit.fake_app import fake_app
 
 

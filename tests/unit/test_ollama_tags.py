@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from hearth.models import registry
-from hearth.server.ollama import list_tags
+from hearth.server.ollama.serving import list_tags
 
 
 def test_a_broken_store_model_is_left_out_of_the_tags_with_a_warning(
@@ -19,7 +19,7 @@ def test_a_broken_store_model_is_left_out_of_the_tags_with_a_warning(
     store.install("broken:latest", staged, source="test", sha256="00" * 32)
     listed_before = {tag.name for tag in list_tags().models}
 
-    with caplog.at_level(logging.WARNING, logger="hearth.server.ollama"):
+    with caplog.at_level(logging.WARNING, logger="hearth.server.ollama.serving"):
         names = {tag.name for tag in list_tags().models}
     assert "broken:latest" not in names
     assert "smollm2:135m" in names and names == listed_before
@@ -30,6 +30,6 @@ def test_a_broken_store_model_is_left_out_of_the_tags_with_a_warning(
     store.model_path("broken:latest").unlink()
     monkeypatch.setattr(registry, "list_models", lambda: listed)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="hearth.server.ollama"):
+    with caplog.at_level(logging.WARNING, logger="hearth.server.ollama.serving"):
         assert {tag.name for tag in list_tags().models} == names
     assert "Not listing" not in caplog.text

@@ -15,7 +15,7 @@ from hearth.errors import QueueTimeoutError
 from hearth.protocol import anthropic, ollama
 from hearth.protocol import openai as wire
 from hearth.server.app import create_app
-from hearth.server.errors import is_anthropic_path, sse_error_event
+from hearth.server.http.errors import is_anthropic_path, sse_error_event
 from hearth.settings import ServeSettings
 
 
@@ -49,7 +49,7 @@ def test_errors_are_documented_in_the_shape_each_route_answers(openapi: dict[str
                 continue
             ref = response["content"]["application/json"]["schema"]["$ref"]
             # /api/... answers as Ollama does, /v1/messages... as Anthropic does, everything else
-            # as OpenAI does (server/errors.py).
+            # as OpenAI does (server/http/errors.py).
             expected: type[BaseModel] = wire.ErrorBody
             if path.startswith("/api/"):
                 expected = ollama.ErrorResponse

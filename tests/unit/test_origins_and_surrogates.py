@@ -1,5 +1,5 @@
-"""The Origin rule for writes (server/origins.py) and finding a lone surrogate's field
-(server/surrogates.py): pure functions, no server."""
+"""The Origin rule for writes (server/http/origins.py) and finding a lone surrogate's field
+(server/http/surrogates.py): pure functions, no server."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from hearth.server.origins import origin_allowed
-from hearth.server.surrogates import lone_surrogate_path
+from hearth.server.http.origins import origin_allowed
+from hearth.server.http.surrogates import lone_surrogate_path
 
 HOST = "127.0.0.1:8642"
 

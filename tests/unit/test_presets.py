@@ -22,10 +22,10 @@ from hearth.models.presets import Preset, PresetError, load_presets
 from hearth.models.registry import embedded_model_path
 from hearth.protocol.openai import ChatCompletionRequest, CompletionRequest
 from hearth.server.catalog import ModelSpec, ServerCatalog
-from hearth.server.conversation import Conversation
-from hearth.server.openai_chat import chat_conversation
-from hearth.server.openai_common import openai_sampling
-from hearth.server.prepare import preset_max_tokens, preset_sampling, with_preset
+from hearth.server.core.conversation import Conversation
+from hearth.server.core.prepare import preset_max_tokens, preset_sampling, with_preset
+from hearth.server.openai.chat import chat_conversation
+from hearth.server.openai.common import openai_sampling
 from hearth.settings import ServeSettings
 
 PIRATE = """

@@ -1,4 +1,4 @@
-"""The Responses API's SQLite store (server/response_store.py): records survive a reopened file,
+"""The Responses API's SQLite store (server/responses/store.py): records survive a reopened file,
 input items page as `GET /v1/responses/{id}/input_items` says, old responses expire."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from hearth.errors import InvalidRequestError, NotFoundError
-from hearth.server.response_store import DB_FILENAME, ResponseStore, StoredResponse
+from hearth.server.responses.store import DB_FILENAME, ResponseStore, StoredResponse
 from hearth.settings import hearth_home
 
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from hearth.protocol import openai as wire
-from hearth.server.sse import ContentChunk as _ContentChunk
-from hearth.server.sse import sse as _sse
+from hearth.server.http.sse import ContentChunk as _ContentChunk
+from hearth.server.http.sse import sse as _sse
 
 TEXTS = [
     "hello",

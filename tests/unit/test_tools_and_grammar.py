@@ -19,7 +19,7 @@ from hearth.engine.grammar import (
     without_large_bounds,
     without_unenforced,
 )
-from hearth.server.tools import ToolCallParser, ToolSpec, render_call, tool_grammar
+from hearth.server.core.tools import ToolCallParser, ToolSpec, render_call, tool_grammar
 
 OUTPUT = (
     "Let me check.\n"

@@ -16,8 +16,8 @@ from hearth.engine.types import (
     RequestOutput,
     SamplingParams,
 )
-from hearth.server.tools import render_call
-from hearth.server.turns import ReasoningSplitter, Step, TurnDecoder, decode_steps
+from hearth.server.core.tools import render_call
+from hearth.server.core.turns import ReasoningSplitter, Step, TurnDecoder, decode_steps
 
 WEATHER = render_call("get_weather", json.dumps({"city": "Paris"}))
 TIME = render_call("get_time", json.dumps({"zone": "CET"}))

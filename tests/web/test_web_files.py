@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from hearth.server.app import create_app
-from hearth.server.web import CONTENT_SECURITY_POLICY
+from hearth.server.native.web import CONTENT_SECURITY_POLICY
 from hearth.settings import ServeSettings
 
 WEB = Path(__file__).resolve().parents[2] / "src" / "hearth" / "web"

@@ -34,7 +34,7 @@ def _cell(entry: dict[str, Any], key: str, suffix: str = "") -> str:
 def command(directory: Path, count: int, as_json: bool) -> None:
     """Show the latest requests: route, model, status, tokens and timings."""
     # Imported here: the journal module pulls in starlette, which `hearth --help` never needs.
-    from hearth.server.journal import read_entries
+    from hearth.server.http.journal import read_entries
 
     if not directory.is_dir():
         Console(stderr=True).print(Text(f"no journal in {directory}", style="bold red"))

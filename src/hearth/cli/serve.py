@@ -18,12 +18,12 @@ __all__ = ["command", "serve"]
 
 logger = logging.getLogger("hearth")
 
-# On SIGTERM/Ctrl-C the server first drains (hearth.server.drain): new requests get 503, running
-# ones get --drain-timeout to finish, and those left are then ended through their engines, so
-# each gets a 503 or a final error event. Only then does uvicorn's shutdown start; its own
-# deadline (cancelling tasks: a traceback, and a stream cut mid-event) is for a connection that
-# still will not close, with a wide margin for a decode step on a loaded machine, which cannot
-# be interrupted.
+# On SIGTERM/Ctrl-C the server first drains (hearth.server.http.drain): new requests get 503,
+# running ones get --drain-timeout to finish, and those left are then ended through their
+# engines, so each gets a 503 or a final error event. Only then does uvicorn's shutdown start;
+# its own deadline (cancelling tasks: a traceback, and a stream cut mid-event) is for a
+# connection that still will not close, with a wide margin for a decode step on a loaded
+# machine, which cannot be interrupted.
 GRACEFUL_SHUTDOWN_S = 10
 
 

@@ -33,7 +33,7 @@ from hearth.cluster.replica import ReplicaAnswer
 from hearth.cluster.router import pinned_session
 from hearth.cluster.topology import ReplicaPlace, own_request_id, running_replicas
 from hearth.errors import HearthError, PayloadTooLargeError, ServerOverloadedError
-from hearth.server.errors import anthropic_error_event, install_error_handlers, sse_error_event
+from hearth.server.http.errors import anthropic_error_event, install_error_handlers, sse_error_event
 
 __all__ = ["ClusterIngress", "IngressState", "NoReplicaError", "create_ingress_app"]
 

@@ -91,7 +91,7 @@ class ChatTemplate:
     def renders_tool_calls(self) -> bool:
         """Whether the template lays out tools and tool calls itself in the `<tool_call>` format
         (Hermes, Qwen) that Hearth constrains and parses; otherwise Hearth describes the tools
-        in the system prompt (`hearth.server.tools`)."""
+        in the system prompt (`hearth.server.core.tools`)."""
         return "tools" in self.source and "<tool_call>" in self.source
 
     @cached_property

@@ -1,7 +1,7 @@
 """Presets: named aliases over a base model with a system prompt, sampling defaults, and their own
 context size and slots, declared in `hearth.toml` (like an Ollama Modelfile, or llama-server's
 presets). Parsing and validation are pydantic. A preset is applied once, to the protocol-free
-conversation (server/prepare.py `with_preset`): the request's own fields always win, and the
+conversation (server/core/prepare.py `with_preset`): the request's own fields always win, and the
 preset fills only what the request left unset.
 
     [models."pirate"]

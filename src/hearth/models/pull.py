@@ -11,7 +11,6 @@ whose GGUF header is whole is renamed into the store; a mismatch deletes the par
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import functools
 import hashlib
@@ -22,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, cast
 
+from hearth.errors import no_space
 from hearth.models.gguf_info import NotAGGUFError, read_gguf_info
 from hearth.models.model_names import OciReference, parse_reference
 from hearth.models.registry import BUNDLED_IDS, store
@@ -70,7 +70,6 @@ _HASH_BLOCK = 1 << 20
 # mismatch or a disk error (HfHubHTTPError is one too), ValueError for a malformed repo id.
 _HUB_ERRORS = (OSError, ValueError)
 # A write that fails for want of space: a full disk, a quota, a file size limit.
-_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 class PullError(Exception):
@@ -242,11 +241,6 @@ def _describe(files: list[HubFile]) -> str:
 
 def _safe_tag(text: str) -> str:
     return _UNSAFE_NAME_CHARS.sub("-", text).strip("-.") or "gguf"
-
-
-def no_space(exc: OSError) -> bool:
-    """Whether a write failed for want of space: a full disk, a quota, a file size limit."""
-    return exc.errno in _NO_SPACE
 
 
 def check_new_name(name: str) -> str:
@@ -503,7 +497,7 @@ def _download(
         file.flush()
         os.fsync(file.fileno())
     except OSError as exc:
-        if exc.errno not in _NO_SPACE:
+        if not no_space(exc):
             raise PullError(
                 f"{_hub_error(endpoint, exc)} (pull again to resume the download)"
             ) from exc

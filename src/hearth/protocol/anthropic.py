@@ -618,7 +618,7 @@ class ModelListPage(BaseModel):
 
 
 class ErrorObject(BaseModel):
-    type: str  # invalid_request_error, authentication_error, … (hearth.server.errors)
+    type: str  # invalid_request_error, authentication_error, … (hearth.server.http.errors)
     message: str
 
 

@@ -1,4 +1,5 @@
-"""The HTTP layer: app factory, routes, serving, SSE, auth, and errors → HTTP in one place."""
+"""The HTTP server: the app factory and its state; `core` (the protocol-free turn), `http` (the
+plumbing every API crosses), and a package per API surface, each with its own router."""
 
 from hearth.server.app import create_app
 

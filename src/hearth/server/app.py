@@ -25,26 +25,24 @@ from hearth.models.footprint import kv_cache_scale, model_shape
 from hearth.models.gguf_info import NotAGGUFError, read_gguf_info
 from hearth.models.manager import ManagerLimits, ModelManager
 from hearth.models.presets import PRESETS_FILE_NAME, Preset, load_presets
+from hearth.server.anthropic.routes import router as anthropic_router
 from hearth.server.catalog import ModelSpec, ServerCatalog
-from hearth.server.drain import DrainGate
-from hearth.server.errors import drop_validation_responses, install_error_handlers
-from hearth.server.hosts import HostCheck, is_loopback_host
-from hearth.server.journal import Journal, JournalMiddleware
-from hearth.server.json_bodies import JsonBodies
-from hearth.server.limits import BodySizeLimit
-from hearth.server.metrics import CountRequests, HttpCounts
-from hearth.server.model_routes import models_router
-from hearth.server.origins import OriginCheck
-from hearth.server.routes import (
-    anthropic_router,
-    extensions_router,
-    health_router,
-    ollama_router,
-    openai_router,
-)
+from hearth.server.http.drain import DrainGate
+from hearth.server.http.errors import drop_validation_responses, install_error_handlers
+from hearth.server.http.hosts import HostCheck, is_loopback_host
+from hearth.server.http.journal import Journal, JournalMiddleware
+from hearth.server.http.json_bodies import JsonBodies
+from hearth.server.http.limits import BodySizeLimit
+from hearth.server.http.metrics import CountRequests, HttpCounts
+from hearth.server.http.origins import OriginCheck
+from hearth.server.http.surrogates import LoneSurrogateCheck
+from hearth.server.native.model_routes import models_router
+from hearth.server.native.routes import extensions_router, health_router
+from hearth.server.native.web import web_router
+from hearth.server.ollama.routes import router as ollama_router
+from hearth.server.openai.routes import router as openai_router
+from hearth.server.responses.routes import router as responses_router
 from hearth.server.state import LoadedModel, ServerState
-from hearth.server.surrogates import LoneSurrogateCheck
-from hearth.server.web import web_router
 from hearth.settings import ServeSettings, hearth_home
 
 if TYPE_CHECKING:
@@ -258,6 +256,7 @@ def create_app(settings: ServeSettings, state: ServerState | None = None) -> Fas
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(openai_router)
+    app.include_router(responses_router)
     app.include_router(anthropic_router)
     app.include_router(extensions_router)
     app.include_router(ollama_router)

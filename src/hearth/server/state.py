@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from hearth.errors import HearthError
+from hearth.models import registry
 from hearth.models.chat_template import ChatTemplate
+from hearth.models.gguf_info import read_gguf_info
 from hearth.models.manager import Lease, ModelManager
 from hearth.models.presets import Preset
 from hearth.server.catalog import ServerCatalog
-from hearth.server.drain import Drain
+from hearth.server.http.drain import Drain
 from hearth.settings import ServeSettings
 
 if TYPE_CHECKING:
@@ -20,10 +23,20 @@ if TYPE_CHECKING:
     from hearth.engine.embedder import Embedder
     from hearth.engine.engine import Engine
     from hearth.engine.llama_runner import LlamaRunner, ModelInfo
-    from hearth.server.ollama_models import PullJob
-    from hearth.server.response_store import ResponseStore
 
-__all__ = ["LoadedModel", "ServerState"]
+__all__ = ["BackgroundJob", "Closeable", "LoadedModel", "ServerState"]
+
+
+class BackgroundJob(Protocol):
+    """Work that outlives its request and that a server stop must end (Ollama's pulls)."""
+
+    def abort(self, error: HearthError) -> None: ...
+
+
+class Closeable(Protocol):
+    """An API's own resource that the server closes when it stops (the Responses store)."""
+
+    def close(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -39,7 +52,7 @@ class LoadedModel:
     size_bytes: int = 0  # weights and KV cache, estimated from the GGUF (models/footprint.py)
     size_vram: int = 0  # the part of it offloaded to a GPU
     created: int = field(default_factory=lambda: int(time.time()))
-    # Its own llama context, created by the first /v1/embeddings request (hearth.server.embeddings).
+    # Its own llama context, created by the first embeddings request (server/core/embeddings.py).
     embedder: Embedder | None = None
     # Which buffer types hold its weights, and why (--repack; engine/cpu.py).
     weights: WeightPlacement | None = None
@@ -88,10 +101,10 @@ class ServerState:
     devices: list[Device]
     cpu: CpuReport | None = None
     started: int = field(default_factory=lambda: int(time.time()))
-    # Downloads running for POST /api/pull (hearth.server.ollama_models).
-    pulls: set[PullJob] = field(default_factory=set)
-    # /v1/responses' stored responses, opened on first use (hearth.server.openai_responses).
-    responses: ResponseStore | None = None
+    # Downloads running for POST /api/pull (hearth.server.ollama.models).
+    pulls: set[BackgroundJob] = field(default_factory=set)
+    # /v1/responses' stored responses, opened on first use (hearth.server.responses.serving).
+    responses: Closeable | None = None
     responses_expired_at: float = 0.0
     # The graceful stop: whether new requests are refused, and how many still run.
     drain: Drain = field(default_factory=Drain)
@@ -108,8 +121,25 @@ class ServerState:
 
     async def acquire(self, name: str, keep_alive: float | None = None) -> Lease[LoadedModel]:
         """Hold the model `name` for a request, loading it if needed; release the lease once
-        the response is fully sent (`server/leases.py` does it for the routes)."""
+        the response is fully sent (`server/http/leases.py` does it for the routes)."""
         return await self.models.acquire(await self.catalog.known(name), keep_alive)
+
+    def capabilities(self, name: str) -> list[str]:
+        """What the model can do, from its chat template: the loaded one, else its GGUF header
+        (blocking: call in a thread)."""
+        loaded = self.models.get(name)
+        if loaded is not None:
+            template = loaded.chat_template
+        else:
+            source = self.catalog.spec(name).source or registry.DEFAULT_MODEL_ID
+            is_file = source.lower().endswith(".gguf")
+            path = Path(source).expanduser() if is_file else registry.find(source).header_path
+            info = read_gguf_info(path, require_complete=False)
+            template = ChatTemplate(info.chat_template, architecture=info.architecture)
+        capabilities = ["completion", "tools"]
+        if template.reasoning is not None:
+            capabilities.append("thinking")
+        return capabilities
 
     def end_requests(self, error: HearthError) -> None:
         """End every request on every loaded model, and every pull, with `error` (the server

@@ -1,0 +1,1 @@
+"""OpenAI's chat completions, completions, embeddings and model list under /v1."""

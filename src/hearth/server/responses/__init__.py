@@ -1,0 +1,1 @@
+"""OpenAI's Responses API under /v1/responses, with its stored responses."""
