@@ -19,6 +19,7 @@ import httpx
 
 from hearth.engine.engine import Engine
 from hearth.engine.llama_runner import ModelInfo
+from hearth.engine.scheduler import Chunk
 from hearth.engine.types import BatchBudget, QueuePolicy
 from hearth.models.chat_template import ChatTemplate
 from hearth.models.manager import ManagerLimits, ModelManager
@@ -37,6 +38,8 @@ class ScriptedRunner(FakeRunner):
     """The FakeRunner as the HTTP layer sees a model: it tokenizes, detokenizes and has slots."""
 
     reply: list[int] = field(default_factory=list)
+    fail_decode_at: int | None = None  # the decode call (1: the first) that fails, as llama's -1
+    decodes: int = 0
     n_slots: int = 4
     n_vocab: int = EOG + 1
     info: ModelInfo = field(
@@ -52,6 +55,12 @@ class ScriptedRunner(FakeRunner):
             fim_tokens=None,
         )
     )
+
+    def decode(self, chunks: Sequence[Chunk]) -> int:
+        self.decodes += 1
+        if self.decodes == self.fail_decode_at:
+            return -1
+        return super().decode(chunks)
 
     def sample(self, sampler: object, batch_row: int) -> int:
         assert isinstance(sampler, FakeSampler)
