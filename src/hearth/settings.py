@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import ByteSize, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from hearth.models.keep_alive import parse_keep_alive
+from hearth.keep_alive import parse_keep_alive
 
 __all__ = [
     "DEFAULT_HOST",

@@ -4,9 +4,10 @@ next hurried change. Every import counts: at the top, inside functions, under TY
 - `core` (the protocol-free turn) imports no API package and nothing from FastAPI or Starlette.
 - `http` (the cross-cutting plumbing) imports no API package and not `core`.
 - An API package (openai, responses, anthropic, ollama, native) imports only itself, `core`,
-  `http`, `server.state`, `hearth.protocol`, `hearth.errors`, `hearth.settings`, the engine's
-  plain result types (`hearth.engine.types`) and Hearth's version; `hearth.models` too for the
-  Ollama and Hearth routes, which manage models. No API package imports another.
+  `http`, `server.state`, `hearth.protocol`, `hearth.errors`, `hearth.settings`, the
+  `keep_alive` value type, the engine's plain result types (`hearth.engine.types`) and Hearth's
+  version; `hearth.models` too for the Ollama and Hearth routes, which manage models. No API
+  package imports another.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ SHARED = (
     "hearth.protocol",
     "hearth.errors",
     "hearth.settings",
+    "hearth.keep_alive",
     "hearth.engine.types",
 )
 MANAGE_MODELS = ("ollama", "native")

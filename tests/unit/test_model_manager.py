@@ -17,7 +17,7 @@ from hearth.errors import (
     ModelNotFoundError,
     ModelsBusyError,
 )
-from hearth.models.keep_alive import FOREVER_AFTER_S, format_keep_alive, parse_keep_alive
+from hearth.keep_alive import FOREVER_AFTER_S, format_keep_alive, parse_keep_alive
 from hearth.models.manager import ManagerLimits, ModelManager
 
 T = TypeVar("T")

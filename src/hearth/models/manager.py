@@ -33,7 +33,7 @@ from hearth.errors import (
     ModelLoadError,
     ModelsBusyError,
 )
-from hearth.models.keep_alive import format_keep_alive
+from hearth.keep_alive import format_keep_alive
 
 __all__ = [
     "Lease",

@@ -26,9 +26,10 @@ from typing import Any, BinaryIO
 
 import httpx
 
+from hearth.errors import no_space
 from hearth.models.defaults import ModelDefaults, check_jinja_template
 from hearth.models.model_names import OciReference, registry_url
-from hearth.models.pull import (
+from hearth.models.pull_base import (
     HubFile,
     PullBusyError,
     PullError,
@@ -38,7 +39,6 @@ from hearth.models.pull import (
     PullSourceError,
     check_new_name,
     check_pulled_gguf,
-    no_space,
 )
 from hearth.models.store import ModelStore, file_sha256
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from hearth.models.keep_alive import KeepAlive
+from hearth.keep_alive import KeepAlive
 
 __all__ = [
     "PRESETS_FILE_NAME",
@@ -79,7 +79,7 @@ class Preset(BaseModel):
     @field_validator("template")
     @classmethod
     def _jinja(cls, template: str | None) -> str | None:
-        from hearth.models.defaults import check_jinja_template
+        from hearth.models.template_check import check_jinja_template
 
         return None if template is None else check_jinja_template(template)
 

@@ -22,14 +22,21 @@ from types import TracebackType
 from typing import Any, BinaryIO, cast
 
 from hearth.errors import no_space
-from hearth.models.gguf_info import NotAGGUFError, read_gguf_info
 from hearth.models.model_names import OciReference, parse_reference
-from hearth.models.registry import BUNDLED_IDS, store
+from hearth.models.pull_base import (
+    HubFile,
+    PullBusyError,
+    PullError,
+    PullNotFoundError,
+    PullReporter,
+    PullResult,
+    PullSourceError,
+    check_new_name,
+    check_pulled_gguf,
+)
+from hearth.models.registry import store
 from hearth.models.store import (
-    InvalidModelNameError,
     ModelStore,
-    StoredModel,
-    check_model_name,
     file_sha256,
 )
 
@@ -69,25 +76,6 @@ _HASH_BLOCK = 1 << 20
 # What huggingface_hub raises besides httpx2's HTTPError (see _http_error): OSError for a size
 # mismatch or a disk error (HfHubHTTPError is one too), ValueError for a malformed repo id.
 _HUB_ERRORS = (OSError, ValueError)
-# A write that fails for want of space: a full disk, a quota, a file size limit.
-
-
-class PullError(Exception):
-    """A pull that cannot go on; the message is one line for the user. Raised as is for a
-    failure of the hub or of the download; the subclasses say what else went wrong, so that
-    the server's /api/pull can answer with the right status."""
-
-
-class PullSourceError(PullError):
-    """The source or the name cannot be pulled as given: malformed, ambiguous, unsupported."""
-
-
-class PullNotFoundError(PullError):
-    """The hub has no such repo (or it is private), or the repo no such file."""
-
-
-class PullBusyError(PullError):
-    """Another pull is downloading the same file right now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,41 +88,6 @@ class HubSource:
 @dataclass(frozen=True, slots=True)
 class LocalSource:
     path: Path
-
-
-@dataclass(frozen=True, slots=True)
-class HubFile:
-    filename: str
-    size: int | None = None
-    sha256: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PullResult:
-    model: StoredModel
-    up_to_date: bool
-
-
-class PullReporter:
-    """What a pull tells its user. The CLI draws a rich progress bar; the default is silent."""
-
-    def note(self, message: str) -> None:
-        """A line worth showing: which file was picked, a resumed download."""
-
-    def resolved(self, file: HubFile) -> None:
-        """The hub file to pull is known, with its size and sha256; nothing is downloaded yet."""
-
-    def start_transfer(self, description: str, total: int | None, completed: int) -> None:
-        """Bytes start to flow: `completed` of `total` are already there (a resume)."""
-
-    def advance(self, size: int) -> None:
-        """`size` more bytes arrived (negative when a server ignored a Range request)."""
-
-    def end_transfer(self) -> None:
-        """The transfer stopped, finished or not."""
-
-    def verifying(self) -> None:
-        """All bytes are there; their sha256 and the GGUF header are being checked."""
 
 
 def hub_endpoint() -> str:
@@ -241,23 +194,6 @@ def _describe(files: list[HubFile]) -> str:
 
 def _safe_tag(text: str) -> str:
     return _UNSAFE_NAME_CHARS.sub("-", text).strip("-.") or "gguf"
-
-
-def check_new_name(name: str) -> str:
-    try:
-        check_model_name(name)
-    except InvalidModelNameError as exc:
-        raise PullSourceError(str(exc)) from exc
-    if name.lower() in BUNDLED_IDS:
-        raise PullSourceError(f"{name} is the name of a bundled model; choose another with --name")
-    return name
-
-
-def check_pulled_gguf(path: Path, what: str) -> None:
-    try:
-        read_gguf_info(path)
-    except NotAGGUFError as exc:
-        raise PullError(f"{what} is not a usable GGUF model: {exc}") from exc
 
 
 def pull(

@@ -19,14 +19,29 @@ gpt-oss reasons in a channel (`<|channel|>analysis`), not in a tagged block: not
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from jinja2 import Environment, meta
 
-if TYPE_CHECKING:
-    from hearth.models.chat_template import ChatTemplate
+__all__ = ["TAG_PAIRS", "ChatTemplate", "ReasoningFormat", "detect_reasoning", "template_variables"]
 
-__all__ = ["TAG_PAIRS", "ReasoningFormat", "detect_reasoning", "template_variables"]
+
+class ChatTemplate(Protocol):
+    """What reading a template needs of models/chat_template.py's ChatTemplate (which uses this
+    module to detect its reasoning, so this module names only the part it reads)."""
+
+    @property
+    def source(self) -> str: ...
+
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> str: ...
+
 
 # Known (open, close) tags, in the order they are tried.
 TAG_PAIRS: tuple[tuple[str, str], ...] = (

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from hearth.models.keep_alive import KeepAlive
+from hearth.keep_alive import KeepAlive
 from hearth.protocol.base import StrictRequest
 
 __all__ = [

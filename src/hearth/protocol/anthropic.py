@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Discriminator, Field, Tag, model_validator
 
-from hearth.models.keep_alive import KeepAlive
+from hearth.keep_alive import KeepAlive
 from hearth.protocol.base import ClosedObject, ClosedRequest, OpenObject
 
 __all__ = [

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hearth.models.keep_alive import KeepAlive
+from hearth.keep_alive import KeepAlive
 from hearth.protocol.base import StrictRequest
 
 __all__ = [

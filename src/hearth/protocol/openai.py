@@ -19,7 +19,7 @@ from pydantic import (
     model_serializer,
 )
 
-from hearth.models.keep_alive import KeepAlive
+from hearth.keep_alive import KeepAlive
 from hearth.protocol.base import StrictRequest
 
 __all__ = [

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from hearth.models.keep_alive import KeepAlive
+from hearth.keep_alive import KeepAlive
 from hearth.protocol.base import ClosedObject, ClosedRequest, OpenObject
 
 __all__ = [

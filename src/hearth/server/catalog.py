@@ -20,17 +20,17 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Generic, TypeVar
 
 from hearth.errors import ModelNotFoundError
+from hearth.keep_alive import parse_keep_alive
 from hearth.models import registry
 from hearth.models.footprint import default_context, estimate_bytes, kv_cache_scale
-from hearth.models.keep_alive import parse_keep_alive
+from hearth.models.manager import ServedModel
 from hearth.models.presets import Preset, PresetError
 from hearth.settings import ServeSettings
 
-if TYPE_CHECKING:
-    from hearth.server.state import LoadedModel
+M = TypeVar("M", bound=ServedModel)
 
 __all__ = ["ModelSpec", "ServerCatalog"]
 
@@ -48,12 +48,14 @@ class ModelSpec:
     parallel: int
 
 
-class ServerCatalog:
+class ServerCatalog(Generic[M]):
+    """Generic in what a load makes (server/state.py's LoadedModel), which holds a catalog."""
+
     def __init__(
         self,
         settings: ServeSettings,
         presets: dict[str, Preset],
-        load: Callable[[ModelSpec], LoadedModel],
+        load: Callable[[ModelSpec], M],
         *,
         presets_source: str = "hearth.toml",
     ) -> None:
@@ -199,7 +201,7 @@ class ServerCatalog:
             preset = preset.model_copy(update={"ctx_size": None})
         return preset
 
-    # -- ModelCatalog[LoadedModel] -------------------------------------------------------------
+    # -- ModelCatalog[M] -------------------------------------------------------------------------
 
     def default_keep_alive(self, name: str) -> float:
         """The preset's keep_alive, else --keep-alive; the startup model stays loaded unless
@@ -228,7 +230,7 @@ class ServerCatalog:
         memory = int(settings.max_memory) if settings.max_memory is not None else None
         return default_context(path, spec.parallel, kv_scale, memory)
 
-    def load(self, name: str) -> LoadedModel:
+    def load(self, name: str) -> M:
         spec = self.spec(name)
         if spec.ctx_size is None:
             spec = replace(spec, ctx_size=self.context_size(spec, _model_path(spec)))

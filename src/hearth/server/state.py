@@ -96,7 +96,7 @@ class LoadedModel:
 @dataclass(slots=True)
 class ServerState:
     settings: ServeSettings
-    catalog: ServerCatalog
+    catalog: ServerCatalog[LoadedModel]
     models: ModelManager[LoadedModel]
     devices: list[Device]
     cpu: CpuReport | None = None

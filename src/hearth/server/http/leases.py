@@ -12,7 +12,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from hearth.models.keep_alive import KeepAliveInput, parse_keep_alive
+from hearth.keep_alive import KeepAliveInput, parse_keep_alive
 from hearth.models.manager import Lease
 from hearth.server.state import LoadedModel, ServerState
 

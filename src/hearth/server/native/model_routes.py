@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends, Request
 
-from hearth.models.keep_alive import parse_keep_alive
+from hearth.keep_alive import parse_keep_alive
 from hearth.models.manager import ModelStatus
 from hearth.protocol.admin import (
     LoadModelRequest,
