@@ -10,6 +10,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
@@ -32,6 +33,7 @@ from hearth.server.core.prepare import count_prompt_tokens, prepare_turn_off_loo
 from hearth.server.core.turns import (
     ChoiceResult,
     Finish,
+    Step,
     UsageTotals,
     collect_turn,
     decode_steps,
@@ -298,81 +300,125 @@ def _event(model: BaseModel) -> bytes:
     return named_event(model.type, model.model_dump_json())  # type: ignore[attr-defined]
 
 
-async def _stream(steps: AsyncIterator[Any], message_id: str, model: str) -> AsyncIterator[bytes]:
-    totals = UsageTotals()
-    blocks = 0  # content blocks started
-    text_open = False
-    thinking_open = False
-    started_message = False
+@dataclass(slots=True)
+class MessageStream:
+    """Where a Messages stream stands: whether the message started, the content blocks started
+    so far, whether a thinking or a text block is open, and the usage so far. `on_step` moves it
+    on by one step and says which events go out."""
+
+    message_id: str
+    model: str
+    started: bool = False
+    blocks: int = 0
+    thinking_open: bool = False
+    text_open: bool = False
+    totals: UsageTotals = field(default_factory=UsageTotals)
+
+
+def on_step(stream: MessageStream, step: Step) -> list[BaseModel]:
+    stream.totals.add(step.output, step.prompt_index)
+    events: list[BaseModel] = []
+    if not stream.started:
+        stream.started = True
+        events += _message_start(stream)
+    if step.reasoning:
+        events += _thinking(stream, step.reasoning)
+    if stream.thinking_open and (step.text or step.calls or step.finish is not None):
+        events += _close_block(stream, text=False)
+    if step.text:
+        events += _text(stream, step.text)
+    for call in step.calls:
+        if stream.text_open:
+            events += _close_block(stream, text=True)
+        events += _tool_use_block(stream, call)
+    if step.finish is not None:
+        events += _finish(stream, step)
+    return events
+
+
+def _message_start(stream: MessageStream) -> list[BaseModel]:
+    usage = _usage(stream.totals)
+    usage.output_tokens = 0
+    start = wire.Message(id=stream.message_id, content=[], model=stream.model, usage=usage)
+    return [wire.MessageStartEvent(message=start), wire.PingEvent()]
+
+
+def _thinking(stream: MessageStream, text: str) -> list[BaseModel]:
+    events: list[BaseModel] = []
+    if not stream.thinking_open:
+        stream.thinking_open = True
+        block = wire.ThinkingBlock(thinking="")
+        events.append(wire.ContentBlockStartEvent(index=stream.blocks, content_block=block))
+    delta = wire.ThinkingDelta(thinking=text)
+    events.append(wire.ContentBlockDeltaEvent(index=stream.blocks, delta=delta))
+    return events
+
+
+def _open_text(stream: MessageStream) -> BaseModel:
+    stream.text_open = True
+    return wire.ContentBlockStartEvent(index=stream.blocks, content_block=wire.TextBlock(text=""))
+
+
+def _text(stream: MessageStream, text: str) -> list[BaseModel]:
+    events = [] if stream.text_open else [_open_text(stream)]
+    events.append(wire.ContentBlockDeltaEvent(index=stream.blocks, delta=wire.TextDelta(text=text)))
+    return events
+
+
+def _close_block(stream: MessageStream, *, text: bool) -> list[BaseModel]:
+    """Close the open text block (or thinking block); the next block takes the next index."""
+    if text:
+        stream.text_open = False
+    else:
+        stream.thinking_open = False
+    stream.blocks += 1
+    return [wire.ContentBlockStopEvent(index=stream.blocks - 1)]
+
+
+def _tool_use_block(stream: MessageStream, call: ToolCall) -> list[BaseModel]:
+    index = stream.blocks
+    stream.blocks += 1
+    return [
+        wire.ContentBlockStartEvent(index=index, content_block=_tool_use(call, {})),
+        wire.ContentBlockDeltaEvent(
+            index=index, delta=wire.InputJSONDelta(partial_json=call.arguments)
+        ),
+        wire.ContentBlockStopEvent(index=index),
+    ]
+
+
+def _finish(stream: MessageStream, step: Step) -> list[BaseModel]:
+    events: list[BaseModel] = []
+    if not stream.text_open and stream.blocks == 0:  # an empty answer is one empty text block
+        events.append(_open_text(stream))
+    if stream.text_open:
+        events.append(wire.ContentBlockStopEvent(index=stream.blocks))
+    usage = _usage(stream.totals)
+    assert step.finish is not None
+    stop_sequence = step.stop_sequence if step.finish == "stop" else None
+    events.append(
+        wire.MessageDeltaEvent(
+            delta=wire.MessageDelta(
+                stop_reason=_stop_reason(step.finish, stop_sequence),
+                stop_sequence=stop_sequence,
+            ),
+            usage=wire.MessageDeltaUsage(
+                output_tokens=usage.output_tokens,
+                input_tokens=usage.input_tokens,
+                cache_creation_input_tokens=0,
+                cache_read_input_tokens=usage.cache_read_input_tokens,
+            ),
+        )
+    )
+    events.append(wire.MessageStopEvent())
+    return events
+
+
+async def _stream(steps: AsyncIterator[Step], message_id: str, model: str) -> AsyncIterator[bytes]:
+    stream = MessageStream(message_id, model)
     async for step in steps:
-        totals.add(step.output, step.prompt_index)
-        if not started_message:
-            started_message = True
-            usage = _usage(totals)
-            usage.output_tokens = 0
-            start = wire.Message(id=message_id, content=[], model=model, usage=usage)
-            yield _event(wire.MessageStartEvent(message=start))
-            yield _event(wire.PingEvent())
-        if step.reasoning:
-            if not thinking_open:
-                thinking_open = True
-                block = wire.ThinkingBlock(thinking="")
-                yield _event(wire.ContentBlockStartEvent(index=blocks, content_block=block))
-            delta = wire.ThinkingDelta(thinking=step.reasoning)
-            yield _event(wire.ContentBlockDeltaEvent(index=blocks, delta=delta))
-        if thinking_open and (step.text or step.calls or step.finish is not None):
-            thinking_open = False
-            yield _event(wire.ContentBlockStopEvent(index=blocks))
-            blocks += 1
-        if step.text:
-            if not text_open:
-                text_open = True
-                yield _event(
-                    wire.ContentBlockStartEvent(index=blocks, content_block=wire.TextBlock(text=""))
-                )
-            yield _event(
-                wire.ContentBlockDeltaEvent(index=blocks, delta=wire.TextDelta(text=step.text))
-            )
-        for call in step.calls:
-            if text_open:
-                text_open = False
-                yield _event(wire.ContentBlockStopEvent(index=blocks))
-                blocks += 1
-            yield _event(
-                wire.ContentBlockStartEvent(index=blocks, content_block=_tool_use(call, {}))
-            )
-            yield _event(
-                wire.ContentBlockDeltaEvent(
-                    index=blocks, delta=wire.InputJSONDelta(partial_json=call.arguments)
-                )
-            )
-            yield _event(wire.ContentBlockStopEvent(index=blocks))
-            blocks += 1
-        if step.finish is not None:
-            if not text_open and blocks == 0:  # an empty answer is one empty text block
-                text_open = True
-                yield _event(
-                    wire.ContentBlockStartEvent(index=blocks, content_block=wire.TextBlock(text=""))
-                )
-            if text_open:
-                yield _event(wire.ContentBlockStopEvent(index=blocks))
-            usage = _usage(totals)
-            stop_sequence = step.stop_sequence if step.finish == "stop" else None
-            yield _event(
-                wire.MessageDeltaEvent(
-                    delta=wire.MessageDelta(
-                        stop_reason=_stop_reason(step.finish, stop_sequence),
-                        stop_sequence=stop_sequence,
-                    ),
-                    usage=wire.MessageDeltaUsage(
-                        output_tokens=usage.output_tokens,
-                        input_tokens=usage.input_tokens,
-                        cache_creation_input_tokens=0,
-                        cache_read_input_tokens=usage.cache_read_input_tokens,
-                    ),
-                )
-            )
-            yield _event(wire.MessageStopEvent())
+        for event in on_step(stream, step):
+            yield _event(event)
 
 
 async def count_tokens(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
@@ -260,6 +261,78 @@ def _chat_choice(index: int, choice: ChoiceResult, *, logprobs: bool) -> wire.Ch
     )
 
 
+# -- the stream, as a state machine ------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ChatStream:
+    """Where a chat completion stream stands: the choices begun (with the tool calls each has
+    sent), those finished, and the usage so far. One small function per event moves it on and
+    says which chunks go out: `on_step` for each step, `on_cut_short` for an error after text."""
+
+    parse_tools: bool
+    calls_sent: dict[int, int] = field(default_factory=dict)  # by choice: begun, calls sent
+    finished: set[int] = field(default_factory=set)
+    totals: UsageTotals = field(default_factory=UsageTotals)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkOut:
+    """One chunk for one choice: its delta, its finish reason, its logprobs. `text` marks a
+    plain text delta, sent through the content chunk serialized once per choice."""
+
+    index: int
+    delta: wire.ChunkDelta = field(default_factory=wire.ChunkDelta)
+    finish: str | None = None
+    logprobs: Sequence[TokenLogprob] | None = None
+    text: str | None = None
+
+
+def on_step(stream: ChatStream, step: Step) -> list[ChunkOut]:
+    """A step of one choice: its first chunk names the role, then thinking, text, whole tool
+    calls (numbered per choice) and logprobs, then its finish."""
+    index, output = step.index, step.output
+    stream.totals.add(output, step.prompt_index)
+    out = []
+    if index not in stream.calls_sent:
+        stream.calls_sent[index] = 0
+        out.append(ChunkOut(index, wire.ChunkDelta(role="assistant", content="")))
+    if step.reasoning:
+        out.append(ChunkOut(index, wire.ChunkDelta(reasoning_content=step.reasoning)))
+    if stream.parse_tools:
+        if step.text:
+            out.append(ChunkOut(index, wire.ChunkDelta(content=step.text)))
+        for call in step.calls:
+            delta = wire.ToolCallDelta(
+                index=stream.calls_sent[index],
+                id=call.id,
+                type="function",
+                function=wire.FunctionCallDelta(name=call.name, arguments=call.arguments),
+            )
+            stream.calls_sent[index] += 1
+            out.append(ChunkOut(index, wire.ChunkDelta(tool_calls=[delta])))
+        if output.logprobs:
+            out.append(ChunkOut(index, logprobs=output.logprobs))
+    elif output.logprobs:
+        out.append(ChunkOut(index, wire.ChunkDelta(content=step.text), logprobs=output.logprobs))
+    elif step.text:
+        out.append(ChunkOut(index, text=step.text))
+    if step.finish is not None:
+        stream.finished.add(index)
+        out.append(ChunkOut(index, finish=step.finish))
+    return out
+
+
+def on_cut_short(stream: ChatStream) -> list[ChunkOut]:
+    """Cut short by the server (its drain deadline, a full KV cache): every choice that began
+    ends with `length`, its text cut, before the error event that says why."""
+    return [
+        ChunkOut(index, finish="length")
+        for index in stream.calls_sent
+        if index not in stream.finished
+    ]
+
+
 async def _stream_chat(
     steps: AsyncIterator[Step],
     completion_id: str,
@@ -269,21 +342,16 @@ async def _stream_chat(
     *,
     parse_tools: bool,
 ) -> AsyncIterator[bytes]:
-    def chunk(
-        index: int,
-        delta: wire.ChunkDelta,
-        finish: Any = None,
-        logprobs: Sequence[TokenLogprob] | None = None,
-    ) -> bytes:
+    def chunk(out: ChunkOut) -> bytes:
         return sse(
             wire.ChatCompletionChunk(
                 id=completion_id,
                 choices=[
                     wire.ChunkChoice(
-                        delta=delta,
-                        finish_reason=finish,
-                        index=index,
-                        logprobs=chat_logprobs(logprobs) if logprobs else None,
+                        delta=out.delta,
+                        finish_reason=out.finish,
+                        index=out.index,
+                        logprobs=chat_logprobs(out.logprobs) if out.logprobs else None,
                     )
                 ],
                 created=created,
@@ -294,53 +362,25 @@ async def _stream_chat(
 
     content_chunks: dict[int, ContentChunk] = {}
 
-    def content(index: int, text: str) -> bytes:
-        template = content_chunks.get(index)
+    def render(out: ChunkOut) -> bytes:
+        if out.text is None:
+            return chunk(out)
+        template = content_chunks.get(out.index)
         if template is None:
+            index = out.index
             template = content_chunks[index] = ContentChunk(
-                lambda marker: chunk(index, wire.ChunkDelta(content=marker))
+                lambda marker: chunk(ChunkOut(index, wire.ChunkDelta(content=marker)))
             )
-        return template.render(text)
+        return template.render(out.text)
 
-    calls_sent: dict[int, int] = {}  # by choice: tool calls sent so far
-    totals = UsageTotals()
-    finished: set[int] = set()
+    stream = ChatStream(parse_tools)
     try:
         async for step in steps:
-            index, output = step.index, step.output
-            totals.add(output, step.prompt_index)
-            if index not in calls_sent:
-                calls_sent[index] = 0
-                yield chunk(index, wire.ChunkDelta(role="assistant", content=""))
-            if step.reasoning:
-                yield chunk(index, wire.ChunkDelta(reasoning_content=step.reasoning))
-            if parse_tools:
-                if step.text:
-                    yield chunk(index, wire.ChunkDelta(content=step.text))
-                for call in step.calls:
-                    delta = wire.ToolCallDelta(
-                        index=calls_sent[index],
-                        id=call.id,
-                        type="function",
-                        function=wire.FunctionCallDelta(name=call.name, arguments=call.arguments),
-                    )
-                    calls_sent[index] += 1
-                    yield chunk(index, wire.ChunkDelta(tool_calls=[delta]))
-                if output.logprobs:
-                    yield chunk(index, wire.ChunkDelta(), logprobs=output.logprobs)
-            elif output.logprobs:
-                yield chunk(index, wire.ChunkDelta(content=step.text), logprobs=output.logprobs)
-            elif step.text:
-                yield content(index, step.text)
-            if step.finish is not None:
-                finished.add(index)
-                yield chunk(index, wire.ChunkDelta(), step.finish)
+            for out in on_step(stream, step):
+                yield render(out)
     except HearthError:
-        # Cut short by the server (its drain deadline, a full KV cache): every choice that began
-        # ends with `length`, its text cut, before the error event that says why.
-        for index in calls_sent:
-            if index not in finished:
-                yield chunk(index, wire.ChunkDelta(), "length")
+        for out in on_cut_short(stream):
+            yield render(out)
         raise
     if include_usage:
         final = wire.ChatCompletionChunk(
@@ -349,7 +389,7 @@ async def _stream_chat(
             created=created,
             model=model,
             system_fingerprint=SYSTEM_FINGERPRINT,
-            usage=_usage(totals),
+            usage=_usage(stream.totals),
         )
         yield sse(final.model_dump_json())
     yield SSE_DONE
