@@ -25,9 +25,9 @@ from pydantic import BaseModel
 
 from hearth.engine.types import TokenLogprob
 from hearth.errors import HearthError, InvalidRequestError, UnsupportedParameterError
+from hearth.keep_alive import KeepAlive, parse_keep_alive
 from hearth.models import registry
 from hearth.models.gguf_info import NotAGGUFError, read_gguf_info
-from hearth.models.keep_alive import KeepAlive, parse_keep_alive
 from hearth.protocol import ollama as wire
 from hearth.protocol.embeddings import EmbeddingRequest
 from hearth.server.core.conversation import (
