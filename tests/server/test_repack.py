@@ -127,5 +127,5 @@ def test_the_probe_child_decodes_the_engine_shapes(tmp_path: Path) -> None:
         "n_prefill": 64,
         "n_threads": 2,
     }
-    command = [sys.executable, "-m", "hearth.engine.amx_probe", json.dumps(config)]
+    command = [sys.executable, "-m", "hearth.engine.amx_probe_child", json.dumps(config)]
     assert run_probe_command(command, 300) == ("works", "decoded every shape")

@@ -122,7 +122,7 @@ def test_a_probe_child_that_crashes_or_hangs_is_a_crashed_verdict() -> None:
     assert amx_probe.run_probe_command([python, "-c", hangs], 0.5)[0] == "crashed"
     silent = "pass"  # exiting 0 without the ok line proves nothing
     assert amx_probe.run_probe_command([python, "-c", silent], 30)[0] == "crashed"
-    ok = f"print({amx_probe._OK_LINE!r})"
+    ok = f"print({amx_probe.OK_LINE!r})"
     assert amx_probe.run_probe_command([python, "-c", ok], 30)[0] == "works"
 
 

@@ -57,7 +57,7 @@ def _lib_dir() -> Path:
 
 @cache
 def _ggml() -> ctypes.CDLL:
-    from hearth.engine.llama_runner import init_backend
+    from hearth.engine.backend import init_backend
 
     init_backend()  # registers the CPU backend
     lib = ctypes.CDLL(str(_lib_dir() / "libggml.so"))

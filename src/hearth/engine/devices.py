@@ -45,7 +45,7 @@ def _ggml() -> ctypes.CDLL:
 
 
 def list_devices() -> list[Device]:
-    from hearth.engine.llama_runner import init_backend
+    from hearth.engine.backend import init_backend
 
     init_backend()  # loads the backends into the registry
     lib = _ggml()

@@ -1,20 +1,17 @@
 """The llama.cpp side of the engine, over llama-cpp-python's low-level ctypes API.
 
-Only the engine package imports llama_cpp: this module, `devices`, `quantize`, `grammar` and
-`embedder`. Everything here but `tokenize`, `detokenize` and `check_grammar` runs on the engine
-thread, which owns the context; those three only read the vocabulary, which llama.cpp allows from
-any thread (its own server tokenizes in HTTP threads).
+Only the engine package imports llama_cpp: this module, `backend`, `buffer_types`, `devices`,
+`quantize`, `grammar` and `embedder`. Everything here but `tokenize`, `detokenize` and
+`check_grammar` runs on the engine thread, which owns the context; those three only read the
+vocabulary, which llama.cpp allows from any thread (its own server tokenizes in HTTP threads).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import dataclasses
 import logging
 import math
-import re
-from collections.abc import Iterator
 from collections.abc import Sequence as SequenceType
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +20,7 @@ from typing import Any
 import llama_cpp as llama
 import numpy as np
 
+from hearth.engine.backend import BUFFER_LINE, capturing_buffer_lines, init_backend
 from hearth.engine.cpu import RepackMode, WeightPlacement
 from hearth.engine.scheduler import Chunk
 from hearth.engine.types import Grammar, SamplingParams, TokenLogprob
@@ -30,29 +28,6 @@ from hearth.engine.types import Grammar, SamplingParams, TokenLogprob
 __all__ = ["KV_CACHE_TYPES", "LlamaRunner", "ModelInfo", "RunnerConfig"]
 
 logger = logging.getLogger(__name__)
-
-# enum ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues the last)
-_GGML_LOG_TO_LOGGING = {3: logging.WARNING, 4: logging.ERROR}
-_GGML_LOG_CONT = 5
-_llama_logger = logging.getLogger("hearth.llama_cpp")
-_last_log_level: int | None = None
-# While a model loads: llama.cpp's INFO lines that say how much of it each buffer type holds.
-_buffer_lines: list[str] | None = None
-_BUFFER_LINE = re.compile(r"(\S+) model buffer size =\s*([0-9.]+) MiB")
-
-
-@llama.llama_log_callback  # type: ignore[untyped-decorator]
-def _log_callback(level: int, text: bytes, _user_data: Any) -> None:
-    # llama.cpp logs hundreds of INFO lines per load; keep warnings and errors only.
-    global _last_log_level
-    python_level = _last_log_level if level == _GGML_LOG_CONT else _GGML_LOG_TO_LOGGING.get(level)
-    _last_log_level = python_level
-    message = text.decode("utf-8", "replace").rstrip() if text else ""
-    if _buffer_lines is not None and "model buffer size" in message:
-        _buffer_lines.append(message)
-    if python_level is not None and message:
-        _llama_logger.log(python_level, "%s", message)
-
 
 # How many recent tokens the repeat, presence and frequency penalties look at (llama.cpp's 64).
 PENALTY_LAST_N = 64
@@ -65,16 +40,6 @@ KV_CACHE_TYPES = {
     "q8_0": llama.GGML_TYPE_Q8_0,
     "q4_0": llama.GGML_TYPE_Q4_0,
 }
-
-_backend_ready = False
-
-
-def init_backend() -> None:
-    global _backend_ready
-    if not _backend_ready:
-        llama.llama_log_set(_log_callback, ctypes.c_void_p(0))
-        llama.llama_backend_init()
-        _backend_ready = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,25 +87,14 @@ def _load_model(config: RunnerConfig, model_params: Any) -> tuple[Any, WeightPla
         ProbeShape(config.n_slots, config.n_batch, config.n_prefill, config.n_threads),
     )
     model_params.use_extra_bufts = placement.use_extra_bufts
-    with load_lock, offering(placement.offered), _capturing_buffer_lines() as lines:
+    with load_lock, offering(placement.offered), capturing_buffer_lines() as lines:
         model = llama.llama_model_load_from_file(str(config.model_path).encode(), model_params)
     buffers: dict[str, int] = {}
     for line in lines:
-        if match := _BUFFER_LINE.search(line):
+        if match := BUFFER_LINE.search(line):
             name = match.group(1)
             buffers[name] = buffers.get(name, 0) + int(float(match.group(2)) * (1 << 20))
     return model, dataclasses.replace(placement, buffers=buffers)
-
-
-@contextlib.contextmanager
-def _capturing_buffer_lines() -> Iterator[list[str]]:
-    global _buffer_lines
-    lines: list[str] = []
-    _buffer_lines = lines
-    try:
-        yield lines
-    finally:
-        _buffer_lines = None
 
 
 class LlamaRunner:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import llama_cpp as llama
 
-from hearth.engine.llama_runner import init_backend
+from hearth.engine.backend import init_backend
 
 __all__ = ["QUANT_TYPES", "quantize"]
 
