@@ -30,6 +30,7 @@ from hearth.engine.speculative import (
     DraftSource,
     SpeculationMode,
     StepCost,
+    predicted_tokens_kept,
 )
 from hearth.engine.text import StopMatcher, ThinkingTracker, Utf8Stream
 from hearth.engine.types import (
@@ -113,8 +114,9 @@ class _Choice:
     drafter: Drafter | None = None  # speculation: where drafts come from, and how long
     draft_length: DraftLength | None = None
     draft_source: DraftSource | None = None  # of the draft in this step's batch
-    accepted_prediction: int = 0
-    rejected_prediction: int = 0
+    # With a prediction: the tokens produced, to count at the end which of its tokens the
+    # output holds (OpenAI's accepted and rejected prediction tokens).
+    produced: list[int] | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -330,6 +332,8 @@ class EngineCore(Generic[SinkT]):
             choice.stops = StopMatcher(choice.params.stop)
             if choice.params.reasoning is not None:
                 choice.thinking = ThinkingTracker(choice.params.reasoning)
+            if gen.request.prediction:
+                choice.produced = []
             if self.speculation is not SpeculationMode.OFF:
                 choice.drafter = Drafter(gen.request.prompt_tokens, gen.request.prediction)
                 choice.draft_length = DraftLength(self.speculation)
@@ -360,6 +364,8 @@ class EngineCore(Generic[SinkT]):
                 token, written = thinking.forced.pop(0), True
                 self.runner.accept(choice.sampler, token)
         choice.last_token = token
+        if choice.produced is not None:
+            choice.produced.append(token)
         if choice.drafter is not None:
             choice.drafter.push(token)
             assert choice.draft_length is not None
@@ -446,9 +452,6 @@ class EngineCore(Generic[SinkT]):
         self.stats.draft_tokens_total += n_draft
         self.stats.draft_tokens_accepted_total += accepted
         source = choice.draft_source or DraftSource.LOOKUP
-        if source is DraftSource.PREDICTION:
-            choice.accepted_prediction += accepted
-            choice.rejected_prediction += n_draft - accepted
         if choice.draft_length is not None:
             choice.draft_length.verified(source, n_draft, accepted)
         if not outputs:
@@ -458,8 +461,6 @@ class EngineCore(Generic[SinkT]):
         if len(outputs) > 1:
             last.text = "".join(output.text for _, output in outputs)
             last.logprobs = tuple(lp for _, output in outputs for lp in output.logprobs)
-        last.accepted_prediction_tokens = choice.accepted_prediction
-        last.rejected_prediction_tokens = choice.rejected_prediction
         return [(sink, last)]
 
     def _finish(
@@ -506,6 +507,10 @@ class EngineCore(Generic[SinkT]):
         stop_sequence = None
         if reason is FinishReason.STOP and choice.stops is not None:
             stop_sequence = choice.stops.matched
+        kept = rejected = 0  # of the prediction's tokens: counted once, at the end
+        if reason is not None and choice.produced is not None:
+            kept = predicted_tokens_kept(gen.request.prediction, choice.produced)
+            rejected = len(gen.request.prediction) - kept
         return RequestOutput(
             text=text,
             prompt_tokens=len(gen.request.prompt_tokens),
@@ -517,8 +522,8 @@ class EngineCore(Generic[SinkT]):
             logprobs=logprobs,
             stop_sequence=stop_sequence,
             reasoning_tokens=choice.thinking.tokens if choice.thinking is not None else 0,
-            accepted_prediction_tokens=choice.accepted_prediction,
-            rejected_prediction_tokens=choice.rejected_prediction,
+            accepted_prediction_tokens=kept,
+            rejected_prediction_tokens=rejected,
         )
 
     # -- failures and bookkeeping ------------------------------------------------------------

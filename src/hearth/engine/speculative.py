@@ -32,8 +32,9 @@ the tokens it then produces, for free) until they are kept again.
 
 from __future__ import annotations
 
+import difflib
 import enum
-from bisect import bisect_left
+from collections.abc import Sequence as SequenceType
 from dataclasses import dataclass
 
 __all__ = [
@@ -44,14 +45,16 @@ __all__ = [
     "Drafter",
     "SpeculationMode",
     "StepCost",
+    "predicted_tokens_kept",
 ]
 
-# The n-gram sizes looked up, longest first; a single token matches too often to be worth a row.
-NGRAM_MAX = 3
-NGRAM_MIN = 2
-# After the output departs from the prediction (a renamed variable), the next token is looked
-# for this far ahead of where they parted, before any n-gram search of the whole prediction.
-RESYNC_WINDOW = 16
+# A draft resumes where the longest suffix of the output matches the reference (the prediction,
+# or the prompt and output so far) again: at least this long, since a single common token (a
+# newline, a space) matches in the wrong place; a match is read back at most this far.
+MIN_MATCH = 2
+MAX_MATCH = 64
+# The most recent occurrences of the output's last token that are tried as match ends.
+MAX_CANDIDATES = 256
 # In auto, sequences draft only while at most this many decode in a step: beyond it the rows
 # are better spent on other sequences (batching already uses the compute).
 AUTO_MAX_DECODING = 4
@@ -72,6 +75,71 @@ class DraftSource(enum.Enum):
 class Draft:
     tokens: tuple[int, ...]
     source: DraftSource
+    # On the first draft after a re-alignment: how many tokens of output matched the reference
+    # there. Its acceptance estimate starts afresh (`DraftLength`). Else None.
+    aligned_on: int | None = None
+
+
+class _Reference:
+    """A token sequence that drafts are read from, with a cursor at the token the output is
+    expected to produce next, found again after the output departs from it."""
+
+    def __init__(self, tokens: list[int] | tuple[int, ...]) -> None:
+        self.tokens = tokens
+        self.positions: dict[int, list[int]] = {}  # token -> its positions, in order
+        for position, token in enumerate(tokens):
+            self.positions.setdefault(token, []).append(position)
+        self.cursor: int | None = None
+        self.parted_at = 0  # where the output last departed from it
+
+    def append(self, token: int) -> None:
+        self.positions.setdefault(token, []).append(len(self.tokens))
+        self.tokens.append(token)  # type: ignore[union-attr]
+
+    def follow(self, token: int) -> None:
+        """The output produced `token`: the cursor moves on, or is lost where they part."""
+        cursor = self.cursor
+        if cursor is None:
+            return
+        if cursor < len(self.tokens) and self.tokens[cursor] == token:
+            self.cursor = cursor + 1
+        else:
+            self.cursor, self.parted_at = None, cursor
+
+    def realign(self, text: SequenceType[int], before: int) -> int | None:
+        """Put the cursor right after the longest suffix of `text` that the reference holds
+        ending before `before` (the nearest after where they parted, among equals); the
+        match's length, or None when no match is long enough. A token put in place of one
+        (a renamed name) resumes at once: the token after the one replaced matches."""
+        if not text:
+            return None
+        tokens, last = self.tokens, text[-1]
+        candidates = self.positions.get(last, ())
+        best_end, best_length = -1, 0
+        for end in reversed(candidates[-MAX_CANDIDATES:]):
+            if end >= before:
+                continue
+            length = 1
+            limit = min(MAX_MATCH, end + 1, len(text))
+            while length < limit and tokens[end - length] == text[-1 - length]:
+                length += 1
+            if end == self.parted_at + 1:  # the one token after the replaced one
+                length = max(length, MIN_MATCH)
+            if length > best_length or (
+                length == best_length and _nearer(end, best_end, self.parted_at)
+            ):
+                best_end, best_length = end, length
+        if best_length < MIN_MATCH:
+            return None
+        self.cursor = best_end + 1
+        return best_length
+
+
+def _nearer(end: int, other: int, parted_at: int) -> bool:
+    """Whether `end` is nearer than `other` to where the output parted, after it first."""
+    if (end >= parted_at) != (other >= parted_at):
+        return end >= parted_at
+    return abs(end - parted_at) < abs(other - parted_at)
 
 
 class Drafter:
@@ -79,72 +147,44 @@ class Drafter:
     pushes every token the choice produces (`push`) and asks for a draft before each step."""
 
     def __init__(self, prompt: tuple[int, ...], prediction: tuple[int, ...] = ()) -> None:
-        self._text: list[int] = []
-        # n-gram -> where what followed its latest occurrence starts, in _text
-        self._follows: dict[tuple[int, ...], int] = {}
-        for token in prompt:
-            self.push_context(token)
-        self._prediction = prediction
-        # n-gram -> every position in the prediction right after one of its occurrences
-        self._prediction_follows: dict[tuple[int, ...], list[int]] = {}
-        for n in range(NGRAM_MIN, NGRAM_MAX + 1):
-            for end in range(n, len(prediction)):
-                key = prediction[end - n : end]
-                self._prediction_follows.setdefault(key, []).append(end)
-        self._cursor: int | None = 0 if prediction else None  # next prediction token expected
-        self._parted_at = 0  # where the output last departed from the prediction
+        self._text = _Reference(list(prompt))
+        self._prediction = _Reference(prediction) if prediction else None
+        if self._prediction is not None:
+            self._prediction.cursor = 0
 
     def push_context(self, token: int) -> None:
         """Append a token of the prompt or the output to the text that lookups search."""
-        text = self._text
-        text.append(token)
-        end = len(text) - 1  # n-grams ending just before this token are followed by it
-        for n in range(NGRAM_MIN, NGRAM_MAX + 1):
-            if end >= n:
-                self._follows[tuple(text[end - n : end])] = end
+        self._text.append(token)
 
     def push(self, token: int) -> None:
         """The choice produced `token`."""
-        self.push_context(token)
-        cursor = self._cursor
-        if cursor is not None:
-            if cursor < len(self._prediction) and self._prediction[cursor] == token:
-                self._cursor = cursor + 1
-            else:
-                self._cursor = None
-                self._parted_at = cursor
+        self._text.follow(token)
+        self._text.append(token)
+        if self._prediction is not None:
+            self._prediction.follow(token)
 
     def draft(self, max_tokens: int) -> Draft | None:
         if max_tokens <= 0:
             return None
-        if self._prediction:
-            cursor = self._cursor if self._cursor is not None else self._find_in_prediction()
-            self._cursor = cursor
-            if cursor is not None and cursor < len(self._prediction):
-                return Draft(self._prediction[cursor : cursor + max_tokens], DraftSource.PREDICTION)
-        text = self._text
-        for n in range(NGRAM_MAX, NGRAM_MIN - 1, -1):
-            if len(text) <= n:
-                continue
-            start = self._follows.get(tuple(text[-n:]))
-            if start is not None:
-                return Draft(tuple(text[start : start + max_tokens]), DraftSource.LOOKUP)
-        return None
-
-    def _find_in_prediction(self) -> int | None:
-        """Where in the prediction the output goes on, after it departed from it: its last token
-        a little ahead of where they parted, else its last n-gram, nearest after that."""
-        text, prediction, parted = self._text, self._prediction, self._parted_at
-        last = text[-1]
-        for position in range(parted, min(parted + RESYNC_WINDOW, len(prediction))):
-            if prediction[position] == last:
-                return position + 1
-        for n in range(NGRAM_MAX, NGRAM_MIN - 1, -1):
-            positions = self._prediction_follows.get(tuple(text[-n:]))
-            if positions:
-                after = bisect_left(positions, parted)
-                return positions[after] if after < len(positions) else positions[-1]
-        return None
+        text = self._text.tokens
+        prediction = self._prediction
+        if prediction is not None:
+            aligned_on: int | None = None
+            if prediction.cursor is None:
+                aligned_on = prediction.realign(text, len(prediction.tokens))
+            cursor = prediction.cursor
+            if cursor is not None and cursor < len(prediction.tokens):
+                tokens = tuple(prediction.tokens[cursor : cursor + max_tokens])
+                return Draft(tokens, DraftSource.PREDICTION, aligned_on)
+        lookup = self._text
+        aligned_on = None
+        if lookup.cursor is None:  # the match must end before the output's last token
+            aligned_on = lookup.realign(text, len(text) - 1)
+        cursor = lookup.cursor
+        if cursor is None or cursor >= len(text):
+            lookup.cursor = None
+            return None
+        return Draft(tuple(text[cursor : cursor + max_tokens]), DraftSource.LOOKUP, aligned_on)
 
 
 # The longest draft decoded in one step, by source: a prediction is the client's own guess at
@@ -216,16 +256,21 @@ class DraftLength:
     """How many draft tokens one choice decodes in the next step: the number that maximises the
     step's expected output per second, given the step's cost by rows (`StepCost`) and this
     choice's estimated chance that each draft token is kept. Drafts are accepted token by token
-    until the first refusal, so with a per-token chance p a draft of k yields
-    1 + p + ... + p^k tokens for k more rows. Zero means the draft is watched instead of
-    decoded: compared with the tokens the choice then produces, which costs no decode, so free
-    text pays nothing and the first watched draft that is kept brings decoding back. `on`
-    decodes every draft whole, up to the source's ceiling."""
+    until the first refusal, so the chance is estimated per position in the draft, each given
+    that the tokens before it were kept (a prediction's first token after a change is a guess,
+    its tenth after a kept ninth nearly sure): a draft of k yields 1 + p1 + p1·p2 + … + p1…pk
+    tokens for k more rows; a position never tried yet is expected to go as the deepest one
+    tried. A re-aligned draft starts its estimate afresh, trusting a longer match more. Zero
+    means the draft is watched instead of decoded: compared with the tokens the choice then
+    produces, which costs no decode, so free text pays nothing and the first watched draft that
+    is kept brings decoding back. `on` decodes every draft whole, up to the source's ceiling."""
 
     def __init__(self, mode: SpeculationMode) -> None:
         self._mode = mode
-        # per source: exponentially weighted (tokens kept, tokens tried), decoded and watched
-        self._seen = dict(_PRIOR)
+        # per source and draft position: exponentially weighted (tokens kept, tokens tried)
+        self._seen = {source: [_PRIOR[source]] * _MAX[source] for source in DraftSource}
+        # per source: the deepest position tried; deeper ones are expected to go as it goes
+        self._deepest = {source: -1 for source in DraftSource}
         self._watched: Draft | None = None
         self._watched_kept = 0
 
@@ -233,28 +278,41 @@ class DraftLength:
     def watching(self) -> bool:
         return self._watched is not None
 
-    def acceptance(self, source: DraftSource) -> float:
-        """The estimated chance that each token of the next draft from `source` is kept."""
-        kept, tried = self._seen[source]
+    def acceptance(self, source: DraftSource, position: int = 0) -> float:
+        """The estimated chance that the draft token at `position` is kept, the ones before it
+        having been kept."""
+        kept, tried = self._seen[source][position]
         return kept / tried
 
     def plan(self, draft: Draft, cost: StepCost, rows: int = 1, yielded: int = 1) -> int:
         """How many tokens of `draft` to decode in a step that holds `rows` rows so far (this
         choice's pending token included) and yields `yielded` tokens without drafts; 0 to
         watch it instead."""
+        if draft.aligned_on is not None:
+            self._start_afresh(draft.source, draft.aligned_on)
         most = min(len(draft.tokens), _MAX[draft.source])
         if self._mode is SpeculationMode.ON:
             return most
-        p = self.acceptance(draft.source)
+        seen, deepest = self._seen[draft.source], self._deepest[draft.source]
         without = yielded / cost.cost(rows)
         best, best_rate, expected, chance = 0, 0.0, 1.0, 1.0
         for k in range(1, most + 1):
-            chance *= p
+            kept, tried = seen[k - 1 if k - 1 <= deepest or deepest < 0 else deepest]
+            chance *= kept / tried
             expected += chance
             rate = (yielded - 1 + expected) / cost.cost(rows + k)
             if rate > best_rate:
                 best, best_rate = k, rate
         return best if best_rate >= _MIN_GAIN * without else 0
+
+    def _start_afresh(self, source: DraftSource, match: int) -> None:
+        """After a re-alignment on `match` tokens: what was seen before says nothing about this
+        place. A longer match is likelier the right place: its first token starts at
+        match / (match + 1), never above the source's prior."""
+        kept, tried = _PRIOR[source]
+        first = min(kept / tried, match / (match + 1)) * tried
+        self._seen[source] = [(first, tried)] + [_PRIOR[source]] * (_MAX[source] - 1)
+        self._deepest[source] = -1
 
     def watch(self, draft: Draft) -> None:
         """Follow `draft` against the tokens produced next, instead of decoding it."""
@@ -275,9 +333,21 @@ class DraftLength:
         self.verified(watched.source, len(watched.tokens), self._watched_kept)
 
     def verified(self, source: DraftSource, drafted: int, accepted: int) -> None:
-        """`accepted` of `drafted` tokens were kept: as many tries succeeded, and one more failed
-        unless the whole draft was kept."""
-        kept, tried = self._seen[source]
-        tries = accepted + (accepted < drafted)
-        decay = _ACCEPTANCE_DECAY
-        self._seen[source] = (decay * kept + accepted, decay * tried + tries)
+        """`accepted` of `drafted` tokens were kept: the positions before the first refusal
+        succeeded, the refused one failed, the ones after it were not tried."""
+        seen, decay = self._seen[source], _ACCEPTANCE_DECAY
+        tried_up_to = min(accepted + 1, drafted, len(seen))
+        for position in range(tried_up_to):
+            kept, tried = seen[position]
+            seen[position] = (decay * kept + (position < accepted), decay * tried + 1)
+        self._deepest[source] = max(self._deepest[source], tried_up_to - 1)
+
+
+def predicted_tokens_kept(prediction: SequenceType[int], output: SequenceType[int]) -> int:
+    """How many of the prediction's tokens the output holds, in order (OpenAI's accepted
+    prediction tokens; the rest are its rejected ones), whether or not they were drafted: the
+    matching blocks of a diff of the two. Once per request, at its end."""
+    if not prediction or not output:
+        return 0
+    matcher = difflib.SequenceMatcher(None, prediction, output, autojunk=False)
+    return sum(block.size for block in matcher.get_matching_blocks())

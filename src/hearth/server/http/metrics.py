@@ -167,6 +167,16 @@ class _Collector(Collector):
             "prompt_tokens_cached_total",
         )
         yield counter("generation_tokens", "Tokens generated.", "generated_tokens_total")
+        yield counter(
+            "spec_decode_num_draft_tokens",
+            "Speculative draft tokens decoded and verified.",
+            "draft_tokens_total",
+        )
+        yield counter(
+            "spec_decode_num_accepted_tokens",
+            "Speculative draft tokens the model kept.",
+            "draft_tokens_accepted_total",
+        )
         yield counter("requests_finished", "Requests ended, any way.", "requests_finished")
 
         batch = HistogramMetricFamily(
