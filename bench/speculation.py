@@ -147,12 +147,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def hearth(speculation: str, threads: int, log_dir: Path, quantize: str) -> Iterator[int]:
+def hearth(
+    speculation: str, threads: int, log_dir: Path, quantize: str, parallel: int = 1
+) -> Iterator[int]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
     env["HEARTH_HOME"] = str(log_dir / f"home-{speculation}")
     cmd = [sys.executable, "-m", "hearth", "serve", "--host", HOST, "--port", str(port)]
-    cmd += ["--parallel", "1", "--ctx-size", "2048", "--threads", str(threads)]
+    cmd += ["--parallel", str(parallel), "--ctx-size", "2048", "--threads", str(threads)]
     cmd += ["--flash-attn", "off", "--speculation", speculation, "--quantize", quantize]
     with (log_dir / f"hearth-{speculation}.log").open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import difflib
 import enum
+from collections import Counter
 from collections.abc import Sequence as SequenceType
 from dataclasses import dataclass
+from itertools import pairwise
 
 __all__ = [
     "AUTO_MAX_DECODING",
@@ -87,14 +89,20 @@ class _Reference:
     def __init__(self, tokens: list[int] | tuple[int, ...]) -> None:
         self.tokens = tokens
         self.positions: dict[int, list[int]] = {}  # token -> its positions, in order
+        # how often each pair of neighbours occurs: no match of MIN_MATCH is possible where the
+        # output's last pair does not, which spares free text a search at every step
+        self.pairs: Counter[tuple[int, int]] = Counter(pairwise(tokens))
         for position, token in enumerate(tokens):
             self.positions.setdefault(token, []).append(position)
         self.cursor: int | None = None
         self.parted_at = 0  # where the output last departed from it
 
     def append(self, token: int) -> None:
-        self.positions.setdefault(token, []).append(len(self.tokens))
-        self.tokens.append(token)  # type: ignore[union-attr]
+        tokens = self.tokens
+        if tokens:
+            self.pairs[tokens[-1], token] += 1
+        self.positions.setdefault(token, []).append(len(tokens))
+        tokens.append(token)  # type: ignore[union-attr]
 
     def follow(self, token: int) -> None:
         """The output produced `token`: the cursor moves on, or is lost where they part."""
@@ -114,6 +122,11 @@ class _Reference:
         if not text:
             return None
         tokens, last = self.tokens, text[-1]
+        resumes = self.parted_at + 1 < len(tokens) and tokens[self.parted_at + 1] == last
+        # The output's own last pair is counted in the text it searches (lookup): seen once more.
+        needed = 2 if tokens is text else 1
+        if not resumes and (len(text) < 2 or self.pairs[text[-2], last] < needed):
+            return None
         candidates = self.positions.get(last, ())
         best_end, best_length = -1, 0
         for end in reversed(candidates[-MAX_CANDIDATES:]):
