@@ -225,18 +225,28 @@ def test_sampling_with_drafts_keeps_the_token_distribution(
     assert homogeneity(samples["on"], samples["off"]) > 0.001
 
 
-def test_prediction_with_speculation_off_is_accepted_and_reports_zero(
+def test_prediction_tokens_are_counted_as_openai_counts_them_even_when_off(
     servers: dict[str, HearthServer],
 ) -> None:
-    reply = chat(
-        servers["off"],
-        messages=EDIT,
-        max_tokens=5,
-        temperature=0,
-        prediction={"type": "content", "content": PREDICTION},
-    )
-    details = reply.usage.completion_tokens_details
-    assert details is not None and details.accepted_prediction_tokens == 0
+    """Accepted: the prediction's tokens the output holds; rejected: the rest of them, whether
+    any was drafted or not."""
+    for mode in ("off", "on"):
+        reply = chat(
+            servers[mode],
+            messages=EDIT,
+            max_tokens=12,
+            temperature=0,
+            prediction={"type": "content", "content": PREDICTION},
+        )
+        details = reply.usage.completion_tokens_details
+        assert details is not None
+        predicted = httpx.post(
+            f"{servers[mode].base_url}/tokenize", json={"content": PREDICTION}, timeout=30
+        ).json()["tokens"]
+        accepted, rejected = details.accepted_prediction_tokens, details.rejected_prediction_tokens
+        assert accepted is not None and rejected is not None
+        assert accepted + rejected == len(predicted)
+        assert 0 < accepted <= reply.usage.completion_tokens  # the reply starts as predicted
 
 
 def test_the_flag_is_validated(tmp_path: Path) -> None:
