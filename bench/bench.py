@@ -13,7 +13,10 @@ In order, on one machine and in one run, so that the ratios compare like with li
 4. bench/kv_memory.py, with no other server up: KV cache types and layouts (memory, decode
    speed, quality), and the prompt cache across a restart (TTFT restored vs cold).
 5. bench/speculation.py: one stream with and without speculative decoding (an edit with and
-   without `prediction`, a RAG quote, free story writing), two servers in alternating rounds.
+   without `prediction`, a RAG quote, free story writing), two servers in alternating rounds;
+   then bench/speculation_edits.py: predictions derived from the off server's own answer (a
+   fence added, every tenth line changed, a name renamed), off, auto and on side by side at 1,
+   4 and 16 clients.
 Streams go through a lean client (sse_client.py), a blocking socket on a thread per stream: the
 clients share the cores with the servers.
 Both servers get the same requests, with the end-of-generation tokens banned through logit_bias
@@ -58,6 +61,7 @@ from rich.progress import (
 
 import kv_memory
 import speculation
+import speculation_edits
 from hearth.models.registry import embedded_model_path
 from hearth.settings import physical_cores
 from prompts import chat_messages
@@ -1419,6 +1423,9 @@ def markdown(report: dict[str, Any]) -> str:
     spec = report.get("speculation")
     if spec is not None:
         lines += ["", spec["error"] if "error" in spec else speculation.markdown(spec)]
+    edits = report.get("speculation_edits")
+    if edits is not None:
+        lines += ["", edits["error"] if "error" in edits else speculation_edits.markdown(edits)]
     return "\n".join(lines) + "\n"
 
 
@@ -1466,6 +1473,14 @@ def main(argv: list[str] | None = None) -> int:
             spec = speculation.run_speculation(args.speculation_rounds, args.threads)
         except (RuntimeError, OSError, httpx.HTTPError) as exc:
             spec = {"error": f"speculation: {type(exc).__name__}: {exc}"}
+    edits: dict[str, Any] | None = None
+    if args.speculation_rounds:
+        console.print("Predicted edits, off, auto and on at 1, 4 and 16 clients")
+        try:
+            clients = (1, 4) if args.quick else speculation_edits.CLIENTS
+            edits = speculation_edits.run_edits(1, clients, args.threads)
+        except (RuntimeError, OSError, httpx.HTTPError) as exc:
+            edits = {"error": f"speculation_edits: {type(exc).__name__}: {exc}"}
 
     report = {
         "machine": machine,
@@ -1492,6 +1507,7 @@ def main(argv: list[str] | None = None) -> int:
         "ceiling": ceiling,
         "kv_memory": kv,
         "speculation": spec,
+        "speculation_edits": edits,
     }
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     text = markdown(report)
