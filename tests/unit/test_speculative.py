@@ -540,3 +540,14 @@ def test_a_realigned_draft_starts_its_estimate_afresh() -> None:
     short = DraftLength(SpeculationMode.AUTO)
     short.plan(Draft(tuple(range(20)), DraftSource.PREDICTION, aligned_on=2), cpu_like())
     assert short.acceptance(DraftSource.PREDICTION) < 0.7  # a short match is a weaker guess
+
+
+def test_one_preempted_step_does_not_poison_the_step_cost() -> None:
+    cost = StepCost()
+    for _ in range(20):
+        cost.observe(4, 0.030)
+    cost.observe(4, 4.8)  # the OS gave the cores to a neighbour for seconds
+    assert cost.cost(4) < 0.040
+    for _ in range(40):  # a real change still moves it
+        cost.observe(4, 0.060)
+    assert cost.cost(4) > 0.055

@@ -225,6 +225,10 @@ class StepCost:
     # Before steps of two row counts were timed: a row costs this share of a one-row step.
     PRIOR_ROW_SHARE = 0.5
     _WEIGHT = 0.1  # of the latest step in each moving average
+    # A step the OS preempted (a busy neighbour: seen here, 4 rows timed at 4.8 s where they
+    # take 30 ms) counts as at most this many times the average so far, so that one outlier
+    # cannot stop drafting for a hundred steps; a real change still moves it 10% a step.
+    _CLIP = 3.0
 
     def __init__(self) -> None:
         self.seconds_by_rows: dict[int, float] = {}  # moving average of each count's steps
@@ -233,7 +237,10 @@ class StepCost:
     def observe(self, rows: int, seconds: float) -> None:
         """A step of `rows` rows, all decoding (no prompt), took `seconds`."""
         averages = self.seconds_by_rows
-        averages[rows] = _moving(averages.get(rows), seconds, self._WEIGHT)
+        average = averages.get(rows)
+        if average is not None:
+            seconds = min(seconds, self._CLIP * average)
+        averages[rows] = _moving(average, seconds, self._WEIGHT)
         self._line = None  # fitted again when a count not seen is asked for, not every step
 
     def cost(self, rows: int) -> float:
