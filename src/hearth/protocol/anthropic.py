@@ -169,17 +169,17 @@ class RedactedThinkingBlockParam(_Lenient):
     type: Literal["redacted_thinking"]
 
 
-class ToolUseBlockParam(_Block):
-    """A tool call the model made, sent back in the next turn (an assistant message)."""
+class ToolUseBlockParam(_Lenient):
+    """A tool call the model made, sent back in the next turn (an assistant message). Clients
+    send it back as their SDK dumped the answer's block, with the fields newer SDKs add
+    (`caller`, `toolset_name`…): those are kept and not read, since the prompt holds only the
+    call itself."""
 
     id: str
     input: dict[str, Any]
     name: str
     type: Literal["tool_use"]
     cache_control: CacheControl | None = None  # accepted, ignored: see CacheControl
-    # Who called the tool (newer SDKs dump it on every block, `null` or {"type": "direct"} for
-    # the model's own calls): it changes nothing in the prompt, so accepted and not read.
-    caller: dict[str, Any] | None = None
 
 
 class ToolReferenceBlockParam(_Lenient):
