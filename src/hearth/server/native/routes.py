@@ -53,13 +53,6 @@ def _engine_fields(stats: EngineStats) -> dict[str, Any]:
     }
 
 
-@health_router.head("/", include_in_schema=False)
-async def alive() -> Response:
-    """200 to `HEAD /`: the check clients make before their first request (Claude Code,
-    Ollama's clients, which know it from Ollama's "Ollama is running")."""
-    return Response(status_code=200)
-
-
 @health_router.get("/health")
 async def health(request: Request) -> dict[str, Any]:
     """The top-level fields describe the startup model (--model); `models` has one entry per

@@ -79,7 +79,9 @@ def web_router() -> APIRouter:
     index = assets["index.html"]
     router = APIRouter(include_in_schema=False)
 
-    @router.get("/")
+    # HEAD too: the check clients make before their first request (Claude Code; Ollama's
+    # clients know it from Ollama's "Ollama is running"). With --no-ui, / is a 404 either way.
+    @router.api_route("/", methods=["GET", "HEAD"])
     async def page() -> Response:
         return _page_response(index, "index.html")
 
