@@ -213,7 +213,7 @@ def test_stop_and_escape_abort_the_request_and_free_the_slot(tab: Tab, site: Sit
 
     def stopped_within_two_seconds(stop: Any) -> None:
         reply = tab.last_reply().locator(".reply")
-        expect(reply).to_have_text(re.compile(r".{20}"), timeout=REPLY_TIMEOUT_MS)
+        expect(reply).to_have_text(re.compile(r"[\s\S]{20}"), timeout=REPLY_TIMEOUT_MS)
         assert _busy_slots(site.server) == 1
         stop()
         started = time.monotonic()
