@@ -81,19 +81,18 @@ def test_stop_sequence_is_reported(claude: anthropic.Anthropic) -> None:
 
 
 def test_stream_text_equals_the_final_message(claude: anthropic.Anthropic) -> None:
-    # Both measured requests find the prompt cached alike: on the shared server an earlier
-    # test's slots decide how much of a first request is cached, and with flash attention on a
-    # cached and an uncached prompt can differ in the last bits (README, Prompt cache).
-    claude.messages.create(model=MODEL, max_tokens=1, messages=QUESTION, extra_body=GREEDY)
-    whole = claude.messages.create(model=MODEL, max_tokens=24, messages=QUESTION, extra_body=GREEDY)
+    """The streamed text is the final message's, token for token. (Stream against reply on the
+    same scripted tokens is tests/unit/test_api_renderers.py's: here two greedy runs may part,
+    since with flash attention a draft verified in a batch, or a prompt cached differently,
+    changes the last bits of the logits: docs/speculation.md.)"""
     with claude.messages.stream(
         model=MODEL, max_tokens=24, messages=QUESTION, extra_body=GREEDY
     ) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
-    assert text == final.content[0].text == whole.content[0].text  # type: ignore[union-attr]
-    assert final.stop_reason == whole.stop_reason
-    assert final.usage.output_tokens == whole.usage.output_tokens
+    assert text and text == final.content[0].text  # type: ignore[union-attr]
+    assert final.stop_reason in ("end_turn", "max_tokens")
+    assert 0 < final.usage.output_tokens <= 24
 
 
 def test_raw_stream_event_order(server: HearthServer) -> None:
