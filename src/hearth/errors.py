@@ -19,6 +19,7 @@ __all__ = [
     "InsufficientMemoryError",
     "InsufficientStorageError",
     "InvalidRequestError",
+    "ModelCrashedError",
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelsBusyError",
@@ -210,6 +211,15 @@ class KvCacheFullError(EngineError):
 
     status_code = 503
     default_code = "kv_cache_full"
+
+
+class ModelCrashedError(EngineError):
+    """The model's runner process died (a native fault in llama.cpp, an out-of-memory kill) or
+    stopped making progress. Its running requests end with this; the server and every other
+    model go on, and the model is loaded again by itself."""
+
+    status_code = 503
+    default_code = "model_crashed"
 
 
 def unsupported(param: str, why: str) -> UnsupportedParameterError:

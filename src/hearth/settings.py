@@ -198,6 +198,18 @@ class ServeSettings(BaseSettings):
         "works on this machine (it crashes on some Xeons); 'on' uses every one, AMX included; "
         "'off' none (llama-server's --no-repack).",
     )
+    runner: Literal["process", "inline"] = Field(
+        "process",
+        description="Where each model runs: 'process', a runner process per model, so that a "
+        "crash in llama.cpp ends that model's requests and it loads again, and nothing else "
+        "notices; 'inline', in the server's own process (a crash ends the server).",
+    )
+    runner_watchdog: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a runner may go without finishing an engine step while it has "
+        "requests before it is killed and restarted (at least 20 times its slowest step).",
+    )
     gpu_layers: int = Field(
         -1, ge=-1, description="Layers to offload to a GPU; -1 offloads all that fit the backend."
     )

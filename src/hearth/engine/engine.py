@@ -22,8 +22,9 @@ import queue
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
 
 from hearth.engine.commands import Abort, AbortAll, Stop
 from hearth.engine.core import EngineCore, ModelRunner
@@ -37,6 +38,7 @@ from hearth.engine.types import (
     GenerationRequest,
     QueuePolicy,
     RequestOutput,
+    RunnerHealth,
 )
 from hearth.errors import (
     EngineError,
@@ -49,9 +51,12 @@ __all__ = [
     "E2E_BUCKETS",
     "TPOT_BUCKETS",
     "TTFT_BUCKETS",
+    "Add",
+    "AsyncEngine",
     "Engine",
     "Histogram",
     "RequestStats",
+    "StepLoop",
 ]
 
 logger = logging.getLogger(__name__)
@@ -133,84 +138,161 @@ class _Sink(asyncio.Queue[RequestOutput]):
     admitted_at: float | None = None
 
 
+class AdmittedSink(Protocol):
+    """Where a request's outputs go; the step loop notes when it entered a slot."""
+
+    admitted_at: float | None
+
+
+SinkT = TypeVar("SinkT", bound=AdmittedSink)
+
+
 @dataclass(frozen=True, slots=True)
-class _Add:
+class Add(Generic[SinkT]):
     request: GenerationRequest
-    sink: _Sink
+    sink: SinkT
 
 
-_Command = _Add | Abort | AbortAll | Stop
+Command = Add[Any] | Abort | AbortAll | Stop
+# What a step produced, and how long it took (seconds); called after every step, even one with
+# no outputs (a prefill), and once more with the shutdown's.
+StepHandler = Callable[[list[tuple[SinkT, RequestOutput]], float], None]
 
 
-class Engine:
-    def __init__(
-        self,
-        runner: ModelRunner,
-        n_slots: int,
-        budget: BatchBudget,
-        policy: QueuePolicy,
-        prompt_disk: PromptDiskCache | None = None,
-        speculation: SpeculationMode = SpeculationMode.OFF,
-    ) -> None:
-        self._core: EngineCore[_Sink] = EngineCore(
-            runner,
-            n_slots,
-            budget,
-            queue_timeout_s=policy.timeout_s,
-            prompt_disk=prompt_disk,
-            speculation=speculation,
-        )
-        # Requests between generate() and their end, counted on the event loop: a bound that
-        # holds exactly, with no round trip to the engine thread.
-        self._capacity = n_slots + policy.max_waiting
-        self._in_flight = 0
-        self._inbox: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+class StepLoop(Generic[SinkT]):
+    """The engine thread: it takes commands from its inbox, runs `EngineCore` steps, and hands
+    each step's outputs to `on_step`. The in-process `Engine` hands them to the event loop; a
+    runner process (engine/runner_main.py) writes them to its channel."""
+
+    def __init__(self, core: EngineCore[SinkT], on_step: StepHandler[SinkT]) -> None:
+        self.core = core
+        self._on_step = on_step
+        self.inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._running = False
-        self._requests = RequestStats()  # the event loop's
-        # Requests not yet admitted into a slot, with their first sequence: the engine thread's.
-        self._queued: dict[_Sink, Sequence] = {}
-        self._saving = False  # the engine thread is writing the prompt cache (at its stop)
+        self.running = False
+        # Requests not yet admitted into a slot, with their first sequence: the thread's.
+        self._queued: dict[SinkT, Sequence] = {}
+        self._saving = False  # the thread is writing the prompt cache (at its stop)
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._running = True
+        self.running = True
         self._thread = threading.Thread(target=self._run, name="hearth-engine", daemon=True)
         self._thread.start()
 
-    def shutdown(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
         if self._thread is None:
             return
-        self._inbox.put(Stop())
+        self.inbox.put(Stop())
         self._thread.join(timeout)
         if self._thread.is_alive() and self._saving:
             # Writing the prompt cache to disk ends by itself; the caller frees the context next.
             self._thread.join()
         self._thread = None
 
-    def abort_all(self, error: HearthError) -> None:
-        """End every request, running or queued, with `error`; the engine keeps running."""
-        self._inbox.put(AbortAll(error))
+    def stats(self) -> EngineStats:
+        # Read from another thread: a copy of plain ints, consistent enough for a gauge (the
+        # histogram copied in one C call, so a size the engine thread adds meanwhile is harmless).
+        stats = copy.copy(self.core.stats)
+        stats.batch_size_histogram = dict(stats.batch_size_histogram)
+        stats.step_seconds_by_rows = dict(stats.step_seconds_by_rows)
+        return stats
+
+    def _run(self) -> None:
+        core, inbox = self.core, self.inbox
+        while True:
+            # Idle: block until a command comes. Busy: take whatever arrived since the last step
+            # (this thread is the only reader, so a queue that is not empty has a command).
+            if core.has_work:
+                command = None if inbox.empty() else inbox.get_nowait()
+            else:
+                command = inbox.get()
+            stop = False
+            outputs: list[tuple[SinkT, RequestOutput]] = []
+            while command is not None:
+                if isinstance(command, Stop):
+                    stop = True
+                elif isinstance(command, Add):
+                    try:
+                        core.add(command.request, command.sink)
+                    except Exception as exc:  # never leave its caller waiting
+                        logger.exception("engine could not take request %s", command.request)
+                        outputs.append((command.sink, _failed(exc)))
+                    else:
+                        waiting = core.scheduler.waiting
+                        if waiting and waiting[-1].request_id == command.request.request_id:
+                            self._queued[command.sink] = waiting[-1]
+                elif isinstance(command, AbortAll):
+                    outputs.extend(core.abort_all(command.error))
+                else:
+                    outputs.extend(core.abort(command.request_id))
+                command = None if inbox.empty() else inbox.get_nowait()
+            if stop:
+                outputs.extend(
+                    core.abort_all(ServerShuttingDownError("The server is shutting down."))
+                )
+                self.running = False
+                self._on_step(outputs, 0.0)
+                self._save_prompt_cache()
+                return
+            step_at = time.perf_counter()
+            outputs.extend(core.step())  # never raises: a fault fails its requests (core.fault)
+            if self._queued:
+                self._note_admissions(step_at, outputs)
+            self._on_step(outputs, time.perf_counter() - step_at)
+
+    def _save_prompt_cache(self) -> None:
+        # On the engine thread, which owns the context, once nothing runs: unload and stop.
+        started = time.perf_counter()
+        self._saving = True
+        try:
+            saved = self.core.save_prompt_cache()
+        except Exception:
+            logger.exception("Saving the prompt cache failed")
+            return
+        finally:
+            self._saving = False
+        if saved:
+            logger.info(
+                "Saved the KV caches of %d slots to disk in %.2fs",
+                saved,
+                time.perf_counter() - started,
+            )
+
+    def _note_admissions(self, step_at: float, outputs: list[tuple[SinkT, RequestOutput]]) -> None:
+        """Stamp the requests this step admitted into a slot with the step's start; forget those
+        that ended without one (aborted, expired, failed)."""
+        queued = self._queued
+        for sink, sequence in list(queued.items()):
+            if sequence.slot is not None:
+                sink.admitted_at = step_at
+                del queued[sink]
+        for sink, output in outputs:
+            if queued.pop(sink, None) is not None and output.finish_reason not in _NOT_RUN:
+                sink.admitted_at = step_at  # admitted and already finished, in this one step
+
+
+class AsyncEngine:
+    """The event loop's face of an engine, in this process (`Engine`) or in a runner process
+    (`runner_process.ProcessEngine`): `generate()` streams a request's outputs and measures it.
+    A subclass says how a command reaches the step loop (`_submit`)."""
+
+    def __init__(self, capacity: int) -> None:
+        # Requests between generate() and their end, counted on the event loop: a bound that
+        # holds exactly, with no round trip to the engine thread.
+        self._capacity = capacity
+        self._in_flight = 0
+        self._requests = RequestStats()  # the event loop's
+
+    def _submit(self, command: Add[_Sink] | Abort) -> None:
+        raise NotImplementedError
+
+    def _check_running(self) -> None:
+        raise NotImplementedError
 
     @property
     def in_flight(self) -> int:
         """Requests between generate() and their end: running, or queued for a slot."""
         return self._in_flight
-
-    @property
-    def fault(self) -> str | None:
-        """Why a step raised, if one did (`EngineCore.fault`): the engine then fails every
-        request until its model is reloaded."""
-        return self._core.fault
-
-    def stats(self) -> EngineStats:
-        # Read from another thread: a copy of plain ints, consistent enough for a gauge (the
-        # histogram copied in one C call, so a size the engine thread adds meanwhile is harmless).
-        stats = copy.copy(self._core.stats)
-        stats.batch_size_histogram = dict(stats.batch_size_histogram)
-        stats.step_seconds_by_rows = dict(stats.step_seconds_by_rows)
-        return stats
 
     def request_stats(self) -> RequestStats:
         """A copy of what generate() measured (call it on the event loop)."""
@@ -219,8 +301,7 @@ class Engine:
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[RequestOutput, None]:
         """Stream a request's outputs, its choices interleaved; it ends when every choice has.
         Leaving the iterator early aborts the request."""
-        if not self._running:
-            raise EngineError("the engine is not running")
+        self._check_running()
         if self._in_flight >= self._capacity:
             raise ServerOverloadedError(
                 f"The server is overloaded: {self._in_flight} requests are running or waiting. "
@@ -231,7 +312,7 @@ class Engine:
         self._in_flight += 1
         counted = True  # in _in_flight
         submitted = time.perf_counter()
-        self._inbox.put(_Add(request, sink))
+        self._submit(Add(request, sink))
         unfinished = request.n
         finished = failed = False
         first_at = ended_at = 0.0
@@ -264,7 +345,7 @@ class Engine:
             if counted:
                 self._in_flight -= 1
             if not finished:
-                self._inbox.put(Abort(request.request_id))
+                self._submit(Abort(request.request_id))
                 stats.finished[FinishReason.ABORT.value] += unfinished
             if failed:
                 stats.failed += 1
@@ -277,82 +358,72 @@ class Engine:
                 if tokens > 1:
                     stats.time_per_output_token.observe((ended_at - first_at) / (tokens - 1))
 
-    # -- the engine thread ---------------------------------------------------------------------
 
-    def _run(self) -> None:
-        core, inbox = self._core, self._inbox
-        while True:
-            # Idle: block until a command comes. Busy: take whatever arrived since the last step
-            # (this thread is the only reader, so a queue that is not empty has a command).
-            if core.has_work:
-                command = None if inbox.empty() else inbox.get_nowait()
-            else:
-                command = inbox.get()
-            stop = False
-            outputs: list[tuple[_Sink, RequestOutput]] = []
-            while command is not None:
-                if isinstance(command, Stop):
-                    stop = True
-                elif isinstance(command, _Add):
-                    try:
-                        core.add(command.request, command.sink)
-                    except Exception as exc:  # never leave its caller waiting
-                        logger.exception("engine could not take request %s", command.request)
-                        outputs.append((command.sink, _failed(exc)))
-                    else:
-                        waiting = core.scheduler.waiting
-                        if waiting and waiting[-1].request_id == command.request.request_id:
-                            self._queued[command.sink] = waiting[-1]
-                elif isinstance(command, AbortAll):
-                    outputs.extend(core.abort_all(command.error))
-                else:
-                    outputs.extend(core.abort(command.request_id))
-                command = None if inbox.empty() else inbox.get_nowait()
-            if stop:
-                outputs.extend(
-                    core.abort_all(ServerShuttingDownError("The server is shutting down."))
-                )
-                self._running = False
-                self._deliver(outputs)
-                self._save_prompt_cache()
-                return
-            step_at = time.perf_counter() if self._queued else 0.0
-            outputs.extend(core.step())  # never raises: a fault fails its requests (core.fault)
-            if self._queued:
-                self._note_admissions(step_at, outputs)
-            self._deliver(outputs)
+class Engine(AsyncEngine):
+    """The engine in this process: a `StepLoop` thread beside the event loop (`--runner inline`,
+    and the unit tier's fake runner)."""
 
-    def _save_prompt_cache(self) -> None:
-        # On the engine thread, which owns the context, once nothing runs: unload and stop.
-        started = time.perf_counter()
-        self._saving = True
-        try:
-            saved = self._core.save_prompt_cache()
-        except Exception:
-            logger.exception("Saving the prompt cache failed")
-            return
-        finally:
-            self._saving = False
-        if saved:
-            logger.info(
-                "Saved the KV caches of %d slots to disk in %.2fs",
-                saved,
-                time.perf_counter() - started,
-            )
+    def __init__(
+        self,
+        runner: ModelRunner,
+        n_slots: int,
+        budget: BatchBudget,
+        policy: QueuePolicy,
+        prompt_disk: PromptDiskCache | None = None,
+        speculation: SpeculationMode = SpeculationMode.OFF,
+    ) -> None:
+        super().__init__(n_slots + policy.max_waiting)
+        core: EngineCore[_Sink] = EngineCore(
+            runner,
+            n_slots,
+            budget,
+            queue_timeout_s=policy.timeout_s,
+            prompt_disk=prompt_disk,
+            speculation=speculation,
+        )
+        self._loop_thread: StepLoop[_Sink] = StepLoop(core, self._deliver)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _note_admissions(self, step_at: float, outputs: list[tuple[_Sink, RequestOutput]]) -> None:
-        """Stamp the requests this step admitted into a slot with the step's start; forget those
-        that ended without one (aborted, expired, failed)."""
-        queued = self._queued
-        for sink, sequence in list(queued.items()):
-            if sequence.slot is not None:
-                sink.admitted_at = step_at
-                del queued[sink]
-        for sink, output in outputs:
-            if queued.pop(sink, None) is not None and output.finish_reason not in _NOT_RUN:
-                sink.admitted_at = step_at  # admitted and already finished, in this one step
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread.start()
 
-    def _deliver(self, outputs: list[tuple[_Sink, RequestOutput]]) -> None:
+    def shutdown(self, timeout: float = 10.0) -> None:
+        self._loop_thread.stop(timeout)
+
+    def abort_all(self, error: HearthError) -> None:
+        """End every request, running or queued, with `error`; the engine keeps running."""
+        self._loop_thread.inbox.put(AbortAll(error))
+
+    @property
+    def fault(self) -> str | None:
+        """Why a step raised, if one did (`EngineCore.fault`): the engine then fails every
+        request until its model is reloaded."""
+        return self._loop_thread.core.fault
+
+    @property
+    def failed(self) -> str | None:
+        """Never set here: an in-process engine has no runner to crash (see `fault`)."""
+        return None
+
+    def health(self) -> RunnerHealth | None:
+        """None: no runner process."""
+        return None
+
+    async def revive(self) -> None:
+        """Nothing to do: no runner to start again."""
+
+    def stats(self) -> EngineStats:
+        return self._loop_thread.stats()
+
+    def _check_running(self) -> None:
+        if not self._loop_thread.running:
+            raise EngineError("the engine is not running")
+
+    def _submit(self, command: Add[_Sink] | Abort) -> None:
+        self._loop_thread.inbox.put(command)
+
+    def _deliver(self, outputs: list[tuple[_Sink, RequestOutput]], _seconds: float) -> None:
         if outputs and self._loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
                 self._loop.call_soon_threadsafe(_put_all, outputs)

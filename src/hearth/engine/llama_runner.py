@@ -1,9 +1,9 @@
 """The llama.cpp side of the engine, over llama-cpp-python's low-level ctypes API.
 
 Only the engine package imports llama_cpp: this module, `backend`, `buffer_types`, `devices`,
-`quantize`, `grammar` and `embedder`. Everything here but `tokenize`, `detokenize` and
+`quantize`, `grammar`, `vocab` and `embedder`. Everything here but `tokenize`, `detokenize` and
 `check_grammar` runs on the engine thread, which owns the context; those three only read the
-vocabulary, which llama.cpp allows from any thread (its own server tokenizes in HTTP threads).
+vocabulary (`vocab.Vocabulary`), which llama.cpp allows from any thread.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from hearth.engine.backend import BUFFER_LINE, capturing_buffer_lines, init_back
 from hearth.engine.cpu import RepackMode, WeightPlacement
 from hearth.engine.scheduler import Chunk
 from hearth.engine.types import Grammar, SamplingParams, TokenLogprob
+from hearth.engine.vocab import Vocabulary
 
 __all__ = ["KV_CACHE_TYPES", "LlamaRunner", "ModelInfo", "RunnerConfig"]
 
@@ -108,7 +109,8 @@ class LlamaRunner:
         self._model, self.weights = _load_model(config, model_params)
         if not self._model:
             raise RuntimeError(f"llama.cpp could not load {config.model_path}")
-        self._vocab = llama.llama_model_get_vocab(self._model)
+        self.vocabulary = Vocabulary(self._model)
+        self._vocab = self.vocabulary.handle
 
         ctx_params = llama.llama_context_default_params()
         ctx_params.n_ctx = config.n_ctx_per_slot * config.n_slots
@@ -137,7 +139,7 @@ class LlamaRunner:
         self._memory = llama.llama_get_memory(self._ctx)
         self._n_ctx_per_slot = int(llama.llama_n_ctx_seq(self._ctx))
         self._batch = llama.llama_batch_init(config.n_batch, 0, 1)
-        self._n_vocab = int(llama.llama_vocab_n_tokens(self._vocab))
+        self._n_vocab = self.vocabulary.n_vocab
         # A set, not a ctypes call per sampled token: this is asked once per token of every stream.
         self._eog_tokens = frozenset(
             t for t in range(self._n_vocab) if llama.llama_vocab_is_eog(self._vocab, t)
@@ -186,7 +188,7 @@ class LlamaRunner:
         chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
         add = llama.llama_sampler_chain_add
         if params.grammar is not None:
-            add(chain, self._grammar_sampler(params.grammar))
+            add(chain, self.vocabulary.grammar_sampler(params.grammar))
         biases = list(params.logit_bias)
         if params.ignore_eos:
             biases.extend((t, float("-inf")) for t in self._eog_tokens)
@@ -267,24 +269,7 @@ class LlamaRunner:
         )
 
     def check_grammar(self, grammar: Grammar) -> bool:
-        """Whether llama.cpp accepts `grammar`. Reads the vocabulary only: any thread may call."""
-        sampler = self._grammar_sampler(grammar)
-        if not sampler:
-            return False
-        llama.llama_sampler_free(sampler)
-        return True
-
-    def _grammar_sampler(self, grammar: Grammar) -> Any:
-        text, root = grammar.gbnf.encode(), grammar.root.encode()
-        if not grammar.triggers:
-            return llama.llama_sampler_init_grammar(self._vocab, text, root)
-        patterns = (ctypes.c_char_p * len(grammar.triggers))(
-            *(p.encode() for p in grammar.triggers)
-        )
-        no_tokens = (llama.llama_token * 1)()
-        return llama.llama_sampler_init_grammar_lazy_patterns(
-            self._vocab, text, root, patterns, len(grammar.triggers), no_tokens, 0
-        )
+        return self.vocabulary.check_grammar(grammar)
 
     def free_sampler(self, sampler: object) -> None:
         llama.llama_sampler_free(sampler)
@@ -333,26 +318,10 @@ class LlamaRunner:
     # -- request side --------------------------------------------------------------------------
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        data = text.encode("utf-8")
-        capacity = len(data) + 8
-        buffer = (llama.llama_token * capacity)()
-        n = llama.llama_tokenize(
-            self._vocab, data, len(data), buffer, capacity, add_special, parse_special
-        )
-        if n < 0:  # never for byte-level vocabularies, but the API allows it
-            capacity = -n
-            buffer = (llama.llama_token * capacity)()
-            n = llama.llama_tokenize(
-                self._vocab, data, len(data), buffer, capacity, add_special, parse_special
-            )
-        return list(buffer[:n])
+        return self.vocabulary.tokenize(text, add_special=add_special, parse_special=parse_special)
 
     def detokenize(self, tokens: SequenceType[int]) -> str:
-        # Thread-safe like tokenize: reads the vocabulary only, never the context, and writes
-        # into its own buffer, not the engine thread's.
-        buffer = ctypes.create_string_buffer(256)
-        data = b"".join(self._piece(t, special=False, buffer=buffer) for t in tokens)
-        return data.decode("utf-8", "replace")
+        return self.vocabulary.detokenize(tokens)
 
     @property
     def n_vocab(self) -> int:
@@ -378,13 +347,8 @@ class LlamaRunner:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _piece(self, token: int, *, special: bool, buffer: Any = None) -> bytes:
-        buf = self._piece_buffer if buffer is None else buffer
-        n = llama.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = llama.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
-        return bytes(buf.raw[:n])
+    def _piece(self, token: int, *, special: bool) -> bytes:
+        return self.vocabulary.piece(token, special=special, buffer=self._piece_buffer)
 
     def _read_info(self) -> ModelInfo:
         template = llama.llama_model_chat_template(self._model, None)

@@ -16,6 +16,7 @@ __all__ = [
     "QueuePolicy",
     "ReasoningBudget",
     "RequestOutput",
+    "RunnerHealth",
     "SamplingParams",
     "TokenLogprob",
 ]
@@ -143,6 +144,18 @@ class QueuePolicy:
 
     max_waiting: int
     timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerHealth:
+    """What /health and /api/ps say of a model's runner process."""
+
+    pid: int | None
+    restarts: int  # times it was started again after a crash
+    crashes: int
+    last_crash: str | None  # "signal 11 (SIGSEGV)", or what the watchdog saw
+    last_crash_at: float | None  # time.time()
+    failed: str | None  # why the model is marked failed, after repeated crashes
 
 
 @dataclass(slots=True)

@@ -49,6 +49,10 @@ class RunningModel(BaseModel):
     slots_in_use: int
     slots_total: int
     context_length: int  # tokens per slot
+    runner_pid: int | None = None  # its runner process; None: in the server's own process
+    restarts: int = 0  # times its runner was started again after a crash
+    last_crash: str | None = None  # why the runner last died ("signal 11 (SIGSEGV)")
+    failed: str | None = None  # set after repeated crashes, until the model is loaded again
 
 
 class RunningModels(BaseModel):

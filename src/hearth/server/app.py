@@ -42,12 +42,14 @@ from hearth.server.native.web import web_router
 from hearth.server.ollama.routes import router as ollama_router
 from hearth.server.openai.routes import router as openai_router
 from hearth.server.responses.routes import router as responses_router
-from hearth.server.state import LoadedModel, ServerState
+from hearth.server.state import LoadedModel, ModelView, ServerState
 from hearth.settings import ServeSettings, hearth_home
 
 if TYPE_CHECKING:
+    from hearth.engine.channel import PromptDiskSpec
     from hearth.engine.devices import Device
-    from hearth.engine.prompt_disk import PromptDiskCache
+    from hearth.engine.engine import Engine
+    from hearth.engine.runner_process import ProcessEngine
 
 __all__ = ["create_app", "load_model", "load_state", "presets_path"]
 
@@ -59,9 +61,9 @@ def presets_path(settings: ServeSettings) -> Path:
 
 
 def load_model(settings: ServeSettings, devices: list[Device], spec: ModelSpec) -> LoadedModel:
-    """Load one model and build its engine (not started). Blocking: call it off the event loop."""
-    from hearth.engine.engine import Engine
-    from hearth.engine.llama_runner import LlamaRunner, RunnerConfig
+    """Load one model and build its engine (not started): in a runner process of its own
+    (--runner process), else in this process. Blocking: call it off the event loop."""
+    from hearth.engine.llama_runner import RunnerConfig
     from hearth.engine.speculative import SpeculationMode
     from hearth.engine.types import BatchBudget, QueuePolicy
 
@@ -75,27 +77,68 @@ def load_model(settings: ServeSettings, devices: list[Device], spec: ModelSpec) 
         target = hearth_home() / "quantized" / f"{model_path.stem}.{settings.quantize}.gguf"
         model_path = quantize(model_path, settings.quantize, target, settings.threads)
     weight_types = read_gguf_info(model_path, require_complete=False).tensor_types
-    runner = LlamaRunner(
-        RunnerConfig(
-            model_path=model_path,
-            n_slots=spec.parallel,
-            n_ctx_per_slot=spec.ctx_size,
-            n_threads=settings.threads,
-            n_batch=settings.max_batch_tokens,
-            gpu_layers=settings.gpu_layers,
-            flash_attn=settings.flash_attn,
-            type_k=settings.cache_type_k,
-            type_v=settings.cache_type_v,
-            kv_unified=settings.kv_unified,
-            repack=settings.repack,
-            weight_types=weight_types,
-            n_prefill=min(settings.max_prefill_tokens, settings.max_batch_tokens),
-        )
+    config = RunnerConfig(
+        model_path=model_path,
+        n_slots=spec.parallel,
+        n_ctx_per_slot=spec.ctx_size,
+        n_threads=settings.threads,
+        n_batch=settings.max_batch_tokens,
+        gpu_layers=settings.gpu_layers,
+        flash_attn=settings.flash_attn,
+        type_k=settings.cache_type_k,
+        type_v=settings.cache_type_v,
+        kv_unified=settings.kv_unified,
+        repack=settings.repack,
+        weight_types=weight_types,
+        n_prefill=min(settings.max_prefill_tokens, settings.max_batch_tokens),
     )
     budget = BatchBudget(
         max_batch_tokens=settings.max_batch_tokens,
         max_prefill_tokens=min(settings.max_prefill_tokens, settings.max_batch_tokens),
     )
+    policy = QueuePolicy(max_waiting=settings.max_queue, timeout_s=settings.queue_timeout)
+    speculation = SpeculationMode(settings.speculation)
+    runner: ModelView
+    engine: Engine | ProcessEngine
+    if settings.runner == "process":
+        from hearth.engine.channel import RunnerSpec
+        from hearth.engine.runner_process import ProcessEngine, RemoteRunner
+        from hearth.engine.vocab import Vocabulary
+
+        engine = ProcessEngine(
+            RunnerSpec(
+                model_id=spec.name,
+                config=config,
+                budget=budget,
+                queue_timeout_s=policy.timeout_s,
+                speculation=speculation,
+                prompt_disk=_prompt_disk(settings, model_path),
+                log_level=settings.log_level,
+            ),
+            capacity=spec.parallel + policy.max_waiting,
+            watchdog_floor_s=settings.runner_watchdog,
+        )
+        engine.load()
+        try:
+            runner = RemoteRunner(Vocabulary.load(model_path), engine)
+        except BaseException:
+            engine.shutdown()
+            raise
+    else:
+        from hearth.engine.engine import Engine
+        from hearth.engine.llama_runner import LlamaRunner
+
+        local = LlamaRunner(config)
+        disk = _prompt_disk(settings, model_path)
+        runner = local
+        engine = Engine(
+            local,
+            spec.parallel,
+            budget,
+            policy,
+            prompt_disk=disk.open(local.n_ctx_per_slot) if disk is not None else None,
+            speculation=speculation,
+        )
     info = runner.info
     architecture = info.description.split()[0] if info.description else ""
     template = ChatTemplate(
@@ -118,14 +161,7 @@ def load_model(settings: ServeSettings, devices: list[Device], spec: ModelSpec) 
     return LoadedModel(
         model_id=spec.name,
         runner=runner,
-        engine=Engine(
-            runner,
-            spec.parallel,
-            budget,
-            QueuePolicy(max_waiting=settings.max_queue, timeout_s=settings.queue_timeout),
-            prompt_disk=_prompt_disk(settings, model_path, runner.n_ctx_per_slot),
-            speculation=SpeculationMode(settings.speculation),
-        ),
+        engine=engine,
         chat_template=template,
         preset=spec.preset,
         size_bytes=size,
@@ -134,18 +170,13 @@ def load_model(settings: ServeSettings, devices: list[Device], spec: ModelSpec) 
     )
 
 
-def _prompt_disk(
-    settings: ServeSettings, model_path: Path, n_ctx_per_slot: int
-) -> PromptDiskCache | None:
-    """The prompt cache on disk for this model and KV configuration, or None when off."""
+def _prompt_disk(settings: ServeSettings, model_path: Path) -> PromptDiskSpec | None:
+    """Where this model's prompt cache on disk lives, for this KV configuration; None when
+    off. The engine opens it once it knows the context per slot."""
     if settings.prompt_cache_disk <= 0:
         return None
-    from hearth.engine.prompt_disk import (
-        PROMPT_CACHE_DIR,
-        PromptDiskCache,
-        cache_folder_name,
-        model_fingerprint,
-    )
+    from hearth.engine.channel import PromptDiskSpec
+    from hearth.engine.prompt_disk import PROMPT_CACHE_DIR, cache_folder_name, model_fingerprint
 
     folder = cache_folder_name(
         model_fingerprint(model_path),
@@ -153,9 +184,7 @@ def _prompt_disk(
         settings.cache_type_v,
         settings.flash_attn,
     )
-    return PromptDiskCache(
-        hearth_home() / PROMPT_CACHE_DIR, folder, settings.prompt_cache_disk, n_ctx_per_slot
-    )
+    return PromptDiskSpec(hearth_home() / PROMPT_CACHE_DIR, folder, int(settings.prompt_cache_disk))
 
 
 def _check_model_file(name: str, path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -22,9 +23,33 @@ if TYPE_CHECKING:
     from hearth.engine.devices import Device
     from hearth.engine.embedder import Embedder
     from hearth.engine.engine import Engine
-    from hearth.engine.llama_runner import LlamaRunner, ModelInfo
+    from hearth.engine.llama_runner import ModelInfo
+    from hearth.engine.runner_process import ProcessEngine, RemoteEmbedder
+    from hearth.engine.types import Grammar, RunnerHealth
 
-__all__ = ["BackgroundJob", "Closeable", "LoadedModel", "ServerState"]
+__all__ = ["BackgroundJob", "Closeable", "LoadedModel", "ModelView", "ServerState"]
+
+
+class ModelView(Protocol):
+    """What a request needs of a loaded model in the server process: its vocabulary and the
+    facts its load reported. `LlamaRunner` (--runner inline), or `RemoteRunner`, whose weights
+    live in a runner process."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+    @property
+    def n_ctx_per_slot(self) -> int: ...
+    @property
+    def n_slots(self) -> int: ...
+    @property
+    def n_vocab(self) -> int: ...
+    @property
+    def weights(self) -> WeightPlacement | None: ...
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
+    def detokenize(self, tokens: Sequence[int]) -> str: ...
+    def check_grammar(self, grammar: Grammar) -> bool: ...
+    def close(self) -> None: ...
 
 
 class BackgroundJob(Protocol):
@@ -45,15 +70,15 @@ class LoadedModel:
     and the preset it was loaded for (an alias), if any."""
 
     model_id: str
-    runner: LlamaRunner
-    engine: Engine
+    runner: ModelView
+    engine: Engine | ProcessEngine
     chat_template: ChatTemplate
     preset: Preset | None = None
     size_bytes: int = 0  # weights and KV cache, estimated from the GGUF (models/footprint.py)
     size_vram: int = 0  # the part of it offloaded to a GPU
     created: int = field(default_factory=lambda: int(time.time()))
     # Its own llama context, created by the first embeddings request (server/core/embeddings.py).
-    embedder: Embedder | None = None
+    embedder: Embedder | RemoteEmbedder | None = None
     # Which buffer types hold its weights, and why (--repack; engine/cpu.py).
     weights: WeightPlacement | None = None
 
@@ -77,6 +102,20 @@ class LoadedModel:
         model as failed, and the manager reloads it once nothing holds it."""
         # EngineCore records it; Engine has no public accessor for it yet.
         return self.engine.fault
+
+    @property
+    def failed(self) -> str | None:
+        """Why the model is marked failed after repeated crashes of its runner, until it is
+        loaded again explicitly (ProcessEngine.revive); a fault says why its engine failed."""
+        return self.engine.failed or self.engine.fault
+
+    def runner_health(self) -> RunnerHealth | None:
+        """Its runner process (pid, restarts, last crash); None when it runs in the server."""
+        return self.engine.health()
+
+    async def revive(self) -> None:
+        """Start a runner again for a model marked failed by a crash loop (an explicit load)."""
+        await self.engine.revive()
 
     def start(self) -> None:
         self.engine.start()

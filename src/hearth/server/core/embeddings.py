@@ -21,6 +21,7 @@ from hearth.server.state import LoadedModel, ServerState
 
 if TYPE_CHECKING:
     from hearth.engine.embedder import Embedder
+    from hearth.engine.runner_process import RemoteEmbedder
 
 __all__ = [
     "MAX_INPUTS",
@@ -38,14 +39,23 @@ MAX_INPUTS = 2048  # OpenAI: "any array must be 2048 dimensions or less"
 MAX_TOTAL_TOKENS = 300_000  # OpenAI: the most tokens summed across a request's inputs
 
 
-def embedder_for(model: LoadedModel, max_requests: int) -> Embedder:
+def embedder_for(model: LoadedModel, max_requests: int) -> Embedder | RemoteEmbedder:
     """The model's embedder, created by the first request that needs one (a context costs
     memory); `LoadedModel.close_embedder` frees it with the model. It holds at most
     `max_requests` requests, running or waiting, as the generation engine does."""
     if model.embedder is None:
         from hearth.engine.embedder import Embedder
+        from hearth.engine.llama_runner import LlamaRunner
+        from hearth.engine.runner_process import ProcessEngine, RemoteEmbedder
 
-        embedder = Embedder(model.runner, max_requests)
+        engine, runner = model.engine, model.runner
+        embedder: Embedder | RemoteEmbedder
+        if isinstance(engine, ProcessEngine):
+            embedder = RemoteEmbedder(engine, max_requests)  # its context is the runner's
+            engine.embedder = embedder
+        else:
+            assert isinstance(runner, LlamaRunner)
+            embedder = Embedder(runner, max_requests)
         embedder.start()  # the llama context is created on the embedder's own thread
         model.embedder = embedder
     return model.embedder
@@ -159,7 +169,7 @@ def max_input_tokens(state: ServerState, model: LoadedModel) -> int:
     return _embedder(state, model).max_input_tokens
 
 
-def _embedder(state: ServerState, model: LoadedModel) -> Embedder:
+def _embedder(state: ServerState, model: LoadedModel) -> Embedder | RemoteEmbedder:
     settings = state.settings
     return embedder_for(model, settings.parallel + settings.max_queue)
 

@@ -36,6 +36,7 @@ def iso_time(timestamp: float | None) -> str | None:
 
 def _running(status: ModelStatus[LoadedModel]) -> RunningModel:
     stats = status.model.engine.stats()
+    runner = status.model.runner_health()
     return RunningModel(
         name=status.name,
         model=status.name,
@@ -45,6 +46,10 @@ def _running(status: ModelStatus[LoadedModel]) -> RunningModel:
         slots_in_use=stats.slots_in_use,
         slots_total=stats.slots_total,
         context_length=status.model.n_ctx_per_slot,
+        runner_pid=runner.pid if runner is not None else None,
+        restarts=runner.restarts if runner is not None else 0,
+        last_crash=runner.last_crash if runner is not None else None,
+        failed=status.model.failed,
     )
 
 
@@ -59,7 +64,9 @@ async def load_model(body: LoadModelRequest, request: Request) -> RunningModel:
     keep_alive like after a request. Answers with its /api/ps entry."""
     models = state_of(request).models
     keep_alive = None if body.keep_alive is None else parse_keep_alive(body.keep_alive)
-    return _running(await models.load(body.model, keep_alive))
+    status = await models.load(body.model, keep_alive)
+    await status.model.revive()  # a model failed by a crash loop gets its runner again
+    return _running(status)
 
 
 @models_router.post("/admin/models/unload", responses=_ADMIN_ERRORS)

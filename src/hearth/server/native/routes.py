@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from hearth.engine.types import EngineStats
+from hearth.engine.types import EngineStats, RunnerHealth
 from hearth.protocol.extensions import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -53,6 +53,16 @@ def _engine_fields(stats: EngineStats) -> dict[str, Any]:
     }
 
 
+def _runner_fields(runner: RunnerHealth) -> dict[str, Any]:
+    return {
+        "pid": runner.pid,
+        "restarts": runner.restarts,
+        "crashes": runner.crashes,
+        "last_crash": runner.last_crash,
+        "last_crash_at": iso_time(runner.last_crash_at),
+    }
+
+
 @health_router.get("/health")
 async def health(request: Request) -> dict[str, Any]:
     """The top-level fields describe the startup model (--model); `models` has one entry per
@@ -71,12 +81,14 @@ async def health(request: Request) -> dict[str, Any]:
     per_model: list[dict[str, Any]] = [{"name": name, "state": "loading"} for name in loading]
     for status in state.models.snapshot():
         model_stats = status.model.engine.stats()
-        fault = status.model.fault
+        fault = status.model.failed
+        runner = status.model.runner_health()
         per_model.append(
             {
                 "name": status.name,
                 "state": "failed" if fault is not None else "loaded",
                 **({"error": fault} if fault is not None else {}),
+                "runner": _runner_fields(runner) if runner is not None else None,
                 "slots_total": model_stats.slots_total,
                 "slots_in_use": model_stats.slots_in_use,
                 "queue_length": model_stats.queue_length,
