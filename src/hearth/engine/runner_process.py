@@ -254,6 +254,7 @@ class ProcessEngine(AsyncEngine):
             last_crash=self._last_crash,
             last_crash_at=self._last_crash_at,
             failed=self._failed,
+            watchdog_s=self.watchdog_limit_s(),
         )
 
     @property

@@ -156,6 +156,7 @@ class RunnerHealth:
     last_crash: str | None  # "signal 11 (SIGSEGV)", or what the watchdog saw
     last_crash_at: float | None  # time.time()
     failed: str | None  # why the model is marked failed, after repeated crashes
+    watchdog_s: float  # how long a step may take now before the watchdog kills the runner
 
 
 @dataclass(slots=True)

@@ -51,6 +51,7 @@ class ModelMetrics:
     name: str
     engine: EngineStats
     requests: RequestStats = field(default_factory=RequestStats)
+    runner_crashes: int = 0  # its runner process died or was killed by the watchdog
 
 
 def api_of(path: str) -> str:
@@ -217,12 +218,20 @@ class _Collector(Collector):
             "Requests the engine failed: a queue timeout, a decode failure, a shutdown.",
             labels=["model"],
         )
+        crashes = CounterMetricFamily(
+            "hearth_runner_crashes",
+            "Times the model's runner process died (a signal, an exit) or was killed by the "
+            "watchdog; it is started again by itself.",
+            labels=["model"],
+        )
         for model in models:
             for reason, count in model.requests.finished.items():
                 success.add_metric([model.name, reason], count)
             failure.add_metric([model.name], model.requests.failed)
+            crashes.add_metric([model.name], model.runner_crashes)
         yield success
         yield failure
+        yield crashes
 
         if self._http is not None:
             http = CounterMetricFamily(

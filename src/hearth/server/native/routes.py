@@ -60,6 +60,7 @@ def _runner_fields(runner: RunnerHealth) -> dict[str, Any]:
         "crashes": runner.crashes,
         "last_crash": runner.last_crash,
         "last_crash_at": iso_time(runner.last_crash_at),
+        "watchdog_s": round(runner.watchdog_s, 1),
     }
 
 
@@ -134,10 +135,12 @@ async def metrics(request: Request) -> Response:
     state = state_of(request)
     if not state.settings.metrics_public:
         await require_api_key(request)
-    models = [
-        ModelMetrics(status.name, status.model.engine.stats(), status.model.engine.request_stats())
-        for status in state.models.snapshot()
-    ]
+    models = []
+    for status in state.models.snapshot():
+        engine = status.model.engine
+        runner = engine.health()
+        crashes = runner.crashes if runner is not None else 0
+        models.append(ModelMetrics(status.name, engine.stats(), engine.request_stats(), crashes))
     text = render_metrics(
         models,
         loading=len(state.models.loading()),
