@@ -1,21 +1,23 @@
 """The stream renderers' state machines, one event at a time: chat completions' (what each step
 sends for its choice, what an error after text sends for the choices still open), Anthropic
-Messages' (content blocks opened, numbered and closed) and the Responses API's (output items
-added, numbered and done; the reply is the same state at its end). The Responses API has no
-`n`: one choice."""
+Messages' (content blocks opened, numbered and closed), the Responses API's (output items added,
+numbered and done; the reply is the same state at its end) and Ollama's NDJSON lines (the same
+for /api/chat and /api/generate). The Responses and Ollama APIs have no `n`: one choice each."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from hearth.engine.types import RequestOutput
+from hearth.engine.types import RequestOutput, TokenLogprob
 from hearth.errors import EngineError
 from hearth.server.anthropic import messages
 from hearth.server.core.conversation import ToolCall
 from hearth.server.core.turns import Step
+from hearth.server.ollama import serving as ollama
 from hearth.server.openai.chat import ChatStream, ChunkOut, on_cut_short, on_step
 from hearth.server.responses import serving as responses
 
@@ -214,3 +216,71 @@ def test_responses_error_after_text_is_one_event_numbered_on() -> None:
         "The model could not decode this request",
     )
     assert stream.output == [None]  # the message was never done
+
+
+# -- Ollama's /api/chat and /api/generate ---------------------------------------------------------
+
+
+def _lines(stream: ollama.OllamaStream, steps: Iterable[Step]) -> list[ollama.LineOut]:
+    return [out for step in steps for out in ollama.on_step(stream, step)]
+
+
+def test_ollama_sends_thinking_and_text_as_they_come_and_the_calls_at_the_end() -> None:
+    stream = ollama.OllamaStream()
+    lines = _lines(stream, THINK_TEXT_CALL)
+    assert lines == [
+        ollama.LineOut(thinking="Let me "),
+        ollama.LineOut(thinking="check."),
+        ollama.LineOut("I will look."),
+        ollama.LineOut(calls=(CALL,)),
+        ollama.LineOut(done_reason="stop"),  # Ollama has no "tool_calls" reason
+    ]
+
+
+def test_ollama_reply_is_the_streams_final_state() -> None:
+    clock = ollama._Clock()
+    streamed = ollama.OllamaStream()
+    sent = [
+        json.loads(ollama._chat_line(streamed, out, "m", clock))
+        for out in _lines(streamed, THINK_TEXT_CALL)
+    ]
+    replied = ollama.OllamaStream()
+    asyncio.run(ollama.run_to_end(replied, _scripted(THINK_TEXT_CALL), clock))
+    assert replied == streamed
+    reply = ollama.chat_reply(replied, "m", clock).model_dump(mode="json", exclude_none=True)
+    folded = {
+        "content": "".join(line["message"]["content"] for line in sent),
+        "thinking": "".join(line["message"].get("thinking", "") for line in sent),
+        "tool_calls": [c for line in sent for c in line["message"].get("tool_calls", [])],
+    }
+    assert folded == {key: reply["message"][key] for key in folded}
+    assert sent[-1]["done_reason"] == reply["done_reason"] == "stop"
+    assert sent[-1]["eval_count"] == reply["eval_count"] == 1
+
+
+def test_ollama_logprobs_go_out_only_when_asked() -> None:
+    entry = TokenLogprob(72, b"H", -0.5)
+    steps = [_step(0, "H", logprobs=(entry,)), _step(0, finish="length", logprobs=(entry,))]
+    asked = ollama.OllamaStream(logprobs=True)
+    assert _lines(asked, steps) == [
+        ollama.LineOut("H", logprobs=(entry,)),
+        ollama.LineOut(logprobs=(entry,)),
+        ollama.LineOut(done_reason="length"),
+    ]
+    reply = ollama.generate_reply(asked, "m", ollama._Clock())
+    assert reply.response == "H" and reply.logprobs is not None and len(reply.logprobs) == 2
+    unasked = ollama.OllamaStream()
+    assert _lines(unasked, steps) == [ollama.LineOut("H"), ollama.LineOut(done_reason="length")]
+    assert ollama.generate_reply(unasked, "m", ollama._Clock()).logprobs is None
+
+
+def test_ollama_error_after_text_ends_with_the_error_line() -> None:
+    async def sent() -> list[bytes]:
+        stream, clock = ollama.OllamaStream(), ollama._Clock()
+        steps = _scripted([_step(0, "Hello")], EngineError("The model could not decode"))
+        lines = ollama._stream_lines(stream, steps, ollama._generate_line, "m", clock)
+        return [line async for line in ollama._guarded(lines)]
+
+    first, last = [json.loads(line) for line in asyncio.run(sent())]
+    assert (first["response"], first["done"]) == ("Hello", False)
+    assert last == {"error": "The model could not decode"}
