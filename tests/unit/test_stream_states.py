@@ -182,6 +182,21 @@ def test_responses_reply_is_the_streams_final_state() -> None:
     )
 
 
+def test_responses_text_after_a_call_is_a_message_of_its_own() -> None:
+    stream = _response_stream()
+    steps = [_step(0, "I will look."), _step(0, calls=[CALL]), _step(0, "Done."), _step(0, " Bye.")]
+    events = _played(stream, steps)
+    assert [(item.type, item.id) for item in stream.output] == [
+        ("message", "msg_0"),
+        ("function_call", "fc_1"),
+        ("message", "msg_2"),
+    ]
+    assert [part.text for part in stream.output[2].content] == ["Done. Bye."]
+    deltas = [(e.item_id, e.delta) for e in events if e.type == "response.output_text.delta"]
+    assert deltas == [("msg_0", "I will look."), ("msg_2", "Done."), ("msg_2", " Bye.")]
+    assert "".join(stream.text) == "I will look.Done. Bye."  # the history keeps it all
+
+
 def test_responses_cut_by_the_token_limit_leave_the_open_items_incomplete() -> None:
     stream = _response_stream()
     _played(stream, [_step(0, reasoning="Hm."), _step(0, "Half an ans", finish="length")])

@@ -668,9 +668,9 @@ class ResponseStream:
     output: list[Any] = field(default_factory=list)  # None in the place of an open item
     reasoning: OpenItem | None = None
     thinking: list[str] = field(default_factory=list)
-    message: OpenItem | None = None  # the message, once added
-    message_open: bool = False
-    text: list[str] = field(default_factory=list)
+    message: OpenItem | None = None
+    message_text: list[str] = field(default_factory=list)  # the open message's
+    text: list[str] = field(default_factory=list)  # every message's, for the stored history
     calls: list[ToolCall] = field(default_factory=list)
     totals: UsageTotals = field(default_factory=UsageTotals)
     finish: Finish = "stop"
@@ -693,8 +693,9 @@ def on_start(stream: ResponseStream, in_progress: wire.Response) -> list[BaseMod
 
 
 def on_step(stream: ResponseStream, step: Step) -> list[BaseModel]:
-    """Thinking goes to one reasoning item, done when text or a call follows; text to one
-    message, done when a call follows; each call is an item added and done at once."""
+    """Thinking goes to one reasoning item, done when text or a call follows; text to a
+    message, done when a call follows (text after it begins another); each call is an item
+    added and done at once."""
     stream.totals.add(step.output, step.prompt_index)
     events: list[BaseModel] = []
     if step.reasoning:
@@ -704,7 +705,7 @@ def on_step(stream: ResponseStream, step: Step) -> list[BaseModel]:
     if step.text:
         events += _write(stream, step.text)
     for call in step.calls:
-        if stream.message_open:
+        if stream.message is not None:
             events += _close_message(stream, "completed")
         events += _call(stream, call)
     if step.finish is not None:
@@ -718,9 +719,9 @@ def on_end(stream: ResponseStream) -> list[BaseModel]:
     events: list[BaseModel] = []
     if stream.reasoning is not None:
         events += _close_reasoning(stream, stream.status)
-    if stream.message is None and not stream.calls:
+    if not stream.text and not stream.calls:
         events += _open_message(stream)
-    if stream.message_open:
+    if stream.message is not None:
         events += _close_message(stream, stream.status)
     return events
 
@@ -792,7 +793,6 @@ def _close_reasoning(stream: ResponseStream, status: str) -> list[BaseModel]:
 
 def _open_message(stream: ResponseStream) -> list[BaseModel]:
     message = stream.message = OpenItem(stream.new_id("msg"), len(stream.output))
-    stream.message_open = True
     stream.output.append(None)
     return [
         wire.ResponseOutputItemAddedEvent(
@@ -813,6 +813,7 @@ def _open_message(stream: ResponseStream) -> list[BaseModel]:
 def _write(stream: ResponseStream, text: str) -> list[BaseModel]:
     events = _open_message(stream) if stream.message is None else []
     assert stream.message is not None
+    stream.message_text.append(text)
     stream.text.append(text)
     events.append(
         wire.OutputTextDeltaEvent(
@@ -827,10 +828,10 @@ def _write(stream: ResponseStream, text: str) -> list[BaseModel]:
 
 
 def _close_message(stream: ResponseStream, status: str) -> list[BaseModel]:
-    message = stream.message
+    message, stream.message = stream.message, None
     assert message is not None
-    stream.message_open = False
-    text = "".join(stream.text)
+    text = "".join(stream.message_text)
+    stream.message_text.clear()
     item = _message_item(message.id, text, status)
     stream.output[message.index] = item
     return [
