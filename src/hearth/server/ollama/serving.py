@@ -15,7 +15,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,7 +47,6 @@ from hearth.server.core.prepare import prepare_raw, prepare_turn_off_loop
 from hearth.server.core.turns import (
     Finish,
     Step,
-    collect_turn,
     decode_steps,
     merged_outputs,
     started,
@@ -368,6 +368,149 @@ async def _guarded(lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield b'{"error": "The server had an error while streaming."}\n'
 
 
+# -- the streams, as a state machine -----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class OllamaStream:
+    """Where an /api/chat or /api/generate turn stands: its text, thinking, tool calls and
+    logprobs so far, how it finished, and the latest step's token counts. `on_step` moves it on
+    by one step and says which lines go out; the reply that is not streamed is this state at
+    its end (`chat_reply`, `generate_reply`)."""
+
+    logprobs: bool = False  # the request asked for them
+    text: list[str] = field(default_factory=list)
+    thinking: list[str] = field(default_factory=list)
+    calls: list[ToolCall] = field(default_factory=list)
+    entries: list[TokenLogprob] = field(default_factory=list)
+    finish: Finish = "stop"
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+
+    def timings(self, clock: _Clock) -> dict[str, int]:
+        return clock.timings(self.prompt_tokens, self.cached_tokens, self.completion_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class LineOut:
+    """One NDJSON line before its model, time and durations are added: a piece of text,
+    thinking or logprobs, the turn's calls, or (with `done_reason`) the last line."""
+
+    text: str = ""
+    thinking: str = ""
+    calls: tuple[ToolCall, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
+    done_reason: str | None = None
+
+
+def on_step(stream: OllamaStream, step: Step) -> list[LineOut]:
+    """A line for each step with text, thinking or logprobs; at the end the calls in one line
+    (as Ollama sends them), then the last line."""
+    output = step.output
+    stream.prompt_tokens, stream.cached_tokens = output.prompt_tokens, output.cached_tokens
+    stream.completion_tokens = output.completion_tokens
+    stream.text.append(step.text)
+    stream.thinking.append(step.reasoning)
+    stream.calls += step.calls
+    logprobs = output.logprobs if stream.logprobs else ()
+    stream.entries += logprobs
+    out = []
+    if step.text or logprobs or step.reasoning:
+        out.append(LineOut(step.text, step.reasoning, logprobs=logprobs))
+    if step.finish is not None:
+        stream.finish = step.finish
+        if stream.calls:
+            out.append(LineOut(calls=tuple(stream.calls)))
+        out.append(LineOut(done_reason=_finish_reason(step.finish)))
+    return out
+
+
+async def run_to_end(stream: OllamaStream, steps: AsyncIterator[Step], clock: _Clock) -> None:
+    """The reply that is not streamed goes through the same states; its lines are not sent."""
+    async for step in steps:
+        clock.tick()
+        on_step(stream, step)
+
+
+def _chat_line(stream: OllamaStream, out: LineOut, model: str, clock: _Clock) -> bytes:
+    message = wire.ResponseMessage(
+        content=out.text,
+        thinking=out.thinking or None,
+        tool_calls=_tool_calls(out.calls) if out.calls else None,
+    )
+    done = out.done_reason is not None
+    return _ndjson(
+        wire.ChatResponse(
+            model=model,
+            created_at=_now(),
+            message=message,
+            done=done,
+            done_reason=out.done_reason,
+            logprobs=_logprobs(out.logprobs) if out.logprobs else None,
+            **(stream.timings(clock) if done else {}),
+        )
+    )
+
+
+def _generate_line(stream: OllamaStream, out: LineOut, model: str, clock: _Clock) -> bytes:
+    done = out.done_reason is not None
+    return _ndjson(
+        wire.GenerateResponse(
+            model=model,
+            created_at=_now(),
+            response=out.text,
+            thinking=out.thinking or None,
+            done=done,
+            done_reason=out.done_reason,
+            logprobs=_logprobs(out.logprobs) if out.logprobs else None,
+            **(stream.timings(clock) if done else {}),
+        )
+    )
+
+
+def chat_reply(stream: OllamaStream, model: str, clock: _Clock) -> wire.ChatResponse:
+    return wire.ChatResponse(
+        model=model,
+        created_at=_now(),
+        message=wire.ResponseMessage(
+            content="".join(stream.text),
+            thinking="".join(stream.thinking) or None,
+            tool_calls=_tool_calls(stream.calls),
+        ),
+        done=True,
+        done_reason=_finish_reason(stream.finish),
+        logprobs=_logprobs(stream.entries) if stream.logprobs else None,
+        **stream.timings(clock),
+    )
+
+
+def generate_reply(stream: OllamaStream, model: str, clock: _Clock) -> wire.GenerateResponse:
+    return wire.GenerateResponse(
+        model=model,
+        created_at=_now(),
+        response="".join(stream.text),
+        thinking="".join(stream.thinking) or None,
+        done=True,
+        done_reason=_finish_reason(stream.finish),
+        logprobs=_logprobs(stream.entries) if stream.logprobs else None,
+        **stream.timings(clock),
+    )
+
+
+async def _stream_lines(
+    stream: OllamaStream,
+    steps: AsyncIterator[Step],
+    line: Callable[[OllamaStream, LineOut, str, _Clock], bytes],
+    model: str,
+    clock: _Clock,
+) -> AsyncIterator[bytes]:
+    async for step in steps:
+        clock.tick()
+        for out in on_step(stream, step):
+            yield line(stream, out, model, clock)
+
+
 # -- /api/chat ---------------------------------------------------------------------------------
 
 
@@ -380,60 +523,18 @@ async def serve_ollama_chat(
     conversation = chat_conversation(req)
     turn = await prepare_turn_off_loop(state, model, conversation, id_prefix="chatcmpl")
     clock = _Clock()
+    stream = OllamaStream(logprobs=bool(req.logprobs))
 
     if req.stream:
         outputs = await started(http_request, merged_outputs(turn.model, [turn.request]))
         steps = decode_steps(outputs, turn.request, parse_tools=turn.parse_tools)
-        return _ndjson_response(_stream_chat(steps, req.model, clock))
+        return _ndjson_response(_stream_lines(stream, steps, _chat_line, req.model, clock))
 
-    choices, totals = await until_disconnect(
-        http_request,
-        collect_turn(turn.model, turn.request, parse_tools=turn.parse_tools, on_output=clock.tick),
-    )
-    choice = choices[0]
-    reply = wire.ChatResponse(
-        model=req.model,
-        created_at=_now(),
-        message=wire.ResponseMessage(
-            content=choice.text,
-            thinking=choice.reasoning or None,
-            tool_calls=_tool_calls(choice.calls),
-        ),
-        done=True,
-        done_reason=_finish_reason(choice.finish),
-        logprobs=_logprobs(choice.logprobs) if req.logprobs else None,
-        **clock.timings(totals.prompt_tokens, totals.cached_tokens, choice.completion_tokens),
-    )
+    outputs = merged_outputs(turn.model, [turn.request])
+    steps = decode_steps(outputs, turn.request, parse_tools=turn.parse_tools)
+    await until_disconnect(http_request, run_to_end(stream, steps, clock))
+    reply = chat_reply(stream, req.model, clock)
     return JSONResponse(reply.model_dump(mode="json", exclude_none=True))
-
-
-async def _stream_chat(
-    steps: AsyncIterator[Step], model: str, clock: _Clock
-) -> AsyncIterator[bytes]:
-    def line(content: str, **extra: Any) -> bytes:
-        message = wire.ResponseMessage(
-            content=content,
-            thinking=extra.pop("thinking", None),
-            tool_calls=extra.pop("calls", None),
-        )
-        return _ndjson(wire.ChatResponse(model=model, created_at=_now(), message=message, **extra))
-
-    calls: list[ToolCall] = []
-    async for step in steps:
-        clock.tick()
-        output = step.output
-        calls += step.calls
-        logprobs = _logprobs(output.logprobs) if output.logprobs else None
-        if step.text or logprobs or step.reasoning:
-            thinking = step.reasoning or None
-            yield line(step.text, done=False, logprobs=logprobs, thinking=thinking)
-        if step.finish is not None:
-            if calls:  # Ollama sends finished calls in one message
-                yield line("", done=False, calls=_tool_calls(calls))
-            timings = clock.timings(
-                output.prompt_tokens, output.cached_tokens, output.completion_tokens
-            )
-            yield line("", done=True, done_reason=_finish_reason(step.finish), **timings)
 
 
 # -- /api/generate -----------------------------------------------------------------------------
@@ -468,62 +569,17 @@ async def serve_ollama_generate(
         turn = await prepare_turn_off_loop(state, model, conversation, id_prefix="chatcmpl")
         engine_model, request = turn.model, turn.request
     clock = _Clock()
+    stream = OllamaStream(logprobs=bool(req.logprobs))
 
     if req.stream:
         outputs = await started(http_request, merged_outputs(engine_model, [request]))
         steps = decode_steps(outputs, request, parse_tools=False)
-        return _ndjson_response(
-            _stream_generate(steps, req.model, clock, logprobs=bool(req.logprobs))
-        )
-    choices, totals = await until_disconnect(
-        http_request,
-        collect_turn(engine_model, request, parse_tools=False, on_output=clock.tick),
-    )
-    choice = choices[0]
-    reply = wire.GenerateResponse(
-        model=req.model,
-        created_at=_now(),
-        response=choice.text,
-        thinking=choice.reasoning or None,
-        done=True,
-        done_reason=_finish_reason(choice.finish),
-        logprobs=_logprobs(choice.logprobs) if req.logprobs else None,
-        **clock.timings(totals.prompt_tokens, totals.cached_tokens, choice.completion_tokens),
-    )
+        return _ndjson_response(_stream_lines(stream, steps, _generate_line, req.model, clock))
+
+    steps = decode_steps(merged_outputs(engine_model, [request]), request, parse_tools=False)
+    await until_disconnect(http_request, run_to_end(stream, steps, clock))
+    reply = generate_reply(stream, req.model, clock)
     return JSONResponse(reply.model_dump(mode="json", exclude_none=True))
-
-
-async def _stream_generate(
-    steps: AsyncIterator[Step], model: str, clock: _Clock, *, logprobs: bool
-) -> AsyncIterator[bytes]:
-    async for step in steps:
-        clock.tick()
-        output = step.output
-        entries = _logprobs(output.logprobs) if logprobs and output.logprobs else None
-        if step.text or entries or step.reasoning:
-            yield _ndjson(
-                wire.GenerateResponse(
-                    model=model,
-                    created_at=_now(),
-                    response=step.text,
-                    thinking=step.reasoning or None,
-                    done=False,
-                    logprobs=entries,
-                )
-            )
-        if step.finish is not None:
-            yield _ndjson(
-                wire.GenerateResponse(
-                    model=model,
-                    created_at=_now(),
-                    response="",
-                    done=True,
-                    done_reason=_finish_reason(step.finish),
-                    **clock.timings(
-                        output.prompt_tokens, output.cached_tokens, output.completion_tokens
-                    ),
-                )
-            )
 
 
 # -- /api/embed and /api/embeddings ------------------------------------------------------------

@@ -46,10 +46,9 @@ from hearth.server.core.conversation import (
 )
 from hearth.server.core.prepare import PreparedTurn, prepare_turn_off_loop
 from hearth.server.core.turns import (
-    ChoiceResult,
     Finish,
+    Step,
     UsageTotals,
-    collect_turn,
     decode_steps,
     merged_outputs,
     started,
@@ -469,19 +468,20 @@ def _message_item(item_id: str, text: str, status: str) -> wire.OutputMessage:
     )
 
 
-def _reasoning_item(
-    item_id: str, text: str, status: str, req: wire.ResponseCreateRequest
-) -> wire.ReasoningItem:
-    opaque = None
-    if ENCRYPTED_REASONING in (req.include or ()):
-        opaque = base64.b64encode(text.encode()).decode()
+def _reasoning_item(item_id: str, text: str, status: str, *, encrypted: bool) -> wire.ReasoningItem:
+    opaque = base64.b64encode(text.encode()).decode() if encrypted else None
     return wire.ReasoningItem(
         id=item_id, content=[wire.ReasoningText(text=text)], encrypted_content=opaque, status=status
     )
 
 
 def _call_item(
-    item_id: str, call: ToolCall, status: str, turn: _Turn, *, arguments: str | None = None
+    item_id: str,
+    call: ToolCall,
+    status: str,
+    namespace: str | None,
+    *,
+    arguments: str | None = None,
 ) -> wire.FunctionToolCall:
     return wire.FunctionToolCall(
         id=item_id,
@@ -489,7 +489,7 @@ def _call_item(
         name=call.name,
         arguments=call.arguments if arguments is None else arguments,
         status=status,
-        namespace=turn.namespaces.get(call.name),
+        namespace=namespace,
     )
 
 
@@ -591,268 +591,298 @@ async def serve_response(
     turn = await _conversation(state, req, owner)
     prepared = await prepare_turn_off_loop(state, model, turn.conversation, id_prefix="resp")
     responder = _Responder(state, req, turn, owner)
+    stream = ResponseStream(
+        encrypted_reasoning=ENCRYPTED_REASONING in (req.include or ()),
+        namespaces=turn.namespaces,
+    )
 
     if req.stream:
         outputs = await started(http_request, merged_outputs(prepared.model, [prepared.request]))
-        stream = _Stream(responder, prepared)
-        return streaming_response(stream.events(outputs), on_error=stream.error_event)
+        steps = decode_steps(outputs, prepared.request, parse_tools=prepared.parse_tools)
+        return streaming_response(
+            _stream_response(stream, responder, steps),
+            on_error=lambda error: b"".join(_event(e) for e in on_error(stream, error)),
+        )
 
-    choices, totals = await until_disconnect(
-        http_request,
-        collect_turn(prepared.model, prepared.request, parse_tools=prepared.parse_tools),
-    )
-    choice: ChoiceResult = choices[0]
-    status = _final_status(choice.finish)
-    output: list[Any] = []
-    if choice.reasoning:
-        output.append(_reasoning_item(_new_id("rs"), choice.reasoning, status, req))
-    if choice.text or not choice.calls:
-        output.append(_message_item(_new_id("msg"), choice.text, status))
-    output += [
-        _call_item(_new_id("fc"), call, "completed", responder.turn) for call in choice.calls
-    ]
-    body = responder.body(status, output, _usage(totals), choice.finish)
-    body = await responder.store(body, choice.text, choice.calls)
+    outputs = merged_outputs(prepared.model, [prepared.request])
+    steps = decode_steps(outputs, prepared.request, parse_tools=prepared.parse_tools)
+    await until_disconnect(http_request, run_to_end(stream, steps))
+    body = await _final_body(stream, responder)
     return JSONResponse(body.model_dump(mode="json", by_alias=True))
 
 
-class _Stream:
-    """The typed event sequence, each event numbered."""
+async def run_to_end(stream: ResponseStream, steps: AsyncIterator[Step]) -> None:
+    """The reply that is not streamed goes through the same states; its events are not sent."""
+    async for step in steps:
+        on_step(stream, step)
+    on_end(stream)
 
-    def __init__(self, responder: _Responder, prepared: PreparedTurn) -> None:
-        self.responder, self.prepared = responder, prepared
-        self.sequence = 0
 
-    def event(self, model: BaseModel) -> bytes:
-        event_type = model.type  # type: ignore[attr-defined]
-        payload = model.model_dump_json(by_alias=True)
-        self.sequence += 1
-        return named_event(event_type, payload)
+async def _final_body(stream: ResponseStream, responder: _Responder) -> wire.Response:
+    """The response a finished stream stands for, stored if asked: the reply, or the last
+    event of the stream."""
+    body = responder.body(stream.status, stream.output, _usage(stream.totals), stream.finish)
+    return await responder.store(body, "".join(stream.text), stream.calls)
+
+
+def _event(model: BaseModel) -> bytes:
+    return named_event(model.type, model.model_dump_json(by_alias=True))  # type: ignore[attr-defined]
+
+
+async def _stream_response(
+    stream: ResponseStream, responder: _Responder, steps: AsyncIterator[Step]
+) -> AsyncIterator[bytes]:
+    for event in on_start(stream, responder.body("in_progress", [])):
+        yield _event(event)
+    async for step in steps:
+        for event in on_step(stream, step):
+            yield _event(event)
+    for event in on_end(stream):
+        yield _event(event)
+    yield _event(on_final(stream, await _final_body(stream, responder)))
+
+
+# -- the stream, as a state machine ------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class OpenItem:
+    """An output item added and not yet done: its id and its place in the output."""
+
+    id: str
+    index: int
+
+
+@dataclass(slots=True)
+class ResponseStream:
+    """Where a response stands: its output items (each put in place when done), the reasoning
+    item or message still open, the thinking, text and calls so far, the usage, and the next
+    event's number. One small function per event moves it on and returns the events to send:
+    `on_start`, `on_step` for each step, `on_end`, `on_final` with the body, `on_error` for an
+    error after text. The reply that is not streamed is this state at its end."""
+
+    encrypted_reasoning: bool = False  # a reasoning item also carries its thinking, opaque
+    namespaces: dict[str, str] = field(default_factory=dict)  # a function -> its namespace
+    new_id: Callable[[str], str] = _new_id
+    sequence: int = 0
+    output: list[Any] = field(default_factory=list)  # None in the place of an open item
+    reasoning: OpenItem | None = None
+    thinking: list[str] = field(default_factory=list)
+    message: OpenItem | None = None
+    message_text: list[str] = field(default_factory=list)  # the open message's
+    text: list[str] = field(default_factory=list)  # every message's, for the stored history
+    calls: list[ToolCall] = field(default_factory=list)
+    totals: UsageTotals = field(default_factory=UsageTotals)
+    finish: Finish = "stop"
+
+    @property
+    def status(self) -> Literal["completed", "incomplete"]:
+        return _final_status(self.finish)
 
     def number(self) -> int:
-        return self.sequence
+        """The next event's sequence number."""
+        self.sequence += 1
+        return self.sequence - 1
 
-    def error_event(self, error: HearthError) -> bytes:
-        return self.event(
-            wire.ErrorEvent(
-                sequence_number=self.number(),
-                code=error.code or error.error_type,
-                message=error.message,
-                param=error.param,
+
+def on_start(stream: ResponseStream, in_progress: wire.Response) -> list[BaseModel]:
+    return [
+        wire.ResponseCreatedEvent(sequence_number=stream.number(), response=in_progress),
+        wire.ResponseInProgressEvent(sequence_number=stream.number(), response=in_progress),
+    ]
+
+
+def on_step(stream: ResponseStream, step: Step) -> list[BaseModel]:
+    """Thinking goes to one reasoning item, done when text or a call follows; text to a
+    message, done when a call follows (text after it begins another); each call is an item
+    added and done at once."""
+    stream.totals.add(step.output, step.prompt_index)
+    events: list[BaseModel] = []
+    if step.reasoning:
+        events += _think(stream, step.reasoning)
+    if stream.reasoning is not None and (step.text or step.calls):
+        events += _close_reasoning(stream, "completed")
+    if step.text:
+        events += _write(stream, step.text)
+    for call in step.calls:
+        if stream.message is not None:
+            events += _close_message(stream, "completed")
+        events += _call(stream, call)
+    if step.finish is not None:
+        stream.finish = step.finish
+    return events
+
+
+def on_end(stream: ResponseStream) -> list[BaseModel]:
+    """The turn ended: the items still open are done with the response's status; a response
+    with neither text nor calls answers with an empty message."""
+    events: list[BaseModel] = []
+    if stream.reasoning is not None:
+        events += _close_reasoning(stream, stream.status)
+    if not stream.text and not stream.calls:
+        events += _open_message(stream)
+    if stream.message is not None:
+        events += _close_message(stream, stream.status)
+    return events
+
+
+def on_final(stream: ResponseStream, body: wire.Response) -> BaseModel:
+    """The last event: the whole response, as the reply that is not streamed would be."""
+    if stream.status == "incomplete":
+        return wire.ResponseIncompleteEvent(sequence_number=stream.number(), response=body)
+    return wire.ResponseCompletedEvent(sequence_number=stream.number(), response=body)
+
+
+def on_error(stream: ResponseStream, error: HearthError) -> list[BaseModel]:
+    """An error after the headers went out: one error event, numbered on from the stream's."""
+    return [
+        wire.ErrorEvent(
+            sequence_number=stream.number(),
+            code=error.code or error.error_type,
+            message=error.message,
+            param=error.param,
+        )
+    ]
+
+
+def _think(stream: ResponseStream, text: str) -> list[BaseModel]:
+    events: list[BaseModel] = []
+    if stream.reasoning is None and not stream.thinking:
+        stream.reasoning = OpenItem(stream.new_id("rs"), len(stream.output))
+        stream.output.append(None)
+        item = wire.ReasoningItem(id=stream.reasoning.id, status="in_progress")
+        events.append(
+            wire.ResponseOutputItemAddedEvent(
+                sequence_number=stream.number(), output_index=stream.reasoning.index, item=item
             )
         )
-
-    async def events(self, outputs: AsyncIterator[Any]) -> AsyncIterator[bytes]:
-        responder, n = self.responder, self.number
-        yield self.event(
-            wire.ResponseCreatedEvent(
-                sequence_number=n(), response=responder.body("in_progress", [])
-            )
+    if stream.reasoning is None:
+        return events  # thinking after the answer began (a splitter never gives any): dropped
+    stream.thinking.append(text)
+    events.append(
+        wire.ReasoningTextDeltaEvent(
+            sequence_number=stream.number(),
+            item_id=stream.reasoning.id,
+            output_index=stream.reasoning.index,
+            content_index=0,
+            delta=text,
         )
-        yield self.event(
-            wire.ResponseInProgressEvent(
-                sequence_number=n(), response=responder.body("in_progress", [])
-            )
+    )
+    return events
+
+
+def _close_reasoning(stream: ResponseStream, status: str) -> list[BaseModel]:
+    assert stream.reasoning is not None
+    opened, stream.reasoning = stream.reasoning, None
+    text = "".join(stream.thinking)
+    item = _reasoning_item(opened.id, text, status, encrypted=stream.encrypted_reasoning)
+    stream.output[opened.index] = item
+    return [
+        wire.ReasoningTextDoneEvent(
+            sequence_number=stream.number(),
+            item_id=opened.id,
+            output_index=opened.index,
+            content_index=0,
+            text=text,
+        ),
+        wire.ResponseOutputItemDoneEvent(
+            sequence_number=stream.number(), output_index=opened.index, item=item
+        ),
+    ]
+
+
+def _open_message(stream: ResponseStream) -> list[BaseModel]:
+    message = stream.message = OpenItem(stream.new_id("msg"), len(stream.output))
+    stream.output.append(None)
+    return [
+        wire.ResponseOutputItemAddedEvent(
+            sequence_number=stream.number(),
+            output_index=message.index,
+            item=wire.OutputMessage(id=message.id, status="in_progress", content=[]),
+        ),
+        wire.ResponseContentPartAddedEvent(
+            sequence_number=stream.number(),
+            item_id=message.id,
+            output_index=message.index,
+            content_index=0,
+            part=wire.OutputText(text=""),
+        ),
+    ]
+
+
+def _write(stream: ResponseStream, text: str) -> list[BaseModel]:
+    events = _open_message(stream) if stream.message is None else []
+    assert stream.message is not None
+    stream.message_text.append(text)
+    stream.text.append(text)
+    events.append(
+        wire.OutputTextDeltaEvent(
+            sequence_number=stream.number(),
+            item_id=stream.message.id,
+            output_index=stream.message.index,
+            content_index=0,
+            delta=text,
         )
-        output: list[Any] = []
-        message_id: str | None = None
-        message_index = 0  # the message's place in `output`, once opened
-        text_parts: list[str] = []
-        calls: list[ToolCall] = []
-        totals = UsageTotals()
-        finish: Finish = "stop"
-        request = self.prepared.request
-        steps = decode_steps(outputs, request, parse_tools=self.prepared.parse_tools)
-        thought_parts: list[str] = []
-        thought: tuple[str, int] | None = None  # the open reasoning item: its id and index
+    )
+    return events
 
-        def open_reasoning() -> bytes:
-            nonlocal thought
-            thought = (_new_id("rs"), len(output))
-            output.append("reasoning")  # filled when the reasoning is done
-            item = wire.ReasoningItem(id=thought[0], status="in_progress")
-            return self.event(
-                wire.ResponseOutputItemAddedEvent(
-                    sequence_number=n(), output_index=thought[1], item=item
-                )
-            )
 
-        def close_reasoning(status: str) -> list[bytes]:
-            nonlocal thought
-            assert thought is not None
-            (item_id, index), thought = thought, None
-            text = "".join(thought_parts)
-            item = _reasoning_item(item_id, text, status, self.responder.req)
-            output[index] = item
-            done = wire.ReasoningTextDoneEvent(
-                sequence_number=n(), item_id=item_id, output_index=index, content_index=0, text=text
-            )
-            return [
-                self.event(done),
-                self.event(
-                    wire.ResponseOutputItemDoneEvent(
-                        sequence_number=n(), output_index=index, item=item
-                    )
-                ),
-            ]
+def _close_message(stream: ResponseStream, status: str) -> list[BaseModel]:
+    message, stream.message = stream.message, None
+    assert message is not None
+    text = "".join(stream.message_text)
+    stream.message_text.clear()
+    item = _message_item(message.id, text, status)
+    stream.output[message.index] = item
+    return [
+        wire.OutputTextDoneEvent(
+            sequence_number=stream.number(),
+            item_id=message.id,
+            output_index=message.index,
+            content_index=0,
+            text=text,
+        ),
+        wire.ResponseContentPartDoneEvent(
+            sequence_number=stream.number(),
+            item_id=message.id,
+            output_index=message.index,
+            content_index=0,
+            part=wire.OutputText(text=text),
+        ),
+        wire.ResponseOutputItemDoneEvent(
+            sequence_number=stream.number(), output_index=message.index, item=item
+        ),
+    ]
 
-        def open_message() -> list[bytes]:
-            nonlocal message_id, message_index
-            message_id, message_index = _new_id("msg"), len(output)
-            output.append(None)  # filled when the message is done
-            return [
-                self.event(
-                    wire.ResponseOutputItemAddedEvent(
-                        sequence_number=n(),
-                        output_index=message_index,
-                        item=wire.OutputMessage(id=message_id, status="in_progress", content=[]),
-                    )
-                ),
-                self.event(
-                    wire.ResponseContentPartAddedEvent(
-                        sequence_number=n(),
-                        item_id=message_id,
-                        output_index=message_index,
-                        content_index=0,
-                        part=wire.OutputText(text=""),
-                    )
-                ),
-            ]
 
-        def close_message(status: str) -> list[bytes]:
-            assert message_id is not None
-            index = message_index
-            text = "".join(text_parts)
-            item = _message_item(message_id, text, status)
-            output[index] = item
-            return [
-                self.event(
-                    wire.OutputTextDoneEvent(
-                        sequence_number=n(),
-                        item_id=message_id,
-                        output_index=index,
-                        content_index=0,
-                        text=text,
-                    )
-                ),
-                self.event(
-                    wire.ResponseContentPartDoneEvent(
-                        sequence_number=n(),
-                        item_id=message_id,
-                        output_index=index,
-                        content_index=0,
-                        part=wire.OutputText(text=text),
-                    )
-                ),
-                self.event(
-                    wire.ResponseOutputItemDoneEvent(
-                        sequence_number=n(), output_index=index, item=item
-                    )
-                ),
-            ]
-
-        def call_events(call: ToolCall) -> list[bytes]:
-            item_id, index = _new_id("fc"), len(output)
-            done = _call_item(item_id, call, "completed", self.responder.turn)
-            output.append(done)
-            return [
-                self.event(
-                    wire.ResponseOutputItemAddedEvent(
-                        sequence_number=n(),
-                        output_index=index,
-                        item=_call_item(
-                            item_id, call, "in_progress", self.responder.turn, arguments=""
-                        ),
-                    )
-                ),
-                self.event(
-                    wire.FunctionCallArgumentsDeltaEvent(
-                        sequence_number=n(),
-                        item_id=item_id,
-                        output_index=index,
-                        delta=call.arguments,
-                    )
-                ),
-                self.event(
-                    wire.FunctionCallArgumentsDoneEvent(
-                        sequence_number=n(),
-                        item_id=item_id,
-                        output_index=index,
-                        name=call.name,
-                        arguments=call.arguments,
-                    )
-                ),
-                self.event(
-                    wire.ResponseOutputItemDoneEvent(
-                        sequence_number=n(), output_index=index, item=done
-                    )
-                ),
-            ]
-
-        message_open = False
-        async for step in steps:
-            totals.add(step.output, step.prompt_index)
-            if step.reasoning:
-                if thought is None and not thought_parts:
-                    yield open_reasoning()
-                if thought is not None:
-                    thought_parts.append(step.reasoning)
-                    yield self.event(
-                        wire.ReasoningTextDeltaEvent(
-                            sequence_number=n(),
-                            item_id=thought[0],
-                            output_index=thought[1],
-                            content_index=0,
-                            delta=step.reasoning,
-                        )
-                    )
-            if thought is not None and (step.text or step.calls):
-                for event in close_reasoning("completed"):
-                    yield event
-            if step.text:
-                if message_id is None:
-                    for event in open_message():
-                        yield event
-                    message_open = True
-                text_parts.append(step.text)
-                yield self.event(
-                    wire.OutputTextDeltaEvent(
-                        sequence_number=n(),
-                        item_id=message_id,
-                        output_index=message_index,
-                        content_index=0,
-                        delta=step.text,
-                    )
-                )
-            for call in step.calls:
-                if message_open:
-                    for event in close_message("completed"):
-                        yield event
-                    message_open = False
-                calls.append(call)
-                for event in call_events(call):
-                    yield event
-            if step.finish is not None:
-                finish = step.finish
-        status = _final_status(finish)
-        if thought is not None:
-            for event in close_reasoning(status):
-                yield event
-        if message_id is None and not calls:
-            for event in open_message():
-                yield event
-            message_open = True
-        if message_open:
-            for event in close_message(status):
-                yield event
-        body = responder.body(status, output, _usage(totals), finish)
-        body = await responder.store(body, "".join(text_parts), calls)
-        final_event: BaseModel
-        if status == "incomplete":
-            final_event = wire.ResponseIncompleteEvent(sequence_number=n(), response=body)
-        else:
-            final_event = wire.ResponseCompletedEvent(sequence_number=n(), response=body)
-        yield self.event(final_event)
+def _call(stream: ResponseStream, call: ToolCall) -> list[BaseModel]:
+    item_id, index = stream.new_id("fc"), len(stream.output)
+    namespace = stream.namespaces.get(call.name)
+    done = _call_item(item_id, call, "completed", namespace)
+    stream.calls.append(call)
+    stream.output.append(done)
+    added = _call_item(item_id, call, "in_progress", namespace, arguments="")
+    return [
+        wire.ResponseOutputItemAddedEvent(
+            sequence_number=stream.number(), output_index=index, item=added
+        ),
+        wire.FunctionCallArgumentsDeltaEvent(
+            sequence_number=stream.number(),
+            item_id=item_id,
+            output_index=index,
+            delta=call.arguments,
+        ),
+        wire.FunctionCallArgumentsDoneEvent(
+            sequence_number=stream.number(),
+            item_id=item_id,
+            output_index=index,
+            name=call.name,
+            arguments=call.arguments,
+        ),
+        wire.ResponseOutputItemDoneEvent(
+            sequence_number=stream.number(), output_index=index, item=done
+        ),
+    ]
 
 
 # -- stored responses --------------------------------------------------------------------------
