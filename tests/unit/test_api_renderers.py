@@ -367,3 +367,34 @@ def test_an_error_after_text_ends_the_stream_and_fails_the_reply(
         assert whole.status_code == 500 and ERROR in whole.text
 
     _run(scenario, "Hello there", n_ctx=1024)
+
+
+# -- a tool call cut short while its name was still arriving -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"messages": QUESTION, "max_tokens": 40}),
+        ("/v1/responses", {"input": "Weather in Oslo?", "max_output_tokens": 40}),
+        ("/api/chat", {"messages": QUESTION, "options": {"num_predict": 40}}),
+    ],
+    ids=["chat", "responses", "ollama"],
+)
+def test_a_call_cut_inside_its_name_ends_as_length_without_a_call(
+    path: str, body: dict[str, Any]
+) -> None:
+    reply = 'I will look.<tool_call>\n{"name": "get_weather_in_a_city_with_a_very_long_name'
+
+    async def scenario(app: FakeApp) -> None:
+        tools = [{"type": "function", "function": FUNCTION}]
+        if path == "/v1/responses":
+            tools = [{"type": "function", **FUNCTION}]
+        whole, streamed = await _both(app, path, {**body, "tools": tools})
+        # Responses echoes its tools: look at what the model said only.
+        said = whole["output"] if path == "/v1/responses" else whole
+        assert "get_weather" not in json.dumps(said)  # the cut call is dropped, never half sent
+        assert "I will look." in json.dumps(said)
+        assert '"function_call"' not in streamed and '"tool_calls": [' not in streamed
+
+    _run(scenario, reply)

@@ -381,13 +381,14 @@ class TurnDecoder:
             more += parser.finish()
             shown = "".join(value for kind, value in more if kind == "content")
             if cut:
-                open_call = parser.calls[-1]
+                # Cut while its name was still arriving, the call has no entry yet.
+                open_call = parser.calls[-1] if parser.calls else None
                 logger.warning(
                     "%s: dropped the tool call %r cut short at %s (arguments %r)",
                     self._request_id,
-                    open_call.name,
+                    open_call.name if open_call else None,
                     reason.value,
-                    open_call.arguments,
+                    open_call.arguments if open_call else "",
                 )
                 self._emitted = len(parser.calls)
             calls = self._completed(parser)
