@@ -125,7 +125,8 @@ def test_a_runner_killed_mid_stream_ends_that_stream_only(two: Multi, sig: signa
     assert sig.name in entry["last_crash"]
     assert entry["failed"] is None
     log = server.log()
-    assert f"Model {two.startup}: runner (pid {pid}) crashed: signal {sig.value} ({sig.name})" in log
+    crashed = f"signal {sig.value} ({sig.name})"
+    assert f"Model {two.startup}: runner (pid {pid}) crashed: {crashed}" in log
     metrics = httpx.get(f"{server.base_url}/metrics", timeout=10).text
     assert f'hearth_runner_crashes_total{{model="{two.startup}"}}' in metrics
     health = {m["name"]: m for m in server.health()["models"]}
