@@ -60,6 +60,7 @@ from rich.progress import (
 )
 
 import kv_memory
+import runner as runner_bench
 import speculation
 import speculation_edits
 from hearth.models.registry import embedded_model_path
@@ -228,6 +229,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-kv-memory",
         action="store_true",
         help="skip bench/kv_memory.py (KV cache types and layouts, the restart's TTFT)",
+    )
+    parser.add_argument(
+        "--no-runner",
+        action="store_true",
+        help="skip bench/runner.py (runner processes against the in-process engine)",
     )
     parser.add_argument(
         "--speculation-rounds",
@@ -1423,6 +1429,9 @@ def markdown(report: dict[str, Any]) -> str:
     spec = report.get("speculation")
     if spec is not None:
         lines += ["", spec["error"] if "error" in spec else speculation.markdown(spec)]
+    runner = report.get("runner")
+    if runner:
+        lines += ["", runner["error"] if "error" in runner else runner_bench.markdown(runner)]
     edits = report.get("speculation_edits")
     if edits is not None:
         lines += ["", edits["error"] if "error" in edits else speculation_edits.markdown(edits)]
@@ -1482,6 +1491,18 @@ def main(argv: list[str] | None = None) -> int:
         except (RuntimeError, OSError, httpx.HTTPError) as exc:
             edits = {"error": f"speculation_edits: {type(exc).__name__}: {exc}"}
 
+    runner: dict[str, Any] | None = None
+    if not args.no_runner:
+        console.print("Runner processes against the in-process engine, at 1 and 16 clients")
+        try:
+            runner = runner_bench.run_runner(
+                rounds=1 if args.quick else 3,
+                ttft_requests=10 if args.quick else 30,
+                threads=args.threads,
+            )
+        except (RuntimeError, OSError, httpx.HTTPError) as exc:
+            runner = {"error": f"runner: {type(exc).__name__}: {exc}"}
+
     report = {
         "machine": machine,
         "config": {
@@ -1508,6 +1529,7 @@ def main(argv: list[str] | None = None) -> int:
         "kv_memory": kv,
         "speculation": spec,
         "speculation_edits": edits,
+        "runner": runner,
     }
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     text = markdown(report)

@@ -150,19 +150,27 @@ def free_port() -> int:
 def hearth(
     speculation: str, threads: int, log_dir: Path, quantize: str, parallel: int = 1
 ) -> Iterator[int]:
-    port = free_port()
+    flags = ["--parallel", str(parallel), "--ctx-size", "2048", "--flash-attn", "off"]
+    flags += ["--speculation", speculation, "--quantize", quantize]
+    with serve(speculation, threads, log_dir, flags, free_port()) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def serve(name: str, threads: int, log_dir: Path, flags: list[str], port: int) -> Iterator[int]:
+    """`hearth serve` with `flags` on `port`, its own Hearth home and log named `name`, until
+    the block ends; yields once /health answers."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
-    env["HEARTH_HOME"] = str(log_dir / f"home-{speculation}")
+    env["HEARTH_HOME"] = str(log_dir / f"home-{name}")
     cmd = [sys.executable, "-m", "hearth", "serve", "--host", HOST, "--port", str(port)]
-    cmd += ["--parallel", str(parallel), "--ctx-size", "2048", "--threads", str(threads)]
-    cmd += ["--flash-attn", "off", "--speculation", speculation, "--quantize", quantize]
-    with (log_dir / f"hearth-{speculation}.log").open("wb") as log:
+    cmd += ["--threads", str(threads), *flags]
+    with (log_dir / f"hearth-{name}.log").open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"hearth serve --speculation {speculation} exited")
+                raise RuntimeError(f"hearth serve ({name}) exited")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"http://{HOST}:{port}/health", timeout=2).status_code == 200:
                     break

@@ -252,14 +252,20 @@ def test_rm_refuses_when_the_server_rejects_the_key(imported: str, hearth: FakeH
 
 def test_ps_shows_what_the_server_has_loaded(hearth: FakeHearth) -> None:
     hearth.models = [
-        loaded("smollm2:135m", expires_at=None, size=98_000_000, size_vram=98_000_000),
+        loaded(
+            "smollm2:135m", expires_at=None, size=98_000_000, size_vram=98_000_000, runner_pid=None
+        ),
         loaded("hf.co/org/repo:Q4_K_M", size_vram=500_000_000),
+        loaded("tiny", runner_pid=4321, restarts=3, failed="signal 11 (SIGSEGV)"),
+        loaded("small", runner_pid=99, restarts=0),
     ]
     result = invoke("ps", "--port", str(hearth.port))
     assert result.exit_code == 0, result.output
     table = rows(result.output)
-    assert table[0] == ["NAME", "SIZE", "PROCESSOR", "SLOTS", "CONTEXT", "UNTIL"]
-    assert table[1] == ["smollm2:135m", "98.0", "MB", "GPU", "2/4", "4096", "forever"]
+    assert table[0] == ["NAME", "SIZE", "PROCESSOR", "SLOTS", "CONTEXT", "UNTIL", "RUNNER"]
+    assert table[1] == [
+        "smollm2:135m", "98.0", "MB", "GPU", "2/4", "4096", "forever", "in", "server"
+    ]  # fmt: skip
     assert table[2] == [
         "hf.co/org/repo:Q4_K_M",
         "2.0",
@@ -271,7 +277,10 @@ def test_ps_shows_what_the_server_has_loaded(hearth: FakeHearth) -> None:
         "in",
         "4",
         "minutes",
+        "—",
     ]
+    assert table[3][-5:] == ["pid", "4321,", "3", "restarts,", "FAILED"]
+    assert table[4][-2:] == ["pid", "99"]
 
 
 def test_ps_with_nothing_loaded(hearth: FakeHearth) -> None:
@@ -289,7 +298,7 @@ def test_ps_falls_back_to_health_on_a_server_without_api_ps(hearth: FakeHearth) 
     }
     result = invoke("ps", env=hearth.env())
     assert result.exit_code == 0, result.output
-    assert rows(result.output)[1] == ["smollm2:135m", "—", "—", "1/4", "4096", "forever"]
+    assert rows(result.output)[1] == ["smollm2:135m", "—", "—", "1/4", "4096", "forever", "—"]
 
 
 def test_ps_without_a_server_is_one_line_and_exit_1() -> None:

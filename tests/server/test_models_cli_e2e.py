@@ -63,7 +63,7 @@ def test_ps_shows_the_loaded_model(served: HearthServer) -> None:
     done = hearth("ps", home=home_of(served), port=served.port)
     assert done.returncode == 0, done.stderr
     header, *rows = [line.split() for line in done.stdout.strip().splitlines()]
-    assert header == ["NAME", "SIZE", "PROCESSOR", "SLOTS", "CONTEXT", "UNTIL"]
+    assert header == ["NAME", "SIZE", "PROCESSOR", "SLOTS", "CONTEXT", "UNTIL", "RUNNER"]
     [row] = [row for row in rows if row[0] == NAME]
     health = served.health()
     assert f"{health['slots_in_use']}/{health['slots_total']}" in row

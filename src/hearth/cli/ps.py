@@ -49,6 +49,20 @@ def _slots(model: dict[str, Any]) -> str:
     return f"{used}/{total}"
 
 
+def _runner(model: dict[str, Any]) -> str:
+    """The runner's pid, its restarts, and a failed model's state."""
+    if "runner_pid" not in model:
+        return "—"  # an older server's /health, or its /api/ps
+    pid = _int(model.get("runner_pid"))
+    if pid is None:
+        return "in server"
+    restarts = _int(model.get("restarts")) or 0
+    text = f"pid {pid}"
+    if restarts:
+        text += f", {restarts} restart{'s' if restarts != 1 else ''}"
+    return f"{text}, FAILED" if model.get("failed") else text
+
+
 @click.command(name="ps")
 @server_options
 def command(host: str, port: int) -> None:
@@ -74,7 +88,7 @@ def command(host: str, port: int) -> None:
         console.print("No models loaded.")
         return
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("NAME", "SIZE", "PROCESSOR", "SLOTS", "CONTEXT", "UNTIL"):
+    for column in ("NAME", "SIZE", "PROCESSOR", "SLOTS", "CONTEXT", "UNTIL", "RUNNER"):
         table.add_column(column, no_wrap=True)
     for model in models:
         context = _int(model.get("context_length"))
@@ -85,5 +99,6 @@ def command(host: str, port: int) -> None:
             _slots(model),
             str(context) if context is not None else "—",
             _until(model.get("expires_at")),
+            _runner(model),
         )
     console.print(table)

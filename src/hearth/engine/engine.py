@@ -1,9 +1,15 @@
-"""The async face of the engine: one thread owns the model, asyncio talks to it by queues.
+"""The engine's two halves: the step loop, one thread that owns the model, and the async face
+that asyncio talks to by queues.
 
-Request side (event loop): `generate()` puts an `_Add` into the inbox and awaits a per-request
-asyncio.Queue. Engine thread: drains the inbox, runs `EngineCore.step()`, and hands each step's
-outputs back with one `call_soon_threadsafe`. The event loop never waits on the engine thread;
-llama_decode releases the GIL, so HTTP keeps flowing while a step computes.
+`StepLoop` (the engine thread): drains its inbox, runs `EngineCore.step()`, and hands each
+step's outputs to its `on_step`, in this process (`Engine`) or in a runner process
+(engine/runner_main.py, which writes them to its channel). llama_decode releases the GIL, so
+HTTP keeps flowing while a step computes.
+
+`AsyncEngine.generate()` (the event loop): submits an `Add` and awaits a per-request
+asyncio.Queue. `Engine` puts it into its own StepLoop's inbox and gets each step's outputs back
+with one `call_soon_threadsafe`; `runner_process.ProcessEngine` writes it to a runner process.
+Either way the event loop never waits on the engine thread.
 
 `RequestStats` are measured on the request side, in `generate()`: time to first output, time per
 output token, end-to-end latency and queue wait (submission to the step that admitted the
