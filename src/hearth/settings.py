@@ -198,6 +198,15 @@ class ServeSettings(BaseSettings):
         "works on this machine (it crashes on some Xeons); 'on' uses every one, AMX included; "
         "'off' none (llama-server's --no-repack).",
     )
+    mmproj: Path | None = Field(
+        None,
+        description="A multimodal projector GGUF (mmproj) for --model FILE: the model then "
+        "takes images (llama.cpp's libmtmd).",
+    )
+    max_image_bytes: ByteSize = Field(
+        ByteSize(10 * 1024 * 1024),
+        description="The largest image a request may send, decoded (bytes, or 10MiB).",
+    )
     runner: Literal["process", "inline"] = Field(
         "process",
         description="Where each model runs: 'process', a runner process per model, so that a "

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hearth.engine.speculative import SpeculationMode
-from hearth.engine.types import BatchBudget, EngineStats, RequestOutput
+from hearth.engine.types import BatchBudget, EngineStats, MediaInput, RequestOutput
 
 if TYPE_CHECKING:
     from hearth.engine.cpu import WeightPlacement
@@ -27,6 +27,8 @@ __all__ = [
     "EmbedDone",
     "EmbedRequest",
     "LoadFailed",
+    "MediaMeasure",
+    "MediaMeasured",
     "PromptDiskSpec",
     "Ready",
     "RunnerSpec",
@@ -71,6 +73,7 @@ class Ready:
     n_embd: int
     max_embed_tokens: int
     pooling: str
+    vision: bool  # a projector that takes images
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,20 @@ class EmbedDone:
     vectors: list[list[float]] | None
     error: BaseException | None
     stats: EmbedderStats
+
+
+@dataclass(frozen=True, slots=True)
+class MediaMeasure:
+    """How many positions each image takes (commands.MeasureMedia, across the channel)."""
+
+    request_id: str
+    media: tuple[MediaInput, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MediaMeasured:
+    request_id: str
+    counts: list[int | str]
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from hearth.engine.types import MediaInput
 from hearth.errors import HearthError
 
-__all__ = ["Abort", "AbortAll", "Stop"]
+__all__ = ["Abort", "AbortAll", "MeasureMedia", "Stop"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,3 +29,12 @@ class AbortAll:
 @dataclass(frozen=True, slots=True)
 class Stop:
     """Leave the thread's loop."""
+
+
+@dataclass(frozen=True, slots=True)
+class MeasureMedia:
+    """How many positions each image takes (or why llama.cpp refused it): the projector is the
+    engine thread's, so it answers between two steps, through `reply`."""
+
+    media: tuple[MediaInput, ...]
+    reply: Callable[[list[int | str]], None]

@@ -38,6 +38,8 @@ from hearth.engine.types import (
     EngineStats,
     FinishReason,
     GenerationRequest,
+    MediaInput,
+    MediaSpan,
     RequestOutput,
     SamplingParams,
     TokenLogprob,
@@ -80,6 +82,14 @@ class ModelRunner(Protocol):
     def is_end_of_generation(self, token: int) -> bool: ...
 
     def token_bytes(self, token: int) -> bytes: ...
+
+    def media_tokens(self, media: MediaInput) -> int | str:
+        """The positions an image takes in a prompt, or why it cannot be read."""
+        ...
+
+    def decode_media(self, span: MediaSpan, seq_id: int) -> int:
+        """Decode an image into `seq_id`'s KV at the span's positions; 0 on success."""
+        ...
 
     def kv_trim(self, seq_id: int, from_pos: int) -> None:
         """Remove `seq_id`'s KV cache from `from_pos` to the end."""
@@ -180,8 +190,17 @@ class EngineCore(Generic[SinkT]):
             raise ValueError(f"duplicate request id {request.request_id}")
         if request.n < 1:
             raise ValueError("a request needs at least one choice")
+        if request.media and request.media[-1].start + request.media[-1].n_tokens >= len(
+            request.prompt_tokens
+        ):
+            raise ValueError("a prompt must not end with an image: its text asks for logits")
         sequences = [
-            Sequence(request_id=request.request_id, prompt=request.prompt_tokens, index=i)
+            Sequence(
+                request_id=request.request_id,
+                prompt=request.prompt_tokens,
+                index=i,
+                media=request.media,
+            )
             for i in range(request.n)
         ]
         sequences[0].forks = tuple(sequences[1:])
@@ -261,6 +280,11 @@ class EngineCore(Generic[SinkT]):
             self._refresh_gauges()
             return expired
         started = time.perf_counter()
+        if any(chunk.media is not None for chunk in plan.chunks):
+            expired += self._decode_media(plan)
+            if not plan.chunks:
+                self._refresh_gauges()
+                return expired
         status = self.runner.decode(plan.chunks)
         if status != 0:
             return expired + self._fail_step(plan.chunks, status)
@@ -286,6 +310,25 @@ class EngineCore(Generic[SinkT]):
             self.step_cost.observe(row + 1, time.perf_counter() - started)
         self._record_batch(plan, row + 1)
         self._refresh_gauges()
+        return outputs
+
+    def _decode_media(self, plan: StepPlan) -> list[tuple[SinkT, RequestOutput]]:
+        """Encode the step's images into their slots (apart from the batch, which has no rows
+        for them), commit them, and leave the text chunks in `plan`."""
+        outputs: list[tuple[SinkT, RequestOutput]] = []
+        done: list[Chunk] = []
+        for chunk in plan.chunks:
+            if chunk.media is None:
+                continue
+            status = self.runner.decode_media(chunk.media, chunk.seq_id)
+            if status != 0:
+                outputs += self._fail_step([chunk], status)
+                continue
+            done.append(chunk)
+            self.stats.media_encoded_total += 1
+            self.stats.media_tokens_total += chunk.media.n_tokens
+        self.scheduler.commit(StepPlan(chunks=done, kv_ops=[]))
+        plan.chunks = [chunk for chunk in plan.chunks if chunk.media is None]
         return outputs
 
     # -- the prompt cache on disk -------------------------------------------------------------

@@ -32,7 +32,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from hearth.engine.commands import Abort, AbortAll, Stop
+from hearth.engine.commands import Abort, AbortAll, MeasureMedia, Stop
 from hearth.engine.core import EngineCore, ModelRunner
 from hearth.engine.prompt_disk import PromptDiskCache
 from hearth.engine.scheduler import Sequence
@@ -42,6 +42,7 @@ from hearth.engine.types import (
     EngineStats,
     FinishReason,
     GenerationRequest,
+    MediaInput,
     QueuePolicy,
     RequestOutput,
     RunnerHealth,
@@ -159,7 +160,7 @@ class Add(Generic[SinkT]):
     sink: SinkT
 
 
-Command = Add[Any] | Abort | AbortAll | Stop
+Command = Add[Any] | Abort | AbortAll | MeasureMedia | Stop
 # What a step produced, and how long it took (seconds); called after every step, even one with
 # no outputs (a prefill), and once more with the shutdown's.
 StepHandler = Callable[[list[tuple[SinkT, RequestOutput]], float], None]
@@ -229,6 +230,8 @@ class StepLoop(Generic[SinkT]):
                             self._queued[command.sink] = waiting[-1]
                 elif isinstance(command, AbortAll):
                     outputs.extend(core.abort_all(command.error))
+                elif isinstance(command, MeasureMedia):
+                    self._measure(command)
                 else:
                     outputs.extend(core.abort(command.request_id))
                 command = None if inbox.empty() else inbox.get_nowait()
@@ -245,6 +248,14 @@ class StepLoop(Generic[SinkT]):
             if self._queued:
                 self._note_admissions(step_at, outputs)
             self._on_step(outputs, time.perf_counter() - step_at)
+
+    def _measure(self, command: MeasureMedia) -> None:
+        try:
+            counts = [self.core.runner.media_tokens(item) for item in command.media]
+        except Exception as exc:  # never leave its caller waiting
+            logger.exception("engine could not measure images")
+            counts = [f"{type(exc).__name__}: {exc}"] * len(command.media)
+        command.reply(counts)
 
     def _save_prompt_cache(self) -> None:
         # On the engine thread, which owns the context, once nothing runs: unload and stop.
@@ -290,6 +301,10 @@ class AsyncEngine:
         self._requests = RequestStats()  # the event loop's
 
     def _submit(self, command: Add[_Sink] | Abort) -> None:
+        raise NotImplementedError
+
+    async def media_tokens(self, media: list[MediaInput]) -> list[int | str]:
+        """The positions each image takes in a prompt, or why llama.cpp could not read it."""
         raise NotImplementedError
 
     def _check_running(self) -> None:
@@ -429,6 +444,17 @@ class Engine(AsyncEngine):
     def _submit(self, command: Add[_Sink] | Abort) -> None:
         self._loop_thread.inbox.put(command)
 
+    async def media_tokens(self, media: list[MediaInput]) -> list[int | str]:
+        self._check_running()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[int | str]] = loop.create_future()
+
+        def reply(counts: list[int | str]) -> None:
+            loop.call_soon_threadsafe(_settle, future, counts)
+
+        self._loop_thread.inbox.put(MeasureMedia(tuple(media), reply))
+        return await future
+
     def _deliver(self, outputs: list[tuple[_Sink, RequestOutput]], _seconds: float) -> None:
         if outputs and self._loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
@@ -436,6 +462,11 @@ class Engine(AsyncEngine):
 
 
 _NOT_RUN = (FinishReason.ABORT, FinishReason.ERROR)
+
+
+def _settle(future: asyncio.Future[list[int | str]], counts: list[int | str]) -> None:
+    if not future.done():  # its request may have been cancelled meanwhile
+        future.set_result(counts)
 
 
 def _put_all(outputs: list[tuple[_Sink, RequestOutput]]) -> None:

@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence as SequenceType
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp as llama
 import numpy as np
@@ -23,8 +23,11 @@ import numpy as np
 from hearth.engine.backend import BUFFER_LINE, capturing_buffer_lines, init_backend
 from hearth.engine.cpu import RepackMode, WeightPlacement
 from hearth.engine.scheduler import Chunk
-from hearth.engine.types import Grammar, SamplingParams, TokenLogprob
+from hearth.engine.types import Grammar, MediaInput, MediaSpan, SamplingParams, TokenLogprob
 from hearth.engine.vocab import Vocabulary
+
+if TYPE_CHECKING:
+    from hearth.engine.media import MediaEncoder
 
 __all__ = ["KV_CACHE_TYPES", "LlamaRunner", "ModelInfo", "RunnerConfig"]
 
@@ -58,6 +61,7 @@ class RunnerConfig:
     repack: RepackMode = "auto"  # the weight buffer types a load may use (engine/cpu.py)
     weight_types: tuple[str, ...] = ()  # the GGUF's tensor types: part of the AMX probe's key
     n_prefill: int = 128  # most prompt tokens per step beside decoding rows (probed with AMX)
+    mmproj_path: Path | None = None  # a multimodal projector: the model takes images
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +151,27 @@ class LlamaRunner:
         self._pieces: dict[int, bytes] = {}
         self._piece_buffer = ctypes.create_string_buffer(256)
         self.info = self._read_info()
+        self.media: MediaEncoder | None = None
+        if config.mmproj_path is not None:
+            from hearth.engine.media import MediaEncoder
+
+            self.media = MediaEncoder(config.mmproj_path, self._model, config.n_threads)
+
+    @property
+    def vision(self) -> bool:
+        return self.media is not None and self.media.vision
+
+    def media_tokens(self, media: MediaInput) -> int | str:
+        """The positions an image takes in a prompt, or why llama.cpp could not read it."""
+        if self.media is None:
+            return "this model has no projector"
+        return self.media.n_tokens(media)
+
+    def decode_media(self, span: MediaSpan, seq_id: int) -> int:
+        """Encode an image and decode its embeddings into `seq_id`'s KV at its positions; 0 on
+        success, else llama.cpp's status."""
+        assert self.media is not None
+        return self.media.decode(self._ctx, span, seq_id, self.config.n_batch)
 
     # -- ModelRunner protocol ------------------------------------------------------------------
 
@@ -337,6 +362,9 @@ class LlamaRunner:
         return self._model
 
     def close(self) -> None:
+        if self.media is not None:
+            self.media.close()
+            self.media = None
         if self._ctx:
             llama.llama_batch_free(self._batch)
             llama.llama_free(self._ctx)

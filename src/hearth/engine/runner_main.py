@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -30,13 +31,15 @@ from hearth.engine.channel import (
     EmbedDone,
     EmbedRequest,
     LoadFailed,
+    MediaMeasure,
+    MediaMeasured,
     Ready,
     RunnerSpec,
     Step,
     StepOutput,
     Stopped,
 )
-from hearth.engine.commands import Abort, AbortAll, Stop
+from hearth.engine.commands import Abort, AbortAll, MeasureMedia, Stop
 from hearth.engine.types import GenerationRequest, RequestOutput
 
 __all__ = ["main"]
@@ -145,6 +148,13 @@ class _Embeddings:
             self._tasks.pop(request.request_id, None)
 
 
+def _reply_to(channel: _Channel, request_id: str) -> Callable[[list[int | str]], None]:
+    def reply(counts: list[int | str]) -> None:
+        channel.send(MediaMeasured(request_id, counts))
+
+    return reply
+
+
 def serve(conn: Connection) -> None:
     from hearth.engine.core import EngineCore
     from hearth.engine.engine import Add, StepLoop
@@ -199,6 +209,7 @@ def serve(conn: Connection) -> None:
             n_embd=embeddings.embedder.n_embd,
             max_embed_tokens=embeddings.embedder.max_input_tokens,
             pooling=embeddings.embedder.pooling,
+            vision=runner.vision,
         )
     )
     loop.start()
@@ -219,6 +230,8 @@ def serve(conn: Connection) -> None:
                 embeddings.start()
                 embeddings_open = True
             embeddings.embed(command)
+        elif isinstance(command, MediaMeasure):
+            loop.inbox.put(MeasureMedia(command.media, _reply_to(channel, command.request_id)))
         elif isinstance(command, EmbedAbort):
             embeddings.abort(command.request_id)
         elif isinstance(command, Stop):

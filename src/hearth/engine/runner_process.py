@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,8 @@ from hearth.engine.channel import (
     EmbedDone,
     EmbedRequest,
     LoadFailed,
+    MediaMeasure,
+    MediaMeasured,
     Ready,
     RunnerSpec,
     Step,
@@ -50,7 +53,13 @@ from hearth.engine.channel import (
 )
 from hearth.engine.commands import Abort, AbortAll, Stop
 from hearth.engine.engine import Add, AsyncEngine, _Sink
-from hearth.engine.types import EngineStats, FinishReason, RequestOutput, RunnerHealth
+from hearth.engine.types import (
+    EngineStats,
+    FinishReason,
+    MediaInput,
+    RequestOutput,
+    RunnerHealth,
+)
 from hearth.errors import (
     EngineError,
     HearthError,
@@ -190,6 +199,7 @@ class ProcessEngine(AsyncEngine):
         self._last_message_at = 0.0  # perf_counter of the runner's last message
         self._busy_since = 0.0  # perf_counter when requests went out to an idle runner
         self.embedder: RemoteEmbedder | None = None
+        self._measuring: dict[str, asyncio.Future[list[int | str]]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -289,6 +299,19 @@ class ProcessEngine(AsyncEngine):
         if self._tracked.pop(command.request_id, None) is not None and self._restarting is None:
             self._send(command)
 
+    async def media_tokens(self, media: list[MediaInput]) -> list[int | str]:
+        self._check_running()
+        future: asyncio.Future[list[int | str]] = asyncio.get_running_loop().create_future()
+        request_id = uuid.uuid4().hex
+        self._measuring[request_id] = future
+        try:
+            while self._restarting is not None:  # the next runner measures it
+                await asyncio.shield(self._restarting)
+            self._send(MediaMeasure(request_id, tuple(media)))
+            return await future
+        finally:
+            self._measuring.pop(request_id, None)
+
     def _send(self, message: object) -> None:
         process = self._process
         if process is None:
@@ -340,6 +363,10 @@ class ProcessEngine(AsyncEngine):
             self._on_step(message)
         elif isinstance(message, EmbedDone) and self.embedder is not None:
             self.embedder.settle(message)
+        elif isinstance(message, MediaMeasured):
+            future = self._measuring.pop(message.request_id, None)
+            if future is not None and not future.done():
+                future.set_result(message.counts)
 
     def _on_step(self, step: Step) -> None:
         if step.seconds > self._slowest_step_s:
@@ -383,6 +410,10 @@ class ProcessEngine(AsyncEngine):
         self._fail_tracked(error, started_only=True)
         if self.embedder is not None:
             self.embedder.runner_died(error)
+        for future in self._measuring.values():
+            if not future.done():
+                future.set_exception(error)
+        self._measuring.clear()
         waiting = len(self._tracked)
         self._process = None
         with contextlib.suppress(OSError):
@@ -575,6 +606,7 @@ class RemoteRunner:
         self.weights = ready.weights
         self.n_slots = engine.spec.config.n_slots
         self.n_vocab = vocabulary.n_vocab
+        self.vision = ready.vision
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         return self._vocabulary.tokenize(text, add_special=add_special, parse_special=parse_special)

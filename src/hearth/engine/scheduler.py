@@ -25,7 +25,7 @@ from collections.abc import Callable
 from collections.abc import Sequence as SequenceType
 from dataclasses import dataclass, field, replace
 
-from hearth.engine.types import BatchBudget
+from hearth.engine.types import BatchBudget, MediaSpan
 
 __all__ = [
     "Chunk",
@@ -65,6 +65,26 @@ class Sequence:
     index: int = 0  # which choice of its request
     forks: tuple[Sequence, ...] = ()  # the other choices, which start from this one's prompt
     awaiting_fork: bool = False  # holds a slot, waiting for the first choice's prompt KV
+    media: tuple[MediaSpan, ...] = ()  # images in the prompt: each decoded whole, in one step
+
+    def media_at(self, position: int) -> MediaSpan | None:
+        for span in self.media:
+            if span.start == position:
+                return span
+        return None
+
+    def next_media_start(self, position: int) -> int:
+        """Where the next image after `position` starts (the prompt's end if none): a text
+        chunk stops there."""
+        return min((s.start for s in self.media if s.start > position), default=len(self.prompt))
+
+    def media_boundary(self, position: int) -> int:
+        """`position`, or the start of the image it falls inside: an image's KV is whole or
+        absent, never cut."""
+        for span in self.media:
+            if span.start < position < span.start + span.n_tokens:
+                return span.start
+        return position
 
     @property
     def prefilling(self) -> bool:
@@ -85,6 +105,7 @@ class Chunk:
     tokens: SequenceType[int]
     wants_logits: bool
     n_draft: int = 0  # the last n_draft tokens are a draft: they and the row before want logits
+    media: MediaSpan | None = None  # an image's positions: encoded and decoded apart
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +234,7 @@ class Scheduler:
             budget = self._add_drafts(chunks, budget)
         prefill_budget = min(budget, self.budget.max_prefill_tokens) if chunks else budget
         prompt_tokens = 0
+        image_planned = False  # one image per step: its encode is the step's prefill
         for seq in self.running:
             if prefill_budget <= 0:
                 break
@@ -220,9 +242,18 @@ class Scheduler:
                 continue
             slot = _slot_of(seq)
             start = len(slot.cached)
-            take = seq.prompt[start : start + prefill_budget]
-            done = start + len(take) == len(seq.prompt)
-            chunks.append(Chunk(seq, slot.seq_id, start, take, done))
+            span = seq.media_at(start) if seq.media else None
+            if span is not None:
+                if image_planned or (prompt_tokens and span.n_tokens > prefill_budget):
+                    continue
+                take = seq.prompt[start : start + span.n_tokens]
+                chunks.append(Chunk(seq, slot.seq_id, start, take, False, media=span))
+                image_planned = True
+            else:
+                end = min(start + prefill_budget, seq.next_media_start(start))
+                take = seq.prompt[start:end]
+                done = end == len(seq.prompt)
+                chunks.append(Chunk(seq, slot.seq_id, start, take, done))
             prefill_budget -= len(take)
             prompt_tokens += len(take)
         # With split KV, llama.cpp puts sequences in one ubatch only while their ids ascend by
@@ -276,7 +307,7 @@ class Scheduler:
                 ops.append(KvCopy(donor.seq_id, slot.seq_id))
                 slot.cached = list(donor.cached)
             # Keep at least one prompt token to decode: its logits give the first sample.
-            reuse = min(reuse, len(seq.prompt) - 1)
+            reuse = seq.media_boundary(min(reuse, len(seq.prompt) - 1))
             if reuse < len(slot.cached):
                 ops.append(KvTrim(slot.seq_id, reuse))
                 del slot.cached[reuse:]

@@ -197,7 +197,12 @@ class Drafter:
         if cursor is None or cursor >= len(text):
             lookup.cursor = None
             return None
-        return Draft(tuple(text[cursor : cursor + max_tokens]), DraftSource.LOOKUP, aligned_on)
+        tokens = tuple(text[cursor : cursor + max_tokens])
+        if min(tokens) < 0:  # an image's stand-ins (types.media_token_ids): never a token
+            tokens = tokens[: next(i for i, t in enumerate(tokens) if t < 0)]
+            if not tokens:
+                return None
+        return Draft(tokens, DraftSource.LOOKUP, aligned_on)
 
 
 # The longest draft decoded in one step, by source: a prediction is the client's own guess at

@@ -13,12 +13,15 @@ __all__ = [
     "FinishReason",
     "GenerationRequest",
     "Grammar",
+    "MediaInput",
+    "MediaSpan",
     "QueuePolicy",
     "ReasoningBudget",
     "RequestOutput",
     "RunnerHealth",
     "SamplingParams",
     "TokenLogprob",
+    "media_token_ids",
 ]
 
 
@@ -83,6 +86,32 @@ class SamplingParams:
 
 
 @dataclass(frozen=True, slots=True)
+class MediaInput:
+    """An image, checked by the server: its bytes and the key the prompt cache knows it by."""
+
+    key: str  # sha256 of data, hex
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MediaSpan:
+    """Where an image sits in a prompt: `n_tokens` positions from `start`, held in
+    `prompt_tokens` by `media_token_ids(media.key, n_tokens)`."""
+
+    start: int
+    n_tokens: int
+    media: MediaInput
+
+
+def media_token_ids(key: str, n_tokens: int) -> tuple[int, ...]:
+    """Stand-ins for an image's positions in a token list: negative, so never a vocabulary id,
+    and derived from the image's bytes, so that the prompt cache (a token prefix match, in
+    memory and on disk) reuses an image's KV only for the same image."""
+    seed = int(key[:15], 16)
+    return tuple(-1 - ((seed + i) % 2_000_000_000) for i in range(n_tokens))
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationRequest:
     """`n` choices of one prompt. They share the prompt's KV cache: it is decoded once, then
     copied into a slot per choice (`llama_memory_seq_cp`)."""
@@ -92,6 +121,7 @@ class GenerationRequest:
     params: SamplingParams
     n: int = 1
     prediction: tuple[int, ...] = ()  # the expected output's tokens: drafts to verify
+    media: tuple[MediaSpan, ...] = ()  # images in the prompt, in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +203,8 @@ class EngineStats:
     generated_tokens_total: int = 0
     draft_tokens_total: int = 0  # speculative draft tokens verified
     draft_tokens_accepted_total: int = 0  # of those, the ones kept
+    media_encoded_total: int = 0  # images encoded and decoded into a slot's KV
+    media_tokens_total: int = 0  # their positions
     requests_finished: int = 0
     # What a decode step of n rows costs, by n (speculative.StepCost): what drafts are sized by
     step_seconds_by_rows: dict[int, float] = field(default_factory=dict)

@@ -91,6 +91,7 @@ def load_model(settings: ServeSettings, devices: list[Device], spec: ModelSpec) 
         repack=settings.repack,
         weight_types=weight_types,
         n_prefill=min(settings.max_prefill_tokens, settings.max_batch_tokens),
+        mmproj_path=_mmproj(settings, spec),
     )
     budget = BatchBudget(
         max_batch_tokens=settings.max_batch_tokens,
@@ -185,6 +186,13 @@ def _prompt_disk(settings: ServeSettings, model_path: Path) -> PromptDiskSpec | 
         settings.flash_attn,
     )
     return PromptDiskSpec(hearth_home() / PROMPT_CACHE_DIR, folder, int(settings.prompt_cache_disk))
+
+
+def _mmproj(settings: ServeSettings, spec: ModelSpec) -> Path | None:
+    """The projector of the startup model (--mmproj), for it and the aliases over it."""
+    if settings.mmproj is None or spec.source != settings.model:
+        return None
+    return settings.mmproj.expanduser()
 
 
 def _check_model_file(name: str, path: Path) -> None:

@@ -29,6 +29,7 @@ from hearth.server.core.conversation import (
     ToolCall,
     ToolChoice,
 )
+from hearth.server.core.media import MEDIA_MARKER, MediaPart, media_part_from_url
 from hearth.server.core.prepare import count_prompt_tokens, prepare_turn_off_loop
 from hearth.server.core.turns import (
     ChoiceResult,
@@ -99,10 +100,14 @@ def _messages(req: wire.MessagesRequest | wire.CountTokensRequest) -> list[Messa
             continue
         texts: list[str] = []
         calls: list[ToolCall] = []
+        media: list[MediaPart] = []
         for j, block in enumerate(message.content):
             where = f"{param}.content[{j}]"
             if isinstance(block, wire.TextBlockParam):
                 texts.append(block.text)
+            elif isinstance(block, wire.ImageBlockParam) and message.role == "user":
+                media.append(_image(block, where))
+                texts.append(MEDIA_MARKER)
             elif isinstance(block, wire.ThinkingBlockParam | wire.RedactedThinkingBlockParam) and (
                 message.role == "assistant"
             ):
@@ -111,8 +116,9 @@ def _messages(req: wire.MessagesRequest | wire.CountTokensRequest) -> list[Messa
                 calls.append(ToolCall(block.id, block.name, json.dumps(block.input)))
             elif isinstance(block, wire.ToolResultBlockParam) and message.role == "user":
                 if texts:
-                    messages.append(Message("user", "\n".join(texts)))
+                    messages.append(Message("user", "\n".join(texts), media=tuple(media)))
                     texts.clear()
+                    media.clear()
                 text = _tool_result_text(block, where)
                 messages.append(Message("tool", text, tool_call_id=block.tool_use_id))
             else:
@@ -124,8 +130,32 @@ def _messages(req: wire.MessagesRequest | wire.CountTokensRequest) -> list[Messa
         if message.role == "assistant":
             messages.append(Message("assistant", "\n".join(texts), tuple(calls)))
         elif texts:
-            messages.append(Message(message.role, "\n".join(texts)))
+            messages.append(Message(message.role, "\n".join(texts), media=tuple(media)))
     return messages
+
+
+def _image(block: wire.ImageBlockParam, where: str) -> MediaPart:
+    """An `image` block's source: base64 data, or a URL (refused: fetching is off)."""
+    source = block.source
+    kind = source.get("type")
+    if kind == "base64":
+        data = source.get("data")
+        if not isinstance(data, str):
+            raise InvalidRequestError(
+                "'source.data' must be a base64 string.", param=f"{where}.source.data"
+            )
+        media_type = source.get("media_type")
+        return MediaPart(
+            "image",
+            data,
+            f"{where}.source.data",
+            media_type if isinstance(media_type, str) else None,
+        )
+    if kind == "url" and isinstance(source.get("url"), str):
+        return media_part_from_url(source["url"], f"{where}.source.url", "image")
+    raise unsupported(
+        f"{where}.source.type", "image sources are 'base64' (or 'url', when fetching is on)."
+    )
 
 
 def _tools(req: wire.MessagesRequest | wire.CountTokensRequest) -> tuple[Tool, ...]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from hearth.errors import InvalidRequestError
+from hearth.server.core.media import MediaPart
 
 __all__ = [
     "EFFORT_BUDGETS",
@@ -53,6 +54,8 @@ class Message:
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
     tool_name: str | None = None
+    # Images, in order; `text` holds media.MEDIA_MARKER where each one sits.
+    media: tuple[MediaPart, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,15 @@ from hearth.engine.grammar import (
     without_large_bounds,
     without_unenforced,
 )
-from hearth.engine.types import GenerationRequest, Grammar, ReasoningBudget, SamplingParams
+from hearth.engine.types import (
+    GenerationRequest,
+    Grammar,
+    MediaInput,
+    MediaSpan,
+    ReasoningBudget,
+    SamplingParams,
+    media_token_ids,
+)
 from hearth.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
@@ -42,6 +50,7 @@ from hearth.server.core.conversation import (
     Sampling,
     Tool,
 )
+from hearth.server.core.media import MEDIA_MARKER, MediaPart, load_media
 from hearth.server.core.tools import ToolSpec, render_call, tool_grammar, tool_system_prompt
 from hearth.server.http.journal import note_ignored
 from hearth.server.state import LoadedModel, ServerState
@@ -83,10 +92,16 @@ class PreparedTurn:
 
 
 def prepare_turn(
-    state: ServerState, model: LoadedModel, conversation: Conversation, *, id_prefix: str
+    state: ServerState,
+    model: LoadedModel,
+    conversation: Conversation,
+    *,
+    id_prefix: str,
+    media: Sequence[tuple[MediaInput, int]] = (),
 ) -> PreparedTurn:
     """Template, tools, grammar, sampling and limits: the one place a turn is prepared, for the
-    model the request holds (whose preset applies here, and only here)."""
+    model the request holds (whose preset applies here, and only here). `media`: the
+    conversation's images, checked, with the positions each takes (`prepare_turn_off_loop`)."""
     conversation = with_preset(conversation, model.preset)
     n = choice_count(model, conversation.n)
     plan = _tool_plan(conversation)
@@ -103,7 +118,7 @@ def prepare_turn(
         logger.debug("Ignored for %s: %s", conversation.model, ", ".join(ignored))
         note_ignored(ignored)
     text = _render(model, conversation, plan, thinking.template_kwargs)
-    tokens = _tokenize(model, text)
+    tokens, spans = _tokenize_with_media(model, text, media, conversation.messages_param)
     reasoning = thinking.budget(model, text, state.settings.reasoning_budget)
     grammar = plan.grammar or format_grammar
     if grammar is not None and reasoning is not None:
@@ -125,7 +140,12 @@ def prepare_turn(
     return PreparedTurn(
         model,
         GenerationRequest(
-            request_id, tuple(tokens), params, n=n, prediction=_prediction(model, conversation)
+            request_id,
+            tuple(tokens),
+            params,
+            n=n,
+            prediction=_prediction(model, conversation),
+            media=spans,
         ),
         parse_tools=plan.offered,
     )
@@ -137,8 +157,72 @@ async def prepare_turn_off_loop(
     """`prepare_turn` on a worker thread: templating, tokenizing and building a grammar grow with
     the request, and a large one must cost its own latency only, never a neighbour's (the event
     loop serves every other client meanwhile). llama.cpp's tokenizer and grammar parser read
-    the vocabulary only, so any thread may run them."""
-    return await asyncio.to_thread(prepare_turn, state, model, conversation, id_prefix=id_prefix)
+    the vocabulary only, so any thread may run them. Images are decoded and checked on a worker
+    thread too; the model's runner says how many positions each takes."""
+    parts = [part for message in conversation.messages for part in message.media]
+    media: list[tuple[MediaInput, int]] = []
+    if parts:
+        media = await _measured_media(state, model, parts)
+    return await asyncio.to_thread(
+        prepare_turn, state, model, conversation, id_prefix=id_prefix, media=media
+    )
+
+
+async def _measured_media(
+    state: ServerState, model: LoadedModel, parts: Sequence[MediaPart]
+) -> list[tuple[MediaInput, int]]:
+    for part in parts:
+        if part.kind == "image" and not model.runner.vision:
+            raise UnsupportedParameterError(
+                f"The model `{model.model_id}` does not take images (it has no vision "
+                "projector); send text only, or use a model that takes images.",
+                param=part.param,
+            )
+        if part.kind == "audio":
+            raise UnsupportedParameterError(
+                f"The model `{model.model_id}` does not take audio.", param=part.param
+            )
+    loaded = await asyncio.to_thread(
+        load_media, parts, max_bytes=int(state.settings.max_image_bytes)
+    )
+    inputs = [MediaInput(item.key, item.data) for item in loaded]
+    counts = await model.engine.media_tokens(inputs)
+    measured = []
+    for item, media_input, count in zip(loaded, inputs, counts, strict=True):
+        if isinstance(count, str):  # llama.cpp could not decode it
+            raise InvalidRequestError(
+                f"'{item.part.param}' could not be decoded as an image: {count}",
+                param=item.part.param,
+                code="invalid_image",
+            )
+        measured.append((media_input, count))
+    return measured
+
+
+def _tokenize_with_media(
+    model: LoadedModel, text: str, media: Sequence[tuple[MediaInput, int]], param: str
+) -> tuple[list[int], tuple[MediaSpan, ...]]:
+    """The rendered prompt, tokenized, with each image's positions where its marker was."""
+    if not media:
+        if MEDIA_MARKER in text:
+            raise InvalidRequestError(
+                f"The text may not contain {MEDIA_MARKER!r}: it marks where an image goes.",
+                param=param,
+            )
+        return _tokenize(model, text), ()
+    pieces = text.split(MEDIA_MARKER)
+    if len(pieces) != len(media) + 1:
+        raise InvalidRequestError(
+            f"The text may not contain {MEDIA_MARKER!r}: it marks where an image goes.",
+            param=param,
+        )
+    tokens = _tokenize(model, pieces[0])
+    spans = []
+    for (item, count), piece in zip(media, pieces[1:], strict=True):
+        spans.append(MediaSpan(len(tokens), count, item))
+        tokens.extend(media_token_ids(item.key, count))
+        tokens.extend(model.runner.tokenize(piece, add_special=False, parse_special=True))
+    return tokens, tuple(spans)
 
 
 # -- raw prompts -------------------------------------------------------------------------------

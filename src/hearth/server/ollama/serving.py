@@ -43,6 +43,7 @@ from hearth.server.core.conversation import (
 )
 from hearth.server.core.embeddings import embed_inputs, max_input_tokens
 from hearth.server.core.function_tools import tool_choice, tools_from
+from hearth.server.core.media import MEDIA_MARKER, MediaPart
 from hearth.server.core.prepare import prepare_raw, prepare_turn_off_loop
 from hearth.server.core.turns import (
     Finish,
@@ -189,9 +190,13 @@ def _sampling(options: wire.Options | None) -> tuple[Sampling, int | None]:
 def _messages(messages: Sequence[wire.Message]) -> tuple[Message, ...]:
     converted: list[Message] = []
     for i, message in enumerate(messages):
+        if message.images and message.role == "user":
+            text, media = _with_images(message.content, message.images, f"messages[{i}].images")
+            converted.append(Message("user", text, media=media))
+            continue
         if message.images:
             raise UnsupportedParameterError(
-                "Images are not supported by this model.", param=f"messages[{i}].images"
+                "Images are taken in user messages only.", param=f"messages[{i}].images"
             )
         if message.role == "tool":
             # Ollama matches a result to its call by the function's name: it has no call ids.
@@ -205,6 +210,14 @@ def _messages(messages: Sequence[wire.Message]) -> tuple[Message, ...]:
         else:
             converted.append(Message(message.role, message.content))
     return tuple(converted)
+
+
+def _with_images(
+    content: str, images: Sequence[str], param: str
+) -> tuple[str, tuple[MediaPart, ...]]:
+    """Ollama's images go before the message's text, as Ollama's own prompts put them."""
+    media = tuple(MediaPart("image", data, f"{param}[{k}]") for k, data in enumerate(images))
+    return MEDIA_MARKER * len(media) + content, media
 
 
 def _logprobs_wanted(logprobs: bool | None, top_logprobs: int | None) -> int | None:
@@ -232,9 +245,10 @@ def generate_conversation(req: wire.GenerateRequest) -> Conversation:
     """A templated /api/generate request: its system prompt and prompt as a conversation."""
     sampling, max_tokens = _sampling(req.options)
     system = (Message("system", req.system),) if req.system else ()
+    text, media = _with_images(req.prompt or "", req.images or (), "images")
     return Conversation(
         model=req.model,
-        messages=(*system, Message("user", req.prompt or "")),
+        messages=(*system, Message("user", text, media=media)),
         output_format=_output_format(req.format),
         sampling=sampling,
         max_tokens=max_tokens,
@@ -544,8 +558,10 @@ async def serve_ollama_generate(
     state: ServerState, model: LoadedModel, req: wire.GenerateRequest, http_request: Request
 ) -> JSONResponse | StreamingResponse:
     _check_num_ctx(model, req.options)
-    if req.images:
-        raise UnsupportedParameterError("Images are not supported by this model.", param="images")
+    if req.images and req.raw:
+        raise UnsupportedParameterError(
+            "Images are taken with the model's template only, not with raw=true.", param="images"
+        )
     if req.template is not None:
         raise UnsupportedParameterError(
             "A per-request template is not supported; Hearth uses the model's own chat template "

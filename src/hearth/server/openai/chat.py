@@ -20,11 +20,14 @@ from hearth.errors import HearthError, InvalidRequestError, UnsupportedParameter
 from hearth.protocol import openai as wire
 from hearth.protocol.openai import (
     AssistantMessage,
+    AudioContentPart,
     ChatCompletionRequest,
     DeveloperMessage,
     FunctionMessage,
+    ImageContentPart,
     TextContentPart,
     ToolMessage,
+    UserMessage,
 )
 from hearth.server.core.conversation import (
     Conversation,
@@ -34,6 +37,7 @@ from hearth.server.core.conversation import (
     ToolCall,
 )
 from hearth.server.core.function_tools import tool_choice, tools_from
+from hearth.server.core.media import MEDIA_MARKER, MediaPart, media_part_from_url
 from hearth.server.core.prepare import prepare_turn_off_loop
 from hearth.server.core.turns import (
     ChoiceResult,
@@ -106,22 +110,47 @@ def output_format(response_format: dict[str, Any] | None) -> OutputFormat:
     return OutputFormat("json_schema", schema, strict=spec.get("strict") is True)
 
 
-def _message_text(content: object, param: str) -> str:
+def _message_content(content: object, param: str) -> tuple[str, tuple[MediaPart, ...]]:
+    """A message's text, with MEDIA_MARKER where each image part sits, and its images."""
     if content is None:
-        return ""
+        return "", ()
     if isinstance(content, str):
-        return content
+        return content, ()
     assert isinstance(content, list)
-    texts = []
+    texts: list[str] = []
+    media: list[MediaPart] = []
     for j, part in enumerate(content):
-        if not isinstance(part, TextContentPart):
+        part_param = f"{param}.content[{j}]"
+        if isinstance(part, TextContentPart):
+            texts.append(part.text)
+        elif isinstance(part, ImageContentPart):
+            url = part.image_url.get("url")
+            if not isinstance(url, str):
+                raise InvalidRequestError(
+                    "'image_url.url' must be a string.", param=f"{part_param}.image_url.url"
+                )
+            media.append(media_part_from_url(url, f"{part_param}.image_url.url", "image"))
+            texts.append(MEDIA_MARKER)
+        elif isinstance(part, AudioContentPart):
+            media.append(MediaPart("audio", "", f"{part_param}.input_audio"))
+            texts.append(MEDIA_MARKER)
+        else:
             raise UnsupportedParameterError(
-                f"Content parts of type '{part.type}' are not supported by this model; "
-                "send text parts only.",
-                param=f"{param}.content[{j}]",
+                f"Content parts of type '{part.type}' are not supported; send text and image "
+                "parts.",
+                param=part_param,
             )
-        texts.append(part.text)
-    return "".join(texts)
+    return "".join(texts), tuple(media)
+
+
+def _message_text(content: object, param: str) -> str:
+    """Text only: images are taken from user messages alone."""
+    text, media = _message_content(content, param)
+    if media:
+        raise UnsupportedParameterError(
+            "Images are taken in user messages only.", param=media[0].param
+        )
+    return text
 
 
 def _earlier_calls(message: AssistantMessage, param: str) -> tuple[ToolCall, ...]:
@@ -149,6 +178,10 @@ def _messages(req: ChatCompletionRequest) -> tuple[Message, ...]:
         param = f"messages[{i}]"
         if isinstance(message, FunctionMessage):
             raise unsupported(f"{param}.role", "'function' messages are deprecated; use 'tool'.")
+        if isinstance(message, UserMessage):
+            text, media = _message_content(message.content, param)
+            messages.append(Message("user", text, media=media))
+            continue
         text = _message_text(message.content, param)
         if isinstance(message, ToolMessage):
             messages.append(Message("tool", text, tool_call_id=message.tool_call_id))

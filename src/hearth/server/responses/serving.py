@@ -44,6 +44,7 @@ from hearth.server.core.conversation import (
     ToolChoice,
     stop_sequences,
 )
+from hearth.server.core.media import MEDIA_MARKER, MediaPart, media_part_from_url
 from hearth.server.core.prepare import PreparedTurn, prepare_turn_off_loop
 from hearth.server.core.turns import (
     Finish,
@@ -99,6 +100,7 @@ def _message_to_json(message: Message) -> dict[str, Any]:
         "text": message.text,
         "tool_calls": [[c.id, c.name, c.arguments] for c in message.tool_calls],
         "tool_call_id": message.tool_call_id,
+        "media": [[m.kind, m.base64_data, m.param, m.media_type] for m in message.media],
     }
 
 
@@ -108,6 +110,7 @@ def _message_from_json(data: dict[str, Any]) -> Message:
         data["text"],
         tuple(ToolCall(*call) for call in data["tool_calls"]),
         tool_call_id=data["tool_call_id"],
+        media=tuple(MediaPart(*media) for media in data.get("media", ())),
     )
 
 
@@ -238,6 +241,38 @@ def _content_text(content: str | list[Any], param: str) -> str:
     return "".join(_part_text(part, f"{param}.content[{j}]") for j, part in enumerate(content))
 
 
+def _user_content(content: str | list[Any], param: str) -> tuple[str, tuple[MediaPart, ...]]:
+    """A user message's text, with MEDIA_MARKER where each `input_image` sits, and its images."""
+    if isinstance(content, str):
+        return content, ()
+    texts: list[str] = []
+    media: list[MediaPart] = []
+    for j, part in enumerate(content):
+        where = f"{param}.content[{j}]"
+        if isinstance(part, wire.InputImagePart):
+            if part.image_url is None:
+                raise unsupported(
+                    f"{where}.file_id", "files are not stored here; send 'image_url' as a data URL."
+                )
+            media.append(media_part_from_url(part.image_url, f"{where}.image_url", "image"))
+            texts.append(MEDIA_MARKER)
+        elif isinstance(part, wire.InputAudioPart):
+            media.append(MediaPart("audio", "", f"{where}.input_audio"))
+            texts.append(MEDIA_MARKER)
+        else:
+            texts.append(_part_text(part, where))
+    return "".join(texts), tuple(media)
+
+
+def _listed_content(text: str, media: tuple[MediaPart, ...]) -> list[dict[str, Any]]:
+    """A user message's content as `input_items` lists it: its text, then its images."""
+    content: list[dict[str, Any]] = [{"type": "input_text", "text": text.replace(MEDIA_MARKER, "")}]
+    for part in media:
+        url = f"data:{part.media_type or 'image/png'};base64,{part.base64_data}"
+        content.append({"type": "input_image", "image_url": url, "detail": "auto"})
+    return content
+
+
 def _input_messages(
     items: str | list[Any] | None,
 ) -> tuple[list[Message], list[dict[str, Any]]]:
@@ -259,10 +294,14 @@ def _input_messages(
     for i, item in enumerate(items):
         param = f"input[{i}]"
         if isinstance(item, wire.EasyInputMessage):
-            text = _content_text(item.content, param)
+            media: tuple[MediaPart, ...] = ()
+            if item.role == "user":
+                text, media = _user_content(item.content, param)
+            else:
+                text = _content_text(item.content, param)
             # Most templates know no 'developer' role: it is OpenAI's new name for 'system'.
             role: Role = "system" if item.role == "developer" else item.role
-            messages.append(Message(role, text))
+            messages.append(Message(role, text, media=media))
             part = "output_text" if item.role == "assistant" else "input_text"
             content: dict[str, Any] = {"type": part, "text": text}
             if part == "output_text":
@@ -273,7 +312,7 @@ def _input_messages(
                     "type": "message",
                     "role": item.role,
                     "status": item.status or "completed",
-                    "content": [content],
+                    "content": _listed_content(text, media) if media else [content],
                 }
             )
         elif isinstance(item, wire.FunctionCallItem):
