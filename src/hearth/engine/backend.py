@@ -15,7 +15,7 @@ from typing import Any
 
 import llama_cpp as llama
 
-__all__ = ["BUFFER_LINE", "capturing_buffer_lines", "init_backend"]
+__all__ = ["BUFFER_LINE", "capturing_buffer_lines", "init_backend", "llama_log_callback"]
 
 # enum ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues the last)
 _GGML_LOG_TO_LOGGING = {3: logging.WARNING, 4: logging.ERROR}
@@ -38,6 +38,11 @@ def _log_callback(level: int, text: bytes, _user_data: Any) -> None:
         _buffer_lines.append(message)
     if python_level is not None and message:
         _llama_logger.log(python_level, "%s", message)
+
+
+def llama_log_callback() -> Any:
+    """The callback that routes llama.cpp's log lines into Python's logging (libmtmd's too)."""
+    return _log_callback
 
 
 _backend_ready = False

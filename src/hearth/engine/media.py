@@ -23,6 +23,7 @@ from typing import Any
 
 import llama_cpp.mtmd_cpp as mtmd
 
+from hearth.engine.backend import llama_log_callback
 from hearth.engine.types import MediaInput, MediaSpan
 
 __all__ = ["MediaEncoder"]
@@ -48,10 +49,12 @@ class _Tokenized:
 class MediaEncoder:
     def __init__(self, mmproj_path: Path, model: Any, n_threads: int) -> None:
         params = mtmd.mtmd_context_params_default()
-        params.use_gpu = True  # llama.cpp's choice: a CPU-only build ignores it
+        params.use_gpu = True  # where llama.cpp has a GPU; a CPU-only build ignores it
         params.n_threads = n_threads
         params.print_timings = False
         params.warmup = False
+        # libmtmd's and clip's lines go where llama.cpp's go: warnings and errors kept.
+        mtmd.mtmd_helper_log_set(llama_log_callback(), None)
         self._marker = mtmd.mtmd_default_marker()
         self._ctx = mtmd.mtmd_init_from_file(str(mmproj_path).encode(), model, params)
         if not self._ctx:

@@ -43,6 +43,8 @@ def _engine_fields(stats: EngineStats) -> dict[str, Any]:
         "prompt_tokens_decoded_total": stats.prompt_tokens_decoded_total,
         "generated_tokens_total": stats.generated_tokens_total,
         "draft_tokens_total": stats.draft_tokens_total,
+        "media_encoded_total": stats.media_encoded_total,
+        "media_tokens_total": stats.media_tokens_total,
         "draft_tokens_accepted_total": stats.draft_tokens_accepted_total,
         "requests_finished": stats.requests_finished,
         "step_ms_by_rows": {
