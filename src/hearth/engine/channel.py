@@ -26,6 +26,7 @@ __all__ = [
     "EmbedAbort",
     "EmbedDone",
     "EmbedRequest",
+    "EmbedderReport",
     "LoadFailed",
     "MediaMeasure",
     "MediaMeasured",
@@ -112,6 +113,13 @@ class EmbedDone:
     request_id: str
     vectors: list[list[float]] | None
     error: BaseException | None
+    stats: EmbedderStats
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedderReport:
+    """The embedder's counters, when they changed (an abort settles no request)."""
+
     stats: EmbedderStats
 
 

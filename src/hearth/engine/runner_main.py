@@ -28,6 +28,7 @@ from typing import Any
 
 from hearth.engine.channel import (
     EmbedAbort,
+    EmbedderReport,
     EmbedDone,
     EmbedRequest,
     LoadFailed,
@@ -101,12 +102,16 @@ class _Embeddings:
     def start(self) -> None:
         ready = threading.Event()
 
+        def begin() -> None:
+            self.embedder.start()  # takes the running loop
+            ready.set()
+            self._report(None)
+
         def run() -> None:
             loop = asyncio.new_event_loop()
             self._loop = loop
             asyncio.set_event_loop(loop)
-            self.embedder.start()
-            ready.set()
+            loop.call_soon(begin)
             loop.run_forever()
 
         threading.Thread(target=run, name="hearth-embed-loop", daemon=True).start()
@@ -125,6 +130,14 @@ class _Embeddings:
 
     def close(self) -> None:
         self.embedder.close()
+
+    def _report(self, last: object) -> None:
+        """Send the counters when they changed, every _STATS_EVERY_S while open."""
+        stats = self.embedder.stats()
+        if stats != last:
+            self._channel.send(EmbedderReport(stats))
+        assert self._loop is not None
+        self._loop.call_later(_STATS_EVERY_S, self._report, stats)
 
     def _begin(self, request: EmbedRequest) -> None:
         task = asyncio.get_running_loop().create_task(self._run(request))

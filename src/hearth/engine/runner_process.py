@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from hearth.engine.channel import (
     EmbedAbort,
+    EmbedderReport,
     EmbedDone,
     EmbedRequest,
     LoadFailed,
@@ -363,6 +364,8 @@ class ProcessEngine(AsyncEngine):
             self._on_step(message)
         elif isinstance(message, EmbedDone) and self.embedder is not None:
             self.embedder.settle(message)
+        elif isinstance(message, EmbedderReport) and self.embedder is not None:
+            self.embedder.report(message.stats)
         elif isinstance(message, MediaMeasured):
             future = self._measuring.pop(message.request_id, None)
             if future is not None and not future.done():
@@ -576,6 +579,9 @@ class RemoteEmbedder:
             self._waiting.pop(request_id, None)
             if future.cancelled():
                 self._engine._send(EmbedAbort(request_id))
+
+    def report(self, stats: EmbedderStats) -> None:
+        self._stats = stats
 
     def settle(self, done: EmbedDone) -> None:
         self._stats = done.stats
