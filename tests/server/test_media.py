@@ -6,10 +6,7 @@ image gives the same answer and a different one (here) a different answer."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import struct
-import sys
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,41 +18,13 @@ import pytest
 
 from hearth.models.registry import embedded_model_path
 from tests.server.conftest import HearthServer, start_server
+from tests.server.media_helpers import png, write_test_projector
 
 pytestmark = pytest.mark.server
 
 MODEL = embedded_model_path().stem  # --model FILE serves it under its stem
 IMAGE_TOKENS = 64  # the test projector resizes every image to 64x64: 64 positions
 MAX_IMAGE_BYTES = 300_000
-
-
-def _writer() -> Any:
-    path = Path(__file__).parents[2] / "scripts" / "make_test_mmproj.py"
-    spec = importlib.util.spec_from_file_location("make_test_mmproj", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def png(width: int, height: int, pixel: Any, level: int = 6) -> bytes:
-    """A PNG whose pixel (x, y) is pixel(x, y): an RGB triple; zlib `level` 0 stores it."""
-    rows = b"".join(
-        b"\x00" + b"".join(bytes(pixel(x, y)) for x in range(width)) for y in range(height)
-    )
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows, level))
-        + chunk(b"IEND", b"")
-    )
 
 
 RED = png(32, 32, lambda x, y: (255, 0, 0))
@@ -80,8 +49,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def mmproj(home: Path) -> Path:
     path = home / "mmproj-test.gguf"
-    _writer().write_test_mmproj(path, projector="mlp")
-    return path
+    return write_test_projector(path)
 
 
 def _vision_args(mmproj: Path) -> list[str]:

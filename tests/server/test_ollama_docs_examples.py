@@ -28,6 +28,7 @@ import pytest
 
 from hearth.models import registry
 from tests.server.conftest import MODEL, HearthServer, start_server
+from tests.server.media_helpers import write_test_projector
 
 pytestmark = pytest.mark.server
 
@@ -94,16 +95,6 @@ class Unserved:
 
 # Examples Hearth cannot serve yet, by id. Take one off when it passes: the test fails until then.
 EXPECTED_UNSERVED = {
-    "generate: request (with images)": Unserved(
-        400,
-        "Images are not supported",
-        "images: the bundled models read text only (until media input lands)",
-    ),
-    "chat: chat request (with images)": Unserved(
-        400,
-        "Images are not supported",
-        "messages[].images: the bundled models read text only (until media input lands)",
-    ),
     "generate: request (with suffix)": Unserved(
         400,
         "fill-in-the-middle",
@@ -290,8 +281,11 @@ def docs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Docs]:
     # A server of its own: the examples create, copy, delete and unload models.
     gguf = registry.embedded_model_path()
     digest = "sha256:" + hashlib.sha256(gguf.read_bytes()).hexdigest()
+    home = tmp_path_factory.mktemp("ollama-docs")
+    # The startup model plays llava: a random projector gives it eyes (tests/server/test_media.py).
+    projector = write_test_projector(home / "mmproj-test.gguf")
     with (
-        start_server(tmp_path_factory.mktemp("ollama-docs")) as server,
+        start_server(home, "--mmproj", str(projector)) as server,
         httpx.Client(base_url=server.base_url, timeout=120) as http,
     ):
         yield Docs(server, http, gguf, digest)

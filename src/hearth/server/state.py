@@ -170,17 +170,23 @@ class ServerState:
         """What the model can do, from its chat template: the loaded one, else its GGUF header
         (blocking: call in a thread)."""
         loaded = self.models.get(name)
+        vision = False
         if loaded is not None:
             template = loaded.chat_template
+            vision = loaded.runner.vision
         else:
             source = self.catalog.spec(name).source or registry.DEFAULT_MODEL_ID
             is_file = source.lower().endswith(".gguf")
             path = Path(source).expanduser() if is_file else registry.find(source).header_path
             info = read_gguf_info(path, require_complete=False)
             template = ChatTemplate(info.chat_template, architecture=info.architecture)
+            # --mmproj gives the startup model (and the aliases over it) a projector.
+            vision = self.settings.mmproj is not None and source == self.settings.model
         capabilities = ["completion", "tools"]
         if template.reasoning is not None:
             capabilities.append("thinking")
+        if vision:
+            capabilities.append("vision")
         return capabilities
 
     def end_requests(self, error: HearthError) -> None:

@@ -710,6 +710,8 @@ def show_model(model: LoadedModel) -> wire.ShowResponse:
         capabilities.append("insert")
     if model.chat_template.reasoning is not None:
         capabilities.append("thinking")
+    if model.runner.vision:
+        capabilities.append("vision")
     parameters = _modelfile_parameters(model)
     system = model.preset.system if model.preset else None
     modelfile = f"# Served by Hearth\nFROM {model.model_id}\n"
