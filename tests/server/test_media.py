@@ -319,3 +319,28 @@ def _chat_url(client: openai.OpenAI, url: str) -> Any:
         messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}],
         max_tokens=2,
     )
+
+
+def test_anthropic_counts_an_image_s_positions(vision: HearthServer) -> None:
+    client = anthropic.Anthropic(base_url=vision.base_url, api_key="unused", max_retries=0)
+    text: Any = {"type": "text", "text": "What is this?"}
+    image: Any = {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": b64(GREEN)},
+    }
+    try:
+        alone = client.messages.count_tokens(
+            model=MODEL, messages=[{"role": "user", "content": [text]}]
+        )
+        with_image = client.messages.count_tokens(
+            model=MODEL, messages=[{"role": "user", "content": [image, text]}]
+        )
+        sent = client.messages.create(
+            model=MODEL, max_tokens=1, messages=[{"role": "user", "content": [image, text]}]
+        )
+    finally:
+        client.close()
+    assert with_image.input_tokens >= alone.input_tokens + IMAGE_TOKENS
+    # Anthropic's input_tokens leaves out what was read from the cache.
+    usage = sent.usage
+    assert with_image.input_tokens == usage.input_tokens + (usage.cache_read_input_tokens or 0)

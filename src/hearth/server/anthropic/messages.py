@@ -6,7 +6,6 @@ Errors on these routes leave in Anthropic's shape (`server/http/errors.py` decid
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -30,7 +29,7 @@ from hearth.server.core.conversation import (
     ToolChoice,
 )
 from hearth.server.core.media import MEDIA_MARKER, MediaPart, media_part_from_url
-from hearth.server.core.prepare import count_prompt_tokens, prepare_turn_off_loop
+from hearth.server.core.prepare import count_prompt_tokens_off_loop, prepare_turn_off_loop
 from hearth.server.core.turns import (
     ChoiceResult,
     Finish,
@@ -452,10 +451,11 @@ async def _stream(steps: AsyncIterator[Step], message_id: str, model: str) -> As
 
 
 async def count_tokens(
-    model: LoadedModel, req: wire.CountTokensRequest
+    state: ServerState, model: LoadedModel, req: wire.CountTokensRequest
 ) -> wire.CountTokensResponse:
-    """The exact prompt length the same request would have (the template, tools and all)."""
+    """The exact prompt length the same request would have (the template, tools, images and
+    all)."""
     conversation = _conversation(req)
     return wire.CountTokensResponse(
-        input_tokens=await asyncio.to_thread(count_prompt_tokens, model, conversation)
+        input_tokens=await count_prompt_tokens_off_loop(state, model, conversation)
     )

@@ -49,4 +49,4 @@ async def messages_count_tokens(
 ) -> anthropic_wire.CountTokensResponse:
     state = state_of(request)
     with await state.acquire(body.model) as lease:
-        return await count_tokens(lease.model, body)
+        return await count_tokens(state, lease.model, body)

@@ -61,12 +61,12 @@ __all__ = [
     "check_token_ids",
     "choice_count",
     "count_prompt_tokens",
+    "count_prompt_tokens_off_loop",
     "new_id",
     "prepare_raw",
     "prepare_turn",
     "preset_max_tokens",
     "preset_sampling",
-    "prompt_tokens",
     "sampling_params",
     "with_preset",
 ]
@@ -693,12 +693,6 @@ def _tokenize(model: LoadedModel, text: str) -> list[int]:
     return model.runner.tokenize(text, add_special=True, parse_special=True)
 
 
-def prompt_tokens(model: LoadedModel, conversation: Conversation, plan: _ToolPlan) -> list[int]:
-    """The conversation through the model's chat template, tokenized."""
-    thinking = _thinking(model, conversation)
-    return _tokenize(model, _render(model, conversation, plan, thinking.template_kwargs))
-
-
 # -- reasoning ---------------------------------------------------------------------------------
 
 
@@ -779,7 +773,22 @@ def _after_reasoning(grammar: Grammar, close_tag: str) -> Grammar:
     return Grammar(gbnf, rule, (rf"[\s\S]*?({close}[\s\S]*)",))
 
 
-def count_prompt_tokens(model: LoadedModel, conversation: Conversation) -> int:
-    """The exact prompt length `prepare_turn` would send (Anthropic's count_tokens)."""
+def count_prompt_tokens(
+    model: LoadedModel, conversation: Conversation, media: Sequence[tuple[MediaInput, int]] = ()
+) -> int:
+    """The exact prompt length `prepare_turn` would send (Anthropic's count_tokens), images'
+    positions included (`media`, measured by `count_prompt_tokens_off_loop`)."""
     conversation = with_preset(conversation, model.preset)
-    return len(prompt_tokens(model, conversation, _tool_plan(conversation, build_grammar=False)))
+    plan = _tool_plan(conversation, build_grammar=False)
+    text = _render(model, conversation, plan, _thinking(model, conversation).template_kwargs)
+    tokens, _ = _tokenize_with_media(model, text, media, conversation.messages_param)
+    return len(tokens)
+
+
+async def count_prompt_tokens_off_loop(
+    state: ServerState, model: LoadedModel, conversation: Conversation
+) -> int:
+    """`count_prompt_tokens` on a worker thread, with the images measured by the runner."""
+    parts = [part for message in conversation.messages for part in message.media]
+    media = await _measured_media(state, model, parts) if parts else []
+    return await asyncio.to_thread(count_prompt_tokens, model, conversation, media)
