@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/runner.py                    # bench.py runs it too: make bench
     .venv/bin/python bench/runner.py --rounds 3 --ttft-requests 30
+    .venv/bin/python bench/runner.py --against ../old   # this checkout against an older one
 
 Two servers side by side, `--runner process` (each model in a runner process, the default) and
 `--runner inline` (the engine in the server's own process), with the same flags (16 slots,
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,17 @@ from sse_client import post_sse
 __all__ = ["markdown", "run_runner"]
 
 MODES = ("process", "inline")
+
+
+@dataclass(frozen=True)
+class Side:
+    """One of the two servers compared: its name, its flags, and the checkout it runs from."""
+
+    name: str
+    flags: tuple[str, ...] = ()
+    source: Path | None = None
+
+
 CLIENTS = (1, 16)
 DECODE_FLOOR = 0.97
 TTFT_CEILING = 1.05
@@ -87,57 +100,83 @@ def run_runner(
     threads: int | None = None,
     clients: tuple[int, ...] = CLIENTS,
 ) -> dict[str, Any]:
+    """Runner processes (the default) against the in-process engine."""
+    return run_pair(
+        Side("process", ("--runner", "process")),
+        Side("inline", ("--runner", "inline")),
+        rounds,
+        ttft_requests,
+        max_tokens,
+        threads,
+        clients,
+    )
+
+
+def run_pair(
+    a: Side,
+    b: Side,
+    rounds: int = 3,
+    ttft_requests: int = 30,
+    max_tokens: int = 128,
+    threads: int | None = None,
+    clients: tuple[int, ...] = CLIENTS,
+) -> dict[str, Any]:
+    """Decode tok/s at each client count and median TTFT, `a` against `b`, in alternating
+    order; ratios are a / b."""
     threads = threads or physical_cores()
+    names = (a.name, b.name)
     report: dict[str, Any] = {
+        "a": a.name,
+        "b": b.name,
         "rounds": rounds,
         "max_tokens": max_tokens,
         "threads": threads,
         "decode": {},
     }
-    with tempfile.TemporaryDirectory(prefix="hearth-runner-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="hearth-pair-bench-") as tmp:
         ports: dict[str, int] = {}
         contexts = []
         try:
-            for mode in MODES:
-                flags = ["--runner", mode, "--parallel", str(max(clients)), "--ctx-size", "1024"]
-                flags += ["--speculation", "off"]
-                context = serve(mode, threads, Path(tmp), flags, free_port())
-                ports[mode] = context.__enter__()
+            for side in (a, b):
+                flags = ["--parallel", str(max(clients)), "--ctx-size", "1024"]
+                flags += ["--speculation", "off", *side.flags]
+                context = serve(side.name, threads, Path(tmp), flags, free_port(), side.source)
+                ports[side.name] = context.__enter__()
                 contexts.append(context)
-            for mode in MODES:  # warm-up: pages, the prompt cache, the first steps
-                _decode(ports[mode], max(clients), 16)
+            for name in names:  # warm-up: pages, the prompt cache, the first steps
+                _decode(ports[name], max(clients), 16)
             for count in clients:
-                speeds: dict[str, list[float]] = {mode: [] for mode in MODES}
+                speeds: dict[str, list[float]] = {name: [] for name in names}
                 for round_index in range(rounds):
-                    order = MODES if round_index % 2 == 0 else tuple(reversed(MODES))
-                    for mode in order:
-                        speeds[mode].append(_decode(ports[mode], count, max_tokens))
-                process = statistics.median(speeds["process"])
-                inline = statistics.median(speeds["inline"])
+                    order = names if round_index % 2 == 0 else tuple(reversed(names))
+                    for name in order:
+                        speeds[name].append(_decode(ports[name], count, max_tokens))
+                first = statistics.median(speeds[a.name])
+                second = statistics.median(speeds[b.name])
                 report["decode"][str(count)] = {
-                    "process_tps": round(process, 1),
-                    "inline_tps": round(inline, 1),
-                    "ratio": round(process / inline, 3),
-                    "meets": process / inline >= DECODE_FLOOR,
+                    "a_tps": round(first, 1),
+                    "b_tps": round(second, 1),
+                    "ratio": round(first / second, 3),
+                    "meets": first / second >= DECODE_FLOOR,
                 }
                 print(f"  decode × {count}: {report['decode'][str(count)]}", file=sys.stderr)
-            ttft: dict[str, list[float]] = {mode: [] for mode in MODES}
+            ttft: dict[str, list[float]] = {name: [] for name in names}
             for index in range(ttft_requests):
-                order = MODES if index % 2 == 0 else tuple(reversed(MODES))
-                for mode in order:
-                    first, _ = _stream(ports[mode], _body(1, f"lakes {index}"))
-                    if first is not None:
-                        ttft[mode].append(first)
-            process_ms = statistics.median(ttft["process"]) * 1000
-            inline_ms = statistics.median(ttft["inline"]) * 1000
-            bound = max(inline_ms * TTFT_CEILING, inline_ms + TTFT_SLACK_S * 1000)
+                order = names if index % 2 == 0 else tuple(reversed(names))
+                for name in order:
+                    seconds, _ = _stream(ports[name], _body(1, f"lakes {index}"))
+                    if seconds is not None:
+                        ttft[name].append(seconds)
+            first_ms = statistics.median(ttft[a.name]) * 1000
+            second_ms = statistics.median(ttft[b.name]) * 1000
+            bound = max(second_ms * TTFT_CEILING, second_ms + TTFT_SLACK_S * 1000)
             report["ttft"] = {
-                "requests": len(ttft["process"]),
-                "process_median_ms": round(process_ms, 2),
-                "inline_median_ms": round(inline_ms, 2),
-                "ratio": round(process_ms / inline_ms, 3),
-                "delta_ms": round(process_ms - inline_ms, 2),
-                "meets": process_ms <= bound,
+                "requests": len(ttft[a.name]),
+                "a_median_ms": round(first_ms, 2),
+                "b_median_ms": round(second_ms, 2),
+                "ratio": round(first_ms / second_ms, 3),
+                "delta_ms": round(first_ms - second_ms, 2),
+                "meets": first_ms <= bound,
             }
             print(f"  ttft: {report['ttft']}", file=sys.stderr)
         finally:
@@ -146,28 +185,29 @@ def run_runner(
     return report
 
 
-def markdown(report: dict[str, Any]) -> str:
+def markdown(
+    report: dict[str, Any], title: str = "Runner processes against the in-process engine"
+) -> str:
+    a, b = report["a"], report["b"]
     lines = [
-        "### Runner processes against the in-process engine",
+        f"### {title}",
         "",
         f"Same flags, side by side, {report['rounds']} alternating rounds, {report['threads']} "
         f"threads, {report['max_tokens']} tokens per stream.",
         "",
-        "| clients | process tok/s | inline tok/s | ratio (target >= 0.97) |",
+        f"| clients | {a} tok/s | {b} tok/s | ratio (target >= {DECODE_FLOOR}) |",
         "|---:|---:|---:|---:|",
     ]
     for count, row in report["decode"].items():
         mark = "" if row["meets"] else " (short)"
-        lines.append(
-            f"| {count} | {row['process_tps']} | {row['inline_tps']} | {row['ratio']}{mark} |"
-        )
+        lines.append(f"| {count} | {row['a_tps']} | {row['b_tps']} | {row['ratio']}{mark} |")
     ttft = report.get("ttft")
     if ttft:
         mark = "meets" if ttft["meets"] else "short of"
         lines += [
             "",
-            f"Median time to first token over {ttft['requests']} requests each: process "
-            f"{ttft['process_median_ms']} ms, inline {ttft['inline_median_ms']} ms "
+            f"Median time to first token over {ttft['requests']} requests each: {a} "
+            f"{ttft['a_median_ms']} ms, {b} {ttft['b_median_ms']} ms "
             f"({ttft['ratio']}x, {ttft['delta_ms']:+} ms; {mark} <= 1.05x or + 2 ms).",
         ]
     return "\n".join(lines) + "\n"
@@ -179,12 +219,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ttft-requests", type=int, default=30)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="instead: this checkout's server against another checkout's (an older commit's "
+        "worktree), both with the default flags",
+    )
     args = parser.parse_args(argv)
-    report = run_runner(args.rounds, args.ttft_requests, args.max_tokens, args.threads)
+    if args.against is not None:
+        here, there = Side("this"), Side(args.against.name, source=args.against.resolve())
+        report = run_pair(here, there, args.rounds, args.ttft_requests, args.max_tokens,
+                          args.threads)  # fmt: skip
+        title, stem = f"This checkout against {args.against.name}", "against"
+    else:
+        report = run_runner(args.rounds, args.ttft_requests, args.max_tokens, args.threads)
+        title, stem = RUNNER_TITLE, "runner"
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "runner.json").write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(report)
-    (RESULTS / "runner.md").write_text(text)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    text = markdown(report, title)
+    (RESULTS / f"{stem}.md").write_text(text)
     print(text, end="")
     return 0
 

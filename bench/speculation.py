@@ -157,11 +157,21 @@ def hearth(
 
 
 @contextlib.contextmanager
-def serve(name: str, threads: int, log_dir: Path, flags: list[str], port: int) -> Iterator[int]:
+def serve(
+    name: str,
+    threads: int,
+    log_dir: Path,
+    flags: list[str],
+    port: int,
+    source: Path | None = None,
+) -> Iterator[int]:
     """`hearth serve` with `flags` on `port`, its own Hearth home and log named `name`, until
-    the block ends; yields once /health answers."""
+    the block ends; yields once /health answers. `source`: another checkout whose `src` is
+    served (an A/B run against an older commit), with this venv's packages."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
     env["HEARTH_HOME"] = str(log_dir / f"home-{name}")
+    if source is not None:
+        env["PYTHONPATH"] = str(source / "src")
     cmd = [sys.executable, "-m", "hearth", "serve", "--host", HOST, "--port", str(port)]
     cmd += ["--threads", str(threads), *flags]
     with (log_dir / f"hearth-{name}.log").open("wb") as log:
