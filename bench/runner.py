@@ -51,6 +51,7 @@ DECODE_FLOOR = 0.97
 TTFT_CEILING = 1.05
 TTFT_SLACK_S = 0.002
 RESULTS = Path(__file__).parent / "results"
+RUNNER_TITLE = "Runner processes against the in-process engine"
 
 
 def _stream(port: int, body: dict[str, Any]) -> tuple[float | None, int]:
@@ -185,9 +186,7 @@ def run_pair(
     return report
 
 
-def markdown(
-    report: dict[str, Any], title: str = "Runner processes against the in-process engine"
-) -> str:
+def markdown(report: dict[str, Any], title: str = RUNNER_TITLE) -> str:
     a, b = report["a"], report["b"]
     lines = [
         f"### {title}",
