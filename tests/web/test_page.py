@@ -8,6 +8,7 @@ not expect. Generation is greedy and short (temperature 0, a few tokens).
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -25,6 +26,7 @@ from tests.models.conftest import SMOL_FILE, SMOL_REPO
 from tests.models.fake_hub import FakeHub, HubBlob, running_hub
 from tests.reasoning_model import write_reasoning_model
 from tests.server.conftest import MODEL, HearthServer, start_server
+from tests.server.media_helpers import png, write_test_projector
 from tests.web.conftest import ARTIFACTS, Console, watch_console
 
 pytestmark = pytest.mark.server
@@ -489,6 +491,141 @@ def test_with_an_api_key_the_page_asks_for_it_then_works_and_shows_reasoning(
         expect(tab.page.get_by_label("Model", exact=True)).to_be_enabled()
         expect(tab.page.get_by_role("dialog")).to_have_count(0)
         expect(tab.page.locator(".message")).to_have_count(2)
+
+
+@pytest.fixture(scope="module")
+def vision_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HearthServer]:
+    """A server whose startup model (the bundled SmolLM2) takes images through a tiny random
+    projector (tests/server/test_media.py): its answers about them are noise."""
+    tmp = tmp_path_factory.mktemp("web-vision")
+    projector = write_test_projector(tmp / "mmproj-test.gguf")
+    args = ["--mmproj", str(projector), "--threads", "1", "--ctx-size", "1024"]
+    with start_server(tmp, *args) as server:
+        yield server
+
+
+def _hand_over(page: Page, how: str, files: list[tuple[str, str, bytes]]) -> None:
+    """Pastes files into the message box, or drops them on it, as the browser would."""
+    page.evaluate(
+        """([how, files]) => {
+            const data = new DataTransfer();
+            for (const [name, type, encoded] of files) {
+                const bytes = Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0));
+                data.items.add(new File([bytes], name, { type }));
+            }
+            const box = document.querySelector(".composer textarea");
+            const init = { bubbles: true, cancelable: true };
+            box.dispatchEvent(how === "paste"
+                ? new ClipboardEvent("paste", { ...init, clipboardData: data })
+                : new DragEvent("drop", { ...init, dataTransfer: data }));
+        }""",
+        [how, [[name, kind, base64.b64encode(data).decode()] for name, kind, data in files]],
+    )
+
+
+def test_an_image_attached_on_the_page_goes_with_the_message_and_shows_in_it(
+    browser: Browser, vision_server: HearthServer, tmp_path: Path
+) -> None:
+    red = png(32, 24, lambda x, y: (220, 40, 30))
+    blue = png(8, 8, lambda x, y: (20, 40, 220))
+    picture = tmp_path / "red.png"
+    picture.write_bytes(red)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    big = tmp_path / "big.png"
+    big.write_bytes(red + bytes(11 * 1024 * 1024))
+    for tab in _open_tab(browser, vision_server, viewport={"width": 1280, "height": 800}):
+        tab.open()
+        attach = tab.page.get_by_label("Attach image")
+        expect(attach).to_be_enabled()
+        thumbnails = tab.page.locator(".composer .attachment img")
+        note = tab.page.locator(".composer .attach-error")
+
+        # Other kinds of file and images over 10 MiB are refused on the page, in words.
+        attach.set_input_files([notes, big])
+        expect(note).to_contain_text("notes.txt is not an image the model can take")
+        expect(note).to_contain_text("big.png is 11.0 MiB: an image may be at most 10 MiB.")
+        expect(thumbnails).to_have_count(0)
+
+        # Picked, pasted and dropped: each shows as a thumbnail, and each can be removed.
+        attach.set_input_files(picture)
+        expect(note).to_have_count(0)
+        _hand_over(tab.page, "paste", [("pasted.png", "image/png", blue)])
+        _hand_over(tab.page, "drop", [("dropped.png", "image/png", blue)])
+        expect(thumbnails).to_have_count(3)
+        assert thumbnails.evaluate_all("(nodes) => nodes.map((n) => n.alt)") == [
+            "red.png",
+            "pasted.png",
+            "dropped.png",
+        ]
+        tab.page.get_by_label("Remove pasted.png").click()
+        tab.page.get_by_label("Remove dropped.png").click()
+        expect(thumbnails).to_have_count(1)
+
+        tab.configure(max_tokens=8)
+        url = "data:image/png;base64," + base64.b64encode(red).decode()
+        with tab.page.expect_request(lambda r: r.url.endswith("/v1/chat/completions")) as sent:
+            tab.send("What is in the picture?")
+        assert sent.value.post_data_json["messages"] == [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": url}},
+                    {"type": "text", "text": "What is in the picture?"},
+                ],
+            }
+        ]
+        expect(thumbnails).to_have_count(0)
+        # The image is in the user's message, drawn; a reply (noise) streams in under it.
+        shown = tab.page.locator(".message.user .user-images img")
+        expect(shown).to_have_count(1)
+        assert shown.get_attribute("src") == url
+        assert tab.figures() and tab.messages()[1][1].strip()
+        assert shown.evaluate("(img) => img.naturalWidth") == 32
+        assert tab.messages()[0] == ("user", "What is in the picture?")
+        # Kept in the browser with the conversation.
+        tab.page.reload()
+        expect(tab.page.locator(".message.user .user-images img")).to_have_attribute("src", url)
+
+        # A model without vision on the same server: attaching is off, and says why.
+        tab.page.get_by_label("Model", exact=True).select_option(GEMMA_MODEL_ID)
+        expect(attach).to_be_disabled()
+        expect(tab.page.locator(".composer .attach")).to_have_attribute(
+            "title", f"{GEMMA_MODEL_ID} does not take images (it was not given a vision projector)."
+        )
+
+
+def test_without_a_vision_model_attaching_is_off_and_says_why(tab: Tab, site: Site) -> None:
+    tab.open()
+    expect(tab.page.get_by_label("Attach image")).to_be_disabled()
+    reason = f"{MODEL} does not take images (it was not given a vision projector)."
+    expect(tab.page.locator(".composer .attach")).to_have_attribute("title", reason)
+    # A pasted image is not taken either: the same words, and nothing attached.
+    _hand_over(tab.page, "paste", [("pasted.png", "image/png", png(4, 4, lambda x, y: (0, 0, 0)))])
+    expect(tab.page.locator(".composer .attach-error")).to_contain_text(reason)
+    expect(tab.page.locator(".composer .attachment")).to_have_count(0)
+
+    # An imported conversation shows only images as the page makes them: data URLs of the kinds
+    # the server takes, never an address to load nor an SVG.
+    good = "data:image/png;base64," + base64.b64encode(png(2, 2, lambda x, y: (9, 9, 9))).decode()
+    svg = "data:image/svg+xml;base64," + base64.b64encode(b"<svg/>").decode()
+    away = "https://example.com/x.png"
+    conversation = {
+        "id": "pictures",
+        "title": "Pictures",
+        "model": MODEL,
+        "messages": [
+            {"role": "user", "content": "Look.", "images": [good, away, svg]},
+            {"role": "assistant", "content": "Noise.", "images": [good]},
+        ],
+    }
+    path = site.tmp / "pictures.json"
+    path.write_text(json.dumps({"format": "hearth.conversation", "conversation": conversation}))
+    tab.page.get_by_label("Import conversation").set_input_files(path)
+    expect(tab.page.locator(".message")).to_have_count(2)
+    images = tab.page.locator("#messages img")
+    expect(images).to_have_count(1)
+    assert images.get_attribute("src") == good
 
 
 SCREENSHOT_CONVERSATION = {

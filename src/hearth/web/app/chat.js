@@ -2,6 +2,7 @@
 import { html, useEffect, useMemo, useRef, useState } from "./html.js";
 import { renderMarkdown } from "./markdown.js";
 import { figures as formatFigures } from "./format.js";
+import { IMAGE_TYPES, MAX_IMAGES, readImages } from "./images.js";
 
 function Markdown({ text, className }) {
   const ref = useRef(null);
@@ -46,7 +47,7 @@ function UserMessage({ message, index, busy, onEdit }) {
   const [draft, setDraft] = useState(null);
   if (draft !== null) {
     const submit = () => {
-      if (!draft.trim()) return;
+      if (!draft.trim() && !(message.images && message.images.length)) return;
       setDraft(null);
       onEdit(index, draft);
     };
@@ -67,8 +68,14 @@ function UserMessage({ message, index, busy, onEdit }) {
       </div>
     </div>`;
   }
+  const images = message.images || [];
   return html`<div class="message user">
-    <div class="bubble user-text">${message.content}</div>
+    ${images.length > 0 && html`<div class="user-images">
+      ${images.map((url, i) => html`<img key=${i} src=${url}
+        alt=${`Attached image ${i + 1} of ${images.length}`} />`)}
+    </div>`}
+    ${(message.content || !images.length) && html`<div class="bubble user-text">
+      ${message.content}</div>`}
     <div class="actions">
       <button type="button" class="ghost small" aria-label="Edit message" disabled=${busy}
         onClick=${() => setDraft(message.content)}>Edit</button>
@@ -133,36 +140,137 @@ function Settings({ conversation, onChange }) {
   </section>`;
 }
 
-function Composer({ busy, onSend, onStop }) {
+// Whether a drag carries files (text dragged within the page is left alone).
+function carriesFiles(event) {
+  return !!event.dataTransfer && [...event.dataTransfer.types].includes("Files");
+}
+
+// A file dropped outside the composer would make the browser leave the page to show it.
+function keepDroppedFiles(event) {
+  if (carriesFiles(event)) event.preventDefault();
+}
+
+// `vision`: true when the model takes images, false when not, null while that is being asked;
+// `visionNote` says why attaching is off; `room` is how many more images the request may carry.
+function Composer({ busy, vision, visionNote, room, onSend, onStop }) {
   const [text, setText] = useState("");
+  const [images, setImages] = useState([]);
+  const [problems, setProblems] = useState([]);
+  const [dragging, setDragging] = useState(false);
+  useEffect(() => {
+    window.addEventListener("dragover", keepDroppedFiles);
+    window.addEventListener("drop", keepDroppedFiles);
+    return () => {
+      window.removeEventListener("dragover", keepDroppedFiles);
+      window.removeEventListener("drop", keepDroppedFiles);
+    };
+  }, []);
+  // Images attached for a model that takes none are not sent: they wait for another model.
+  const blocked = images.length > 0 && vision !== true;
+  const ready = (text.trim() || images.length > 0) && !blocked;
   const send = () => {
-    if (busy || !text.trim()) return;
-    onSend(text);
+    if (busy || !ready) return;
+    onSend(text, images.map((image) => image.url));
     setText("");
+    setImages([]);
+    setProblems([]);
   };
-  return html`<form class="composer" onSubmit=${(e) => {
-    e.preventDefault();
-    send();
-  }}>
-    <textarea rows="1" aria-label="Message" placeholder="Message (Enter sends, Shift+Enter: new line)"
-      value=${text} onInput=${(e) => setText(e.target.value)}
-      onKeyDown=${(e) => {
-        if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+  const attach = async (files) => {
+    if (!files.length) return;
+    if (vision !== true) {
+      setProblems([visionNote]);
+      return;
+    }
+    const read = await readImages(files, room - images.length);
+    setImages((attached) => [...attached, ...read.images]);
+    setProblems(read.problems);
+  };
+  const remove = (id) => {
+    setImages((attached) => attached.filter((image) => image.id !== id));
+    setProblems([]);
+  };
+  return html`<form class=${`composer${dragging ? " dragging" : ""}`}
+    onSubmit=${(e) => {
+      e.preventDefault();
+      send();
+    }}
+    onDragOver=${(e) => {
+      if (!carriesFiles(e)) return;
+      e.preventDefault();
+      e.dataTransfer.dropEffect = "copy";
+      setDragging(true);
+    }}
+    onDragLeave=${(e) => {
+      if (!e.currentTarget.contains(e.relatedTarget)) setDragging(false);
+    }}
+    onDrop=${(e) => {
+      if (!carriesFiles(e)) return;
+      e.preventDefault();
+      setDragging(false);
+      attach([...e.dataTransfer.files]);
+    }}>
+    ${images.length > 0 && html`<ul class="attachments" aria-label="Attached images">
+      ${images.map((image) => html`<li class="attachment" key=${image.id}>
+        <img src=${image.url} alt=${image.name} title=${image.name} />
+        <button type="button" class="remove" aria-label=${`Remove ${image.name}`}
+          title="Remove" onClick=${() => remove(image.id)}>✕</button>
+      </li>`)}
+    </ul>`}
+    ${(problems.length > 0 || blocked) && html`<div class="attach-error" role="alert">
+      <span class="attach-error-text">
+        ${(blocked && !problems.length ? [visionNote] : problems).map((problem) =>
+          html`<span key=${problem}>${problem}</span>`)}
+      </span>
+      ${problems.length > 0 && html`<button type="button" class="icon"
+        aria-label="Dismiss image message" onClick=${() => setProblems([])}>✕</button>`}
+    </div>`}
+    <div class="composer-row">
+      <label class=${`button ghost attach${vision === true ? "" : " disabled"}`}
+        title=${vision === true
+          ? `Attach images: PNG, JPEG, GIF, BMP or WebP, up to 10 MiB each, ${MAX_IMAGES} a request`
+          : visionNote}>
+        <span aria-hidden="true">+</span>
+        <input type="file" multiple accept=${IMAGE_TYPES.join(",")} aria-label="Attach image"
+          class="visually-hidden" disabled=${vision !== true}
+          onChange=${(e) => {
+            const files = [...e.target.files];
+            e.target.value = "";
+            attach(files);
+          }} />
+      </label>
+      <textarea rows="1" aria-label="Message"
+        placeholder="Message (Enter sends, Shift+Enter: new line)"
+        value=${text} onInput=${(e) => setText(e.target.value)}
+        onPaste=${(e) => {
+          const files = e.clipboardData ? [...e.clipboardData.files] : [];
+          if (!files.length) return;
           e.preventDefault();
-          send();
-        }
-      }} />
-    ${busy
-      ? html`<button type="button" class="stop" aria-label="Stop" onClick=${onStop}>Stop</button>`
-      : html`<button type="submit" class="primary" aria-label="Send"
-          disabled=${!text.trim()}>Send</button>`}
+          attach(files);
+        }}
+        onKeyDown=${(e) => {
+          if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+            e.preventDefault();
+            send();
+          }
+        }} />
+      ${busy
+        ? html`<button type="button" class="stop" aria-label="Stop" onClick=${onStop}>Stop</button>`
+        : html`<button type="submit" class="primary" aria-label="Send"
+            disabled=${!ready}>Send</button>`}
+    </div>
   </form>`;
 }
 
-export function ChatView({ conversation, busy, showSettings, onSend, onStop, onEdit,
+export function ChatView({ conversation, busy, showSettings, vision, onSend, onStop, onEdit,
   onRegenerate, onChange }) {
   const scroller = useRef(null);
   const messages = conversation.messages;
+  const model = conversation.model || "This model";
+  const visionNote = vision === null
+    ? `Checking whether ${model} takes images…`
+    : `${model} does not take images (it was not given a vision projector).`;
+  // Every image of the conversation goes with each request.
+  const sent = messages.reduce((n, m) => n + (m.images ? m.images.length : 0), 0);
   const last = messages[messages.length - 1];
   useEffect(() => {
     const element = scroller.current;
@@ -182,6 +290,7 @@ export function ChatView({ conversation, busy, showSettings, onSend, onStop, onE
         : html`<${AssistantMessage} key=${index} message=${message} busy=${busy}
             isLast=${index === messages.length - 1} onRegenerate=${onRegenerate} />`)}
     </div>
-    <${Composer} busy=${busy} onSend=${onSend} onStop=${onStop} />
+    <${Composer} busy=${busy} vision=${vision} visionNote=${visionNote}
+      room=${MAX_IMAGES - sent} onSend=${onSend} onStop=${onStop} />
   </div>`;
 }

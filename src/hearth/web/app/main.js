@@ -73,14 +73,27 @@ function titleFrom(text) {
   return line.length > 40 ? `${line.slice(0, 40)}…` : line || "New chat";
 }
 
+// A message with images goes as content parts: the images (data URLs), then its text.
+function wireContent(message) {
+  if (!message.images || !message.images.length) return message.content;
+  const parts = message.images.map((url) => ({ type: "image_url", image_url: { url } }));
+  if (message.content.trim()) parts.push({ type: "text", text: message.content });
+  return parts;
+}
+
 function requestMessages(conversation, messages) {
   const wire = [];
   if (conversation.system.trim()) wire.push({ role: "system", content: conversation.system });
   for (const message of messages) {
     if (message.role === "assistant" && (message.error || !message.content)) continue;
-    wire.push({ role: message.role, content: message.content });
+    wire.push({ role: message.role, content: wireContent(message) });
   }
   return wire;
+}
+
+// A model's path under /v1/models/ (names such as hf.co/org/repo:Q4_1 keep their slashes).
+function modelPath(name) {
+  return name.split("/").map(encodeURIComponent).join("/");
 }
 
 function App() {
@@ -95,6 +108,8 @@ function App() {
   const [streaming, setStreaming] = useState(null);
   const [sidebarOpen, setSidebarOpen] = useState(false);
   const [showSettings, setShowSettings] = useState(false);
+  // What each model can do (`capabilities` of GET /v1/models/{id}), asked once per model.
+  const [capabilities, setCapabilities] = useState({});
   // Deleted while a reply was still streaming into them: its end must not store them again.
   const deleted = useRef(new Set());
 
@@ -154,6 +169,18 @@ function App() {
   // The conversation's model when the server still serves it, else the server's first.
   const modelFor = (conversation) =>
     models.includes(conversation.model) ? conversation.model : models[0] || conversation.model;
+
+  // Whether the model shown takes images: asked when it is first picked (null until known).
+  const shown = current ? modelFor(current) : null;
+  useEffect(() => {
+    if (!shown || !models.includes(shown) || capabilities[shown]) return;
+    getJSON(`/v1/models/${modelPath(shown)}`)
+      .then((card) => setCapabilities((known) => ({ ...known, [shown]: card.capabilities || [] })))
+      .catch((problem) => {
+        if (problem.needsKey) report(problem);
+        else setCapabilities((known) => ({ ...known, [shown]: [] }));
+      });
+  }, [shown, models]);
 
   const generate = async (base, messages) => {
     const model = modelFor(base);
@@ -247,12 +274,18 @@ function App() {
       : "Loading…"}</div>`;
   }
 
-  const send = (text) => {
-    const base = current.messages.length ? current : { ...current, title: titleFrom(text) };
-    generate(base, [...current.messages, { role: "user", content: text }]);
+  const send = (text, images) => {
+    const message = { role: "user", content: text };
+    if (images.length) message.images = images;
+    const title = titleFrom(text.trim() || !images.length ? text : "Image");
+    const base = current.messages.length ? current : { ...current, title };
+    generate(base, [...current.messages, message]);
   };
-  const edit = (index, text) =>
-    generate(current, [...current.messages.slice(0, index), { role: "user", content: text }]);
+  // An edited message keeps its images.
+  const edit = (index, text) => generate(current, [
+    ...current.messages.slice(0, index),
+    { ...current.messages[index], content: text },
+  ]);
   const regenerate = () => {
     const messages = current.messages;
     if (messages.length && messages[messages.length - 1].role === "assistant") {
@@ -318,6 +351,7 @@ function App() {
 
   const loadedNames = new Set(running.map((m) => m.name));
   const selected = modelFor(current);
+  const vision = capabilities[selected] ? capabilities[selected].includes("vision") : null;
   return html`<div class=${`app${sidebarOpen ? " sidebar-open" : ""}`}>
     <aside class="sidebar" aria-label="Sidebar">
       <div class="brand"><span class="logo" aria-hidden="true"></span>Hearth</div>
@@ -377,7 +411,7 @@ function App() {
       </div>`}
       ${view === "chat"
         ? html`<${ChatView} conversation=${{ ...current, model: selected }} busy=${!!streaming}
-            showSettings=${showSettings} onSend=${send} onStop=${stop} onEdit=${edit}
+            showSettings=${showSettings} vision=${vision} onSend=${send} onStop=${stop} onEdit=${edit}
             onRegenerate=${regenerate} onChange=${change} />`
         : html`<${ModelsView} tags=${tags} running=${running} onChanged=${refreshModels}
             onError=${report} />`}

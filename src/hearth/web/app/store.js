@@ -1,4 +1,5 @@
 // Conversations kept in this browser (IndexedDB), and their JSON export format.
+import { isImageURL } from "./images.js";
 
 const DB_NAME = "hearth";
 const STORE = "conversations";
@@ -73,9 +74,17 @@ export function parseImport(text, existingIds) {
   if (!conversation || typeof conversation !== "object" || !Array.isArray(conversation.messages)) {
     throw new Error("This file is not a conversation exported from Hearth.");
   }
-  const messages = conversation.messages.filter(
-    (m) => m && (m.role === "user" || m.role === "assistant") && typeof m.content === "string",
-  );
+  const messages = conversation.messages
+    .filter(
+      (m) => m && (m.role === "user" || m.role === "assistant") && typeof m.content === "string",
+    )
+    .map((m) => {
+      // A user message's images are data URLs of the kinds the server takes, and nothing else.
+      if (m.images === undefined) return m;
+      const { images, ...rest } = m;
+      const kept = m.role === "user" && Array.isArray(images) ? images.filter(isImageURL) : [];
+      return kept.length ? { ...rest, images: kept } : rest;
+    });
   const now = Date.now();
   return {
     ...newConversation(conversation.model ?? null),
