@@ -15,7 +15,12 @@ import gguf
 
 from hearth.models.registry import embedded_model_path
 
-__all__ = ["REASONING_NAME", "REASONING_TEMPLATE", "write_reasoning_model"]
+__all__ = [
+    "OPTIONAL_THINKING_TEMPLATE",
+    "REASONING_NAME",
+    "REASONING_TEMPLATE",
+    "write_reasoning_model",
+]
 
 REASONING_NAME = "SmolLM2 reasoning test"
 
@@ -74,6 +79,13 @@ REASONING_TEMPLATE = (
     "{%- endif %}"
 )
 
+# DeepSeek-R1-Distill's and early Qwen3's way: the generation prompt does not open the block, so
+# the model thinks only if it writes `<think>` itself (SmolLM2 never does).
+OPTIONAL_THINKING_TEMPLATE = REASONING_TEMPLATE.replace(
+    "{%- else %}{{- '<think>\\n' }}{%- endif %}", "{%- endif %}"
+)
+assert OPTIONAL_THINKING_TEMPLATE != REASONING_TEMPLATE
+
 # The string values the copy replaces (added if the source lacks them).
 _CHANGES = {
     gguf.Keys.Tokenizer.CHAT_TEMPLATE: REASONING_TEMPLATE,
@@ -81,9 +93,10 @@ _CHANGES = {
 }
 
 
-def write_reasoning_model(dst: Path) -> Path:
-    """Copy the bundled SmolLM2 GGUF to `dst` with REASONING_TEMPLATE and REASONING_NAME; every
-    other key-value and every tensor is written as read (types, data, order, alignment)."""
+def write_reasoning_model(dst: Path, template: str = REASONING_TEMPLATE) -> Path:
+    """Copy the bundled SmolLM2 GGUF to `dst` with `template` and REASONING_NAME; every other
+    key-value and every tensor is written as read (types, data, order, alignment)."""
+    changes = {**_CHANGES, gguf.Keys.Tokenizer.CHAT_TEMPLATE: template}
     reader = gguf.GGUFReader(embedded_model_path())
     arch_field = reader.get_field(gguf.Keys.General.ARCHITECTURE)
     assert arch_field is not None, "the bundled GGUF names no architecture"
@@ -91,7 +104,7 @@ def write_reasoning_model(dst: Path) -> Path:
     # The writer pads tensor data to its own data_alignment (32), whatever general.alignment
     # says: a file with a custom alignment must set it here too, or the copy is misread.
     writer.data_alignment = reader.alignment
-    missing = set(_CHANGES)
+    missing = set(changes)
     for field in reader.fields.values():
         # GGUF.* are the reader's view of the header; the writer adds general.architecture.
         if field.name.startswith("GGUF.") or field.name == gguf.Keys.General.ARCHITECTURE:
@@ -99,12 +112,12 @@ def write_reasoning_model(dst: Path) -> Path:
         value_type = field.types[0]
         sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
         value = field.contents()
-        if field.name in _CHANGES:
-            value = _CHANGES[field.name]
+        if field.name in changes:
+            value = changes[field.name]
             missing.discard(field.name)
         writer.add_key_value(field.name, value, value_type, sub_type=sub_type)
     for name in sorted(missing):  # keys the source lacks go last
-        writer.add_key_value(name, _CHANGES[name], gguf.GGUFValueType.STRING)
+        writer.add_key_value(name, changes[name], gguf.GGUFValueType.STRING)
 
     for tensor in reader.tensors:
         writer.add_tensor_info(

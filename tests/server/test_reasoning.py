@@ -17,7 +17,7 @@ import ollama
 import openai
 import pytest
 
-from tests.reasoning_model import write_reasoning_model
+from tests.reasoning_model import OPTIONAL_THINKING_TEMPLATE, write_reasoning_model
 from tests.server.conftest import MODEL, HearthServer, start_server
 
 pytestmark = pytest.mark.server
@@ -267,3 +267,20 @@ def test_the_model_card_reports_thinking(
     _, name = thinker
     card = chat.models.retrieve(name)
     assert card.model_extra is not None and "thinking" in card.model_extra["capabilities"]
+
+
+def test_json_schema_holds_when_the_model_never_opens_its_thinking(tmp_path: Path) -> None:
+    # A template that leaves thinking to the model: SmolLM2 never writes `<think>`, so the
+    # schema must hold from the answer's first token, not only after a close tag.
+    path = write_reasoning_model(tmp_path / "optional-thinking.gguf", OPTIONAL_THINKING_TEMPLATE)
+    with start_server(tmp_path, "--model", str(path)) as server:
+        reply = server.client().chat.completions.create(
+            model=path.stem,
+            messages=[{"role": "user", "content": "Name a city as JSON."}],
+            response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": CITY}},
+            max_tokens=60,
+            temperature=0,
+        )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "stop"
+    jsonschema.validate(json.loads(choice.message.content or ""), CITY)

@@ -122,7 +122,7 @@ def prepare_turn(
     reasoning = thinking.budget(model, text, state.settings.reasoning_budget)
     grammar = plan.grammar or format_grammar
     if grammar is not None and reasoning is not None:
-        grammar = _after_reasoning(grammar, reasoning.close_text)
+        grammar = _after_reasoning(grammar, reasoning)
     params = sampling_params(
         model,
         conversation.sampling,
@@ -759,17 +759,28 @@ def _thinking(model: LoadedModel, conversation: Conversation) -> _Thinking:
     return _Thinking(fmt, enabled, requested.budget, kwargs or None)
 
 
-def _after_reasoning(grammar: Grammar, close_tag: str) -> Grammar:
+def _after_reasoning(grammar: Grammar, reasoning: ReasoningBudget) -> Grammar:
     """The grammar, applied to the answer only: llama.cpp's lazy grammar starts once the
     thinking block is closed. Its constrained text begins at the trigger's first non-empty
     group (an empty one would hand it the whole thinking), so a grammar that constrains the
-    whole answer starts at the close tag itself and takes a little whitespace after it."""
+    whole answer starts at the close tag itself and takes a little whitespace after it.
+
+    When the prompt leaves the block closed, the model may think or answer at once: then the
+    whole output is constrained, an optional block (without '<' inside, so that its close is
+    the first '<') before the answer, since a lazy grammar would never start on a model that
+    never writes the close tag."""
+    close_tag = reasoning.close_text
     close = re.escape(close_tag)
     if grammar.triggers:  # already lazy (tools under "auto"): its own group follows the close
         triggers = tuple(rf"[\s\S]*?{close}{trigger}" for trigger in grammar.triggers)
         return replace(grammar, triggers=triggers)
     rule = "hearth-after-thinking"
-    gbnf = f"{grammar.gbnf}\n{rule} ::= {json.dumps(close_tag)} [ \\t\\n]{{0,4}} {grammar.root}\n"
+    after_close = f"{json.dumps(close_tag)} [ \\t\\n]{{0,4}} {grammar.root}"
+    if not reasoning.starts_open:
+        block = f"{json.dumps(reasoning.open_text)} [^<]* {after_close}"
+        gbnf = f"{grammar.gbnf}\n{rule} ::= {block} | {grammar.root}\n"
+        return Grammar(gbnf, rule)
+    gbnf = f"{grammar.gbnf}\n{rule} ::= {after_close}\n"
     return Grammar(gbnf, rule, (rf"[\s\S]*?({close}[\s\S]*)",))
 
 
