@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from hearth.models.defaults import ModelDefaults, check_jinja_template
 from hearth.models.store import (
     InvalidModelNameError,
     ModelStore,
+    Projector,
     StoredModel,
     check_model_name,
     file_sha256,
@@ -81,6 +82,7 @@ class CreatePlan:
     sha256: str | None  # the source's, when known without reading it
     defaults: ModelDefaults
     quantize: str | None
+    mmproj: Projector | None = None  # the source model's, kept: re-quantizing leaves it valid
 
 
 def blob_path(models: ModelStore, digest: str) -> Path | None:
@@ -127,6 +129,7 @@ def plan(
         raise CreateError("give exactly one of `from` (a model) or `files` (a GGUF blob)", "from")
     inherited = ModelDefaults()
     sha256: str | None = None
+    mmproj: Projector | None = None
     if from_model:
         try:
             entry = registry.find(from_model)
@@ -135,6 +138,7 @@ def plan(
         gguf = entry.path or registry.assemble_gemma(models).path
         source, sha256 = f"created from {entry.name}", entry.sha256
         inherited = entry.defaults or inherited
+        mmproj = entry.mmproj
     elif files:
         ggufs = [(n, d) for n, d in files.items() if n.lower().endswith(".gguf")]
         if not ggufs:
@@ -186,7 +190,7 @@ def plan(
         defaults.as_preset(name)
     except ValueError as exc:  # pydantic's ValidationError: a value out of range
         raise CreateError(f"parameters: {exc}", param="parameters") from exc
-    return CreatePlan(name, source, gguf, sha256, defaults, kind)
+    return CreatePlan(name, source, gguf, sha256, defaults, kind, mmproj)
 
 
 def build(
@@ -194,7 +198,10 @@ def build(
 ) -> StoredModel:
     """Write the planned model into the store; `status` hears each step, as Ollama words it."""
     staged = models.temp_path(".gguf")
+    mmproj = None
     try:
+        if plan.mmproj is not None:
+            mmproj = replace(plan.mmproj, path=models.stage_copy(plan.mmproj.path))
         if plan.quantize is not None:
             from hearth.engine.quantize import quantize
 
@@ -220,7 +227,9 @@ def build(
                 status(f"creating {label} layer")
         status("writing manifest")
         return models.install(
-            plan.name, staged, source=plan.source, sha256=sha256, defaults=defaults
+            plan.name, staged, source=plan.source, sha256=sha256, defaults=defaults, mmproj=mmproj
         )
     finally:
         staged.unlink(missing_ok=True)
+        if mmproj is not None:
+            mmproj.path.unlink(missing_ok=True)

@@ -4,10 +4,11 @@
     manifests/<registry>/<namespace>/<name>/<tag>   an OCI image manifest (JSON)
     blobs/sha256-<hex>                              each layer, by digest
 The layer `application/vnd.ollama.image.model` is the GGUF, served from its blob as it is: no
-copy. `system` and `params` become the model's defaults (models/defaults.py). The `template`
-layer is Go's text/template, which Hearth does not render: chat uses the GGUF's own Jinja
-template (`tokenizer.chat_template`), or, for a GGUF without one, the fallback of
-models/chat_template.py (ChatML, or Gemma's turns for a Gemma).
+copy; `application/vnd.ollama.image.projector`, when there is one (LLaVA-style models), is its
+multimodal projector, served from its blob too. `system` and `params` become the model's
+defaults (models/defaults.py). The `template` layer is Go's text/template, which Hearth does not
+render: chat uses the GGUF's own Jinja template (`tokenizer.chat_template`), or, for a GGUF
+without one, the fallback of models/chat_template.py (ChatML, or Gemma's turns for a Gemma).
 
 Hearth never writes here: `hearth rm` refuses these models. `HEARTH_NO_OLLAMA_STORE=1` (or
 `hearth serve --no-ollama-store`) leaves the store unread.
@@ -27,11 +28,13 @@ from typing import Any
 
 from hearth.models.defaults import ModelDefaults
 from hearth.models.model_names import OLLAMA_REGISTRY
+from hearth.models.store import Projector
 
 __all__ = [
     "LAYER_LICENSE",
     "LAYER_MODEL",
     "LAYER_PARAMS",
+    "LAYER_PROJECTOR",
     "LAYER_SYSTEM",
     "LAYER_TEMPLATE",
     "OllamaModel",
@@ -47,6 +50,7 @@ LAYER_TEMPLATE = "application/vnd.ollama.image.template"
 LAYER_SYSTEM = "application/vnd.ollama.image.system"
 LAYER_PARAMS = "application/vnd.ollama.image.params"
 LAYER_LICENSE = "application/vnd.ollama.image.license"
+LAYER_PROJECTOR = "application/vnd.ollama.image.projector"
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 _TEXT_LIMIT = 1 << 20  # a system prompt or params layer bigger than this is not one
 
@@ -61,6 +65,7 @@ class OllamaModel:
     defaults: ModelDefaults | None
     # Ollama's Go template, kept for `show`; never rendered.
     go_template: str | None
+    mmproj: Projector | None = None
 
 
 def disabled() -> bool:
@@ -157,7 +162,22 @@ class OllamaStore:
             modified=datetime.fromtimestamp(manifest.stat().st_mtime, UTC),
             defaults=None if defaults.empty else defaults,
             go_template=self._text(by_type[LAYER_TEMPLATE]) if LAYER_TEMPLATE in by_type else None,
+            mmproj=self._projector(by_type.get(LAYER_PROJECTOR)),
         )
+
+    def _projector(self, layer: dict[str, Any] | None) -> Projector | None:
+        if layer is None:
+            return None
+        digest = str(layer.get("digest", ""))
+        path = self.blob_path(digest)
+        try:
+            size = path.stat().st_size if path is not None else None
+        except OSError:
+            size = None
+        if path is None or size is None:
+            logger.warning("Ignoring the projector %s: its blob is missing", digest)
+            return None
+        return Projector(path, path.name.removeprefix("sha256-"), size, f"ollama layer {digest}")
 
     def entries(self) -> list[OllamaModel]:
         """Every GGUF model in the store, by name. The server asks only when the manifests

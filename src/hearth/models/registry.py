@@ -15,15 +15,14 @@ import contextlib
 import importlib.util
 import logging
 import os
-import shutil
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from hearth.models import ollama_store
 from hearth.models.defaults import ModelDefaults
-from hearth.models.store import ModelStore, StoredModel, check_model_name, file_sha256
+from hearth.models.store import ModelStore, Projector, StoredModel, check_model_name, file_sha256
 
 __all__ = [
     "DEFAULT_MODEL_ID",
@@ -78,6 +77,8 @@ class ModelExistsError(ValueError):
 class ModelRef:
     id: str
     path: Path
+    # The projector kept beside it (models/store.py, Ollama's projector layer): it takes images.
+    mmproj_path: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,12 @@ class ModelEntry:
     defaults: ModelDefaults | None = None
     # Read in place from Ollama's store, which Hearth never writes to.
     in_ollama_store: bool = False
+    mmproj: Projector | None = None
+
+    @property
+    def mmproj_path(self) -> Path | None:
+        """The projector beside the model, if any: the model then takes images."""
+        return self.mmproj.path if self.mmproj is not None else None
 
 
 def store() -> ModelStore:
@@ -214,6 +221,7 @@ def _stored_entry(model: StoredModel, *, bundled: bool = False) -> ModelEntry:
         sha256=model.sha256,
         bundled=bundled,
         defaults=model.defaults,
+        mmproj=model.mmproj,
     )
 
 
@@ -233,6 +241,7 @@ def _ollama_entries() -> list[ModelEntry]:
             bundled=False,
             defaults=model.defaults,
             in_ollama_store=True,
+            mmproj=model.mmproj,
         )
         for model in found.entries()
     ]
@@ -373,8 +382,9 @@ def removable(name: str) -> ModelEntry:
 
 def copy_model(source: str, destination: str) -> StoredModel:
     """`hearth cp` and POST /api/copy: the model `source` (bundled or in the store) in the store
-    again, as `destination`. A hard link where the file system allows one, so no second copy
-    takes disk space (store files are only ever replaced, never written in place); else a copy.
+    again, as `destination`, with its projector. A hard link where the file system allows one,
+    so no second copy takes disk space (store files are only ever replaced, never written in
+    place); else a copy.
 
     Raises UnknownModelError, InvalidModelNameError for a name the store refuses, and
     ModelExistsError when `destination` already names a model (delete that one first)."""
@@ -391,12 +401,11 @@ def copy_model(source: str, destination: str) -> StoredModel:
         raise ModelExistsError(f"{destination!r} already names a model; remove it first")
     path = entry.path if entry.path is not None else assemble_gemma().path
     models = store()
-    staged = models.temp_path(".gguf")
+    staged = models.stage_copy(path)
+    mmproj = None
     try:
-        try:
-            os.link(path, staged)
-        except OSError:  # another file system, or links not allowed there
-            shutil.copyfile(path, staged)
+        if entry.mmproj is not None:
+            mmproj = replace(entry.mmproj, path=models.stage_copy(entry.mmproj.path))
         sha256 = entry.sha256 or file_sha256(staged)
         return models.install(
             destination,
@@ -404,9 +413,12 @@ def copy_model(source: str, destination: str) -> StoredModel:
             source=f"copy of {entry.name}",
             sha256=sha256,
             defaults=entry.defaults,
+            mmproj=mmproj,
         )
     finally:
         staged.unlink(missing_ok=True)
+        if mmproj is not None:
+            mmproj.path.unlink(missing_ok=True)
 
 
 def _unknown(name: str) -> UnknownModelError:
@@ -426,7 +438,7 @@ def model_id(name: str | None) -> str:
 
 
 def resolve(name: str | None) -> ModelRef:
-    """A model name, or a path to a .gguf file, to the file to load.
+    """A model name, or a path to a .gguf file, to the file to load (and its projector).
 
     `None` means the default (`smollm2:135m`). `gemma3:270m` is assembled into the store on
     first use. Raises UnknownModelError, listing what is available, for anything else.
@@ -442,10 +454,11 @@ def resolve(name: str | None) -> ModelRef:
         return ModelRef(GEMMA_MODEL_ID, assemble_gemma().path)
     stored = store().get(name)
     if stored is not None:
-        return ModelRef(stored.name, stored.path)
+        mmproj = stored.mmproj.path if stored.mmproj is not None else None
+        return ModelRef(stored.name, stored.path, mmproj)
     for entry in _ollama_entries():
         if entry.name.lower() == name.lower() and entry.path is not None:
-            return ModelRef(entry.name, entry.path)
+            return ModelRef(entry.name, entry.path, entry.mmproj_path)
     tagged = with_default_tag(name)
     if tagged is not None:
         with contextlib.suppress(UnknownModelError):

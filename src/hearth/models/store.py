@@ -2,9 +2,10 @@
 
 Layout under `$HEARTH_HOME/models` (docs/models.md):
 
-    <key>.gguf      the model
-    <key>.json      its manifest: name, source, sha256, size, pulled_at
-    .partial/       downloads in progress (resumable) and temporary copies
+    <key>.gguf          the model
+    <key>.json          its manifest: name, source, sha256, size, pulled_at
+    mmproj/<key>.gguf   its multimodal projector, when it has one (the manifest's "mmproj")
+    .partial/           downloads in progress (resumable) and temporary copies
 
 A temporary copy is `.partial/<pid>-<uuid>.<suffix>`: the process writing it is in its name, so
 a copy left by a killed import (`kill -9` during `hearth pull ./file.gguf`) is known for an
@@ -15,8 +16,10 @@ pass `PART_MAX_BYTES` (16 GiB).
 
 `<key>` is the lower-cased name, percent-encoded into one file name (`hf.co/Org/Repo:Q4_K_M` ->
 `hf.co%2forg%2frepo%3aq4_k_m`), so names are case-insensitive as on the hub and never collide.
-Every write is a temporary file renamed into place: the model first, then its manifest. A model
-is listed only when both exist, so a broken pull or a crash leaves no half entry.
+Every write is a temporary file renamed into place: the projector first, then the model, then
+the manifest. A model is listed only when its manifest and file exist, so a broken pull or a
+crash leaves no half entry. Projectors live in a folder of their own: no key can name them
+(`mmproj-x.gguf` beside the models would be the model `mmproj-x`'s file).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -41,6 +45,7 @@ __all__ = [
     "PART_MAX_BYTES",
     "InvalidModelNameError",
     "ModelStore",
+    "Projector",
     "StoredModel",
     "check_model_name",
     "file_sha256",
@@ -83,6 +88,17 @@ def check_model_name(name: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Projector:
+    """A multimodal projector (an mmproj GGUF) beside a model: with it, the model takes images."""
+
+    path: Path
+    sha256: str
+    size_bytes: int
+    # Where it came from: the hub's file, a registry layer's digest, a local path.
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
 class StoredModel:
     name: str
     path: Path
@@ -92,6 +108,11 @@ class StoredModel:
     pulled_at: datetime
     # System prompt, parameters, template, license: from Ollama's layers or /api/create.
     defaults: ModelDefaults | None = None
+    mmproj: Projector | None = None
+
+    @property
+    def mmproj_sha256(self) -> str | None:
+        return self.mmproj.sha256 if self.mmproj is not None else None
 
 
 def file_sha256(path: Path, block_size: int = 1 << 20) -> str:
@@ -175,6 +196,19 @@ class ModelStore:
     def model_path(self, name: str) -> Path:
         return self.root / f"{_key(name)}.gguf"
 
+    def mmproj_path(self, name: str) -> Path:
+        return self.root / "mmproj" / f"{_key(name)}.gguf"
+
+    def stage_copy(self, path: Path) -> Path:
+        """`path` in the staging folder, ready for `install`: a hard link where the file system
+        allows one (store files are only ever replaced, never written in place), else a copy."""
+        staged = self.temp_path(".gguf")
+        try:
+            os.link(path, staged)
+        except OSError:  # another file system, or links not allowed there
+            shutil.copyfile(path, staged)
+        return staged
+
     def _manifest_path(self, name: str) -> Path:
         return self.root / f"{_key(name)}.json"
 
@@ -190,6 +224,7 @@ class ModelStore:
                 size_bytes=int(data["size"]),
                 pulled_at=datetime.fromisoformat(str(data["pulled_at"])),
                 defaults=ModelDefaults.from_json(data.get("defaults")),
+                mmproj=self._read_projector(name, data.get("mmproj")),
             )
         except FileNotFoundError:
             return None
@@ -206,6 +241,23 @@ class ModelStore:
         except FileNotFoundError:
             return None
         return model
+
+    def _read_projector(self, name: str, data: Any) -> Projector | None:
+        """The manifest's projector, if it has one whose file is there whole. A projector gone
+        missing leaves the model without images rather than out of the list."""
+        if data is None:
+            return None
+        path = self.mmproj_path(name)
+        if data["file"] != path.relative_to(self.root).as_posix():
+            raise ValueError(f"its projector is {data['file']!r}, not the store's own file")
+        projector = Projector(path, str(data["sha256"]), int(data["size"]), str(data["source"]))
+        try:
+            if path.stat().st_size == projector.size_bytes:
+                return projector
+        except FileNotFoundError:
+            pass
+        logger.warning("%s's projector %s is missing or cut short; it takes no images", name, path)
+        return None
 
     def get(self, name: str) -> StoredModel | None:
         return self._read_manifest(self._manifest_path(name))
@@ -224,16 +276,33 @@ class ModelStore:
         source: str,
         sha256: str,
         defaults: ModelDefaults | None = None,
+        mmproj: Projector | None = None,
     ) -> StoredModel:
-        """Move a finished, checked file from the staging folder into the store under `name`."""
+        """Move a finished, checked file from the staging folder into the store under `name`;
+        `mmproj`, if given, is a projector staged likewise (its path in the staging folder), put
+        beside it. A model installed without one loses the projector it had."""
         check_model_name(name)
         path = self.model_path(name)
+        stored_mmproj = None
+        if mmproj is not None:
+            target = self.mmproj_path(name)
+            target.parent.mkdir(exist_ok=True)
+            size = mmproj.path.stat().st_size
+            os.replace(mmproj.path, target)
+            stored_mmproj = Projector(target, mmproj.sha256, size, mmproj.source)
         size = staged.stat().st_size
         os.replace(staged, path)
         if defaults is not None and defaults.empty:
             defaults = None
         model = StoredModel(
-            name, path, source, sha256, size, datetime.now(UTC).replace(microsecond=0), defaults
+            name,
+            path,
+            source,
+            sha256,
+            size,
+            datetime.now(UTC).replace(microsecond=0),
+            defaults,
+            stored_mmproj,
         )
         manifest: dict[str, Any] = {
             "version": _MANIFEST_VERSION,
@@ -245,7 +314,16 @@ class ModelStore:
         }
         if defaults is not None:
             manifest["defaults"] = defaults.to_json()
+        if stored_mmproj is not None:
+            manifest["mmproj"] = {
+                "file": stored_mmproj.path.relative_to(self.root).as_posix(),
+                "sha256": stored_mmproj.sha256,
+                "size": stored_mmproj.size_bytes,
+                "source": stored_mmproj.source,
+            }
         _write_atomically(self._manifest_path(name), json.dumps(manifest, indent=2).encode())
+        if stored_mmproj is None:
+            self.mmproj_path(name).unlink(missing_ok=True)
         return model
 
     def remove(self, name: str) -> StoredModel | None:
@@ -253,6 +331,7 @@ class ModelStore:
         model = self.get(name)
         self._manifest_path(name).unlink(missing_ok=True)
         self.model_path(name).unlink(missing_ok=True)
+        self.mmproj_path(name).unlink(missing_ok=True)
         return model
 
 
