@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -79,7 +80,13 @@ def _route_hub_logs(console: Console) -> None:
 @click.command(name="pull")
 @click.argument("source")
 @click.option("--name", default=None, help="Store it under this name instead of the default.")
-def command(source: str, name: str | None) -> None:
+@click.option(
+    "--mmproj",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A multimodal projector GGUF to import beside a local .gguf model: it then takes images.",
+)
+def command(source: str, name: str | None, mmproj: Path | None) -> None:
     """Pull a model into the store: hf.co/ORG/REPO[:QUANT], hf.co/ORG/REPO/FILE.gguf, an
     Ollama name (qwen3:0.6b, user/model:tag), an OCI registry's HOST/NAMESPACE/NAME[:TAG]
     (docker.io/ai/smollm2), or a local .gguf file (copied).
@@ -87,12 +94,13 @@ def command(source: str, name: str | None) -> None:
     From the hub without :QUANT, the Q4_K_M file is picked (else the only, else the smallest
     GGUF). A pull that breaks off resumes where it stopped when run again; a file whose sha256
     differs from the hub's or the registry's digest is discarded. Set HF_TOKEN for gated or
-    private repos.
+    private repos. A repo's vision projector (mmproj-*.gguf), or an Ollama model's projector
+    layer, comes along and is kept beside the model.
     """
     errors = Console(stderr=True, highlight=False)
     _route_hub_logs(errors)
     try:
-        result = pull(source, name=name, reporter=_RichReporter(errors))
+        result = pull(source, name=name, reporter=_RichReporter(errors), mmproj=mmproj)
     except PullError as exc:
         errors.print(Text(f"Error: {exc}", style="bold red"), soft_wrap=True)
         sys.exit(1)
@@ -103,7 +111,13 @@ def command(source: str, name: str | None) -> None:
     if result.up_to_date:
         click.echo(f"{model.name} is up to date ({humanize.size(model.size_bytes)}).")
         return
+    projector = ""
+    if model.mmproj is not None:
+        projector = (
+            f", with its vision projector ({humanize.size(model.mmproj.size_bytes)}, sha256 "
+            f"{model.mmproj.sha256[:12]}…): it takes images"
+        )
     click.echo(
         f"Pulled {model.name} ({humanize.size(model.size_bytes)}, sha256 {model.sha256[:12]}…, "
-        "checked). Serve it with: hearth serve --model " + model.name
+        f"checked){projector}. Serve it with: hearth serve --model {model.name}"
     )

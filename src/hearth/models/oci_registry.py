@@ -9,7 +9,9 @@ connection resumes with a Range request, a later pull resumes the same file) and
 store only once its sha256 matches the digest; a mismatch deletes it. The small layers (system,
 params, license, a Jinja template, Docker's model config) become the model's defaults
 (models/defaults.py); Ollama's Go `template` layer is not kept, since Hearth renders the GGUF's
-own Jinja template.
+own Jinja template. Ollama's projector layer (`application/vnd.ollama.image.projector`, a
+LLaVA-style model's mmproj GGUF) is pulled as the GGUF is and kept beside the model, which then
+takes images.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -39,10 +43,12 @@ from hearth.models.pull_base import (
     PullSourceError,
     check_new_name,
     check_pulled_gguf,
+    check_pulled_projector,
+    staged_copy,
 )
-from hearth.models.store import ModelStore, file_sha256
+from hearth.models.store import ModelStore, Projector, file_sha256
 
-__all__ = ["GGUF_LAYERS", "pull_oci", "store_name"]
+__all__ = ["GGUF_LAYERS", "PROJECTOR_LAYER", "pull_oci", "store_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +67,7 @@ GGUF_LAYERS = frozenset(
         "application/vnd.docker.ai.model.file.v1+gguf",
     }
 )
+PROJECTOR_LAYER = "application/vnd.ollama.image.projector"
 _SYSTEM = "application/vnd.ollama.image.system"
 _PARAMS = "application/vnd.ollama.image.params"
 _LICENSES = ("application/vnd.ollama.image.license", "application/vnd.docker.ai.license")
@@ -289,6 +296,15 @@ def _defaults(
     )
 
 
+def _blob_of(ref: OciReference, layer: dict[str, Any], what: str) -> HubFile:
+    """The layer as a file to fetch: its digest, size and sha256."""
+    digest, size = str(layer.get("digest", "")), layer.get("size")
+    match = _DIGEST.fullmatch(digest)
+    if match is None or not isinstance(size, int) or size <= 0:
+        raise PullError(f"{ref.full_name}'s {what} layer has no usable sha256 digest and size")
+    return HubFile(digest, size, match.group(1))
+
+
 def pull_oci(
     models: ModelStore, ref: OciReference, typed: str, name: str | None, reporter: PullReporter
 ) -> PullResult:
@@ -306,56 +322,92 @@ def pull_oci(
             raise PullSourceError(f"{ref.full_name} has no GGUF layer: not a model Hearth serves")
         if len(ggufs) > 1:
             raise PullSourceError(f"{ref.full_name} is a split GGUF; those are not supported")
-        digest, size = str(ggufs[0].get("digest", "")), ggufs[0].get("size")
-        match = _DIGEST.fullmatch(digest)
-        if match is None or not isinstance(size, int) or size <= 0:
-            raise PullError(f"{ref.full_name}'s GGUF layer has no usable sha256 digest and size")
-        sha256 = match.group(1)
-        reporter.resolved(HubFile(digest, size, sha256))
+        model = _blob_of(ref, ggufs[0], "GGUF")
+        reporter.resolved(model)
+        # Ollama writes one projector layer at most; a second would be a model Hearth can't serve.
+        projectors = [layer for layer in layers if layer.get("mediaType") == PROJECTOR_LAYER]
+        if len(projectors) > 1:
+            raise PullSourceError(f"{ref.full_name} has several projectors; not supported")
+        projector = _blob_of(ref, projectors[0], "projector") if projectors else None
+        if projector is not None:
+            reporter.note(f"With its vision projector, {projector.filename}.")
         try:
             defaults = _defaults(registry, manifest, layers, reporter)
         except httpx.TransportError as exc:
             raise PullError(f"cannot reach {ref.host}: {exc}") from exc
         existing = models.get(name)
-        if existing is not None and existing.sha256 == sha256:
+        model_current = existing is not None and existing.sha256 == model.sha256
+        projector_sha256 = projector.sha256 if projector is not None else None
+        if existing is not None and model_current and existing.mmproj_sha256 == projector_sha256:
             return PullResult(existing, up_to_date=True)
-        return _fetch_model(models, registry, name, digest, sha256, size, defaults, reporter)
+        source = f"{ref.host}/{ref.repository}:{ref.tag}"
+        with ExitStack() as held:
+            # What the store has already is linked, not downloaded again.
+            if existing is not None and model_current:
+                staged = staged_copy(models, existing.path, held)
+            else:
+                staged = _fetch_blob(models, registry, model, reporter, held, check_pulled_gguf)
+            mmproj = None
+            if projector is not None:
+                if (
+                    existing is not None
+                    and existing.mmproj is not None
+                    and existing.mmproj.sha256 == projector.sha256
+                ):
+                    staged_mmproj = staged_copy(models, existing.mmproj.path, held)
+                else:
+                    reporter.resolved(projector)
+                    staged_mmproj = _fetch_blob(
+                        models, registry, projector, reporter, held, check_pulled_projector
+                    )
+                assert projector.sha256 is not None and projector.size is not None
+                mmproj = Projector(
+                    staged_mmproj,
+                    projector.sha256,
+                    projector.size,
+                    f"{source} {projector.filename}",
+                )
+            assert model.sha256 is not None
+            stored = models.install(
+                name, staged, source=source, sha256=model.sha256, defaults=defaults, mmproj=mmproj
+            )
+        return PullResult(stored, up_to_date=False)
     finally:
         registry.close()
 
 
-def _fetch_model(
+def _fetch_blob(
     models: ModelStore,
     registry: _Registry,
-    name: str,
-    digest: str,
-    sha256: str,
-    size: int,
-    defaults: ModelDefaults,
+    blob: HubFile,
     reporter: PullReporter,
-) -> PullResult:
+    held: ExitStack,
+    check: Callable[[Path, str], None],
+) -> Path:
+    """`.partial/<sha256>.part`, downloaded (resumed) whole and checked: its sha256, then
+    `check`. Its lock is held until `held` closes, after the install."""
     ref = registry.ref
-    partial = models.staging_dir / f"{sha256}.part"
-    with partial.open("ab") as file:
-        try:
-            # One pull per blob at a time until it is installed; released however we end.
-            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise PullBusyError(f"another pull is downloading {digest}") from exc
-        registry.download(digest, file, size, reporter)
-        reporter.verifying()
-        actual = file_sha256(partial)
-        if actual != sha256:
-            partial.unlink(missing_ok=True)
-            raise PullError(
-                f"{ref.full_name} arrived corrupted (sha256 {actual}, the registry says "
-                f"{sha256}); discarded it, pull again"
-            )
-        try:
-            check_pulled_gguf(partial, ref.full_name)
-        except PullError:
-            partial.unlink(missing_ok=True)
-            raise
-        source = f"{ref.host}/{ref.repository}:{ref.tag}"
-        model = models.install(name, partial, source=source, sha256=sha256, defaults=defaults)
-    return PullResult(model, up_to_date=False)
+    assert blob.sha256 is not None and blob.size is not None
+    digest = blob.filename
+    partial = models.staging_dir / f"{blob.sha256}.part"
+    file = held.enter_context(partial.open("ab"))
+    try:
+        # One pull per blob at a time until it is installed; released however we end.
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        raise PullBusyError(f"another pull is downloading {digest}") from exc
+    registry.download(digest, file, blob.size, reporter)
+    reporter.verifying()
+    actual = file_sha256(partial)
+    if actual != blob.sha256:
+        partial.unlink(missing_ok=True)
+        raise PullError(
+            f"{ref.full_name}'s layer {digest} arrived corrupted (sha256 {actual}, the registry "
+            f"says {blob.sha256}); discarded it, pull again"
+        )
+    try:
+        check(partial, f"{ref.full_name}'s layer {digest}")
+    except PullError:
+        partial.unlink(missing_ok=True)
+        raise
+    return partial

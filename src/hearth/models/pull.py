@@ -7,6 +7,9 @@ resuming with a Range request after a dropped connection. The bytes land in
 `.partial/<sha256>.part` inside the store, which survives an interrupted pull, so the next pull
 of the same file resumes where it stopped. Only a file whose size and sha256 match the hub's and
 whose GGUF header is whole is renamed into the store; a mismatch deletes the partial file.
+
+A repo with a multimodal projector (`mmproj-*.gguf`) has it pulled the same way and kept beside
+the model (select_mmproj says which, when there are several), so the model takes images.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import functools
 import hashlib
 import os
 import re
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -33,12 +38,11 @@ from hearth.models.pull_base import (
     PullSourceError,
     check_new_name,
     check_pulled_gguf,
+    check_pulled_projector,
+    staged_copy,
 )
 from hearth.models.registry import store
-from hearth.models.store import (
-    ModelStore,
-    file_sha256,
-)
+from hearth.models.store import ModelStore, Projector, file_sha256
 
 __all__ = [
     "DEFAULT_QUANT",
@@ -59,6 +63,7 @@ __all__ = [
     "pull",
     "quant_of",
     "select_gguf",
+    "select_mmproj",
 ]
 
 DEFAULT_QUANT = "Q4_K_M"
@@ -188,6 +193,35 @@ def select_gguf(files: list[HubFile], quant: str | None) -> tuple[HubFile, str |
     return chosen, note
 
 
+def _is_mmproj(filename: str) -> bool:
+    name = Path(filename).name.lower()
+    return name.endswith(".gguf") and "mmproj" in name
+
+
+def select_mmproj(files: list[HubFile], model: HubFile) -> tuple[HubFile | None, str | None]:
+    """The repo's multimodal projector to pull with `model`, and a note saying which.
+
+    Of several: the one of the model's precision (a Q8_0 model, a Q8_0 projector), else the
+    F16 one, else the first by name."""
+    projectors = sorted((f for f in files if _is_mmproj(f.filename)), key=lambda f: f.filename)
+    if not projectors or _is_mmproj(model.filename):
+        return None, None
+    if len(projectors) == 1:
+        chosen = projectors[0]
+        return chosen, f"With the repo's vision projector, {chosen.filename}."
+    precision = quant_of(model.filename)
+    same = [f for f in projectors if precision and quant_of(f.filename) == precision]
+    f16 = [f for f in projectors if quant_of(f.filename) == "F16"]
+    if same:
+        chosen, why = same[0], f"the model's precision, {precision}"
+    elif f16:
+        chosen, why = f16[0], "F16; none has the model's precision"
+    else:
+        chosen, why = projectors[0], "the first; none has the model's precision or F16"
+    others = ", ".join(f.filename for f in projectors if f is not chosen)
+    return chosen, f"With the vision projector {chosen.filename} ({why}). Also there: {others}."
+
+
 def _describe(files: list[HubFile]) -> str:
     return ", ".join(quant_of(f.filename) or f.filename for f in files)
 
@@ -197,16 +231,26 @@ def _safe_tag(text: str) -> str:
 
 
 def pull(
-    source: str, *, name: str | None = None, reporter: PullReporter | None = None
+    source: str,
+    *,
+    name: str | None = None,
+    reporter: PullReporter | None = None,
+    mmproj: Path | None = None,
 ) -> PullResult:
     """Pull `source` (see parse_source) into the store under `name` (or a name derived from
-    the source: `hf.co/ORG/REPO:QUANT`, or a local file's stem)."""
+    the source: `hf.co/ORG/REPO:QUANT`, or a local file's stem). `mmproj`, a local projector
+    GGUF, is imported beside a local model file; the hub's and Ollama's come by themselves."""
     reporter = reporter or PullReporter()
     parsed = parse_source(source)
+    if mmproj is not None and not isinstance(parsed, LocalSource):
+        raise PullSourceError(
+            "a projector file goes with a local .gguf model; from the hub or a registry, "
+            "the model's projector comes with it"
+        )
     models = store()
     models.clean_staging()  # what killed pulls and imports left behind
     if isinstance(parsed, LocalSource):
-        return _import_local(models, parsed.path, name, reporter)
+        return _import_local(models, parsed.path, name, reporter, mmproj)
     if isinstance(parsed, OciReference):
         from hearth.models.oci_registry import pull_oci
 
@@ -218,36 +262,60 @@ def pull(
 
 
 def _import_local(
-    models: ModelStore, path: Path, name: str | None, reporter: PullReporter
+    models: ModelStore, path: Path, name: str | None, reporter: PullReporter, mmproj: Path | None
 ) -> PullResult:
-    if not path.is_file():
-        raise PullNotFoundError(f"no such file: {path}")
+    for given in (path, mmproj):
+        if given is not None and not given.is_file():
+            raise PullNotFoundError(f"no such file: {given}")
     check_pulled_gguf(path, str(path))
+    if mmproj is not None:
+        check_pulled_projector(mmproj, str(mmproj))
     name = check_new_name(name or _safe_tag(path.stem))
-    staged = models.temp_path(".gguf")
-    digest = hashlib.sha256()
-    try:
-        reporter.start_transfer(f"copying {path.name}", path.stat().st_size, 0)
+    with ExitStack() as staged_files:
         try:
-            with path.open("rb") as src, staged.open("wb") as dst:
-                while block := src.read(_HASH_BLOCK):
-                    digest.update(block)
-                    dst.write(block)
-                    reporter.advance(len(block))
-                dst.flush()
-                os.fsync(dst.fileno())
-        finally:
-            reporter.end_transfer()
-        # The copy is checked again: the source could have changed while it was read.
-        check_pulled_gguf(staged, f"the copy of {path}")
-        model = models.install(
-            name, staged, source=f"file:{path.resolve()}", sha256=digest.hexdigest()
-        )
-    except OSError as exc:
-        raise PullError(f"could not copy {path} into {models.root}: {exc}") from exc
-    finally:
-        staged.unlink(missing_ok=True)
+            staged, sha256 = _copy_checked(models, path, reporter, check_pulled_gguf, staged_files)
+            projector = None
+            if mmproj is not None:
+                staged_mmproj, mmproj_sha256 = _copy_checked(
+                    models, mmproj, reporter, check_pulled_projector, staged_files
+                )
+                source = f"file:{mmproj.resolve()}"
+                size = staged_mmproj.stat().st_size
+                projector = Projector(staged_mmproj, mmproj_sha256, size, source)
+            model = models.install(
+                name, staged, source=f"file:{path.resolve()}", sha256=sha256, mmproj=projector
+            )
+        except OSError as exc:
+            raise PullError(f"could not copy {path} into {models.root}: {exc}") from exc
     return PullResult(model, up_to_date=False)
+
+
+def _copy_checked(
+    models: ModelStore,
+    path: Path,
+    reporter: PullReporter,
+    check: Callable[[Path, str], None],
+    staged_files: ExitStack,
+) -> tuple[Path, str]:
+    """A copy of `path` in the staging folder (deleted when `staged_files` closes, unless
+    installed meanwhile), checked again, and its sha256."""
+    staged = models.temp_path(".gguf")
+    staged_files.callback(staged.unlink, missing_ok=True)
+    digest = hashlib.sha256()
+    reporter.start_transfer(f"copying {path.name}", path.stat().st_size, 0)
+    try:
+        with path.open("rb") as src, staged.open("wb") as dst:
+            while block := src.read(_HASH_BLOCK):
+                digest.update(block)
+                dst.write(block)
+                reporter.advance(len(block))
+            dst.flush()
+            os.fsync(dst.fileno())
+    finally:
+        reporter.end_transfer()
+    # The copy is checked again: the source could have changed while it was read.
+    check(staged, f"the copy of {path}")
+    return staged, digest.hexdigest()
 
 
 # --- the hub ---------------------------------------------------------------------------------
@@ -329,8 +397,6 @@ def _hub_error(endpoint: str, exc: BaseException) -> PullError:
 def _pull_from_hub(
     models: ModelStore, source: HubSource, name: str | None, reporter: PullReporter
 ) -> PullResult:
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-
     endpoint = hub_endpoint()
     repo_id, commit, files = _hub_files(endpoint, source.repo_id)
     if source.filename is not None:
@@ -348,45 +414,106 @@ def _pull_from_hub(
         )
     tag = quant_of(chosen.filename) or _safe_tag(Path(chosen.filename).stem)
     name = check_new_name(name or f"hf.co/{repo_id}:{tag}")
+    mmproj_listed, mmproj_note = select_mmproj(files, chosen)
+    if mmproj_note:
+        reporter.note(mmproj_note)
 
-    url = hf_hub_url(repo_id, chosen.filename, revision=commit, endpoint=endpoint)
+    url, model_file = _hub_file(repo_id, commit, chosen, endpoint)
+    reporter.resolved(model_file)
+    mmproj = _hub_file(repo_id, commit, mmproj_listed, endpoint) if mmproj_listed else None
+
+    existing = models.get(name)
+    model_current = existing is not None and existing.sha256 == model_file.sha256
+    mmproj_sha256 = mmproj[1].sha256 if mmproj is not None else None
+    if existing is not None and model_current and existing.mmproj_sha256 == mmproj_sha256:
+        return PullResult(existing, up_to_date=True)
+
+    def source_of(file: HubFile) -> str:
+        return f"hf.co/{repo_id}/{file.filename}" + (f"@{commit}" if commit else "")
+
+    with ExitStack() as held:
+        # What is already in the store is linked, not downloaded again: a model pulled before
+        # its repo had a projector gets only the projector.
+        if existing is not None and model_current:
+            staged = staged_copy(models, existing.path, held)
+        else:
+            staged = _download_checked(models, url, model_file, reporter, endpoint, held)
+        projector = None
+        if mmproj is not None:
+            mmproj_url, mmproj_file = mmproj
+            if (
+                existing is not None
+                and existing.mmproj is not None
+                and existing.mmproj.sha256 == mmproj_file.sha256
+            ):
+                staged_mmproj = staged_copy(models, existing.mmproj.path, held)
+            else:
+                reporter.resolved(mmproj_file)
+                staged_mmproj = _download_checked(
+                    models, mmproj_url, mmproj_file, reporter, endpoint, held
+                )
+            assert mmproj_file.sha256 is not None and mmproj_file.size is not None
+            projector = Projector(
+                staged_mmproj, mmproj_file.sha256, mmproj_file.size, source_of(mmproj_file)
+            )
+        assert model_file.sha256 is not None
+        model = models.install(
+            name, staged, source=source_of(model_file), sha256=model_file.sha256, mmproj=projector
+        )
+    return PullResult(model, up_to_date=False)
+
+
+def _hub_file(
+    repo_id: str, commit: str | None, listed: HubFile, endpoint: str
+) -> tuple[str, HubFile]:
+    """The file's download URL, and the file with the size and sha256 its HEAD confirms."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    url = hf_hub_url(repo_id, listed.filename, revision=commit, endpoint=endpoint)
     try:
         metadata = get_hf_file_metadata(url, endpoint=endpoint)
     except (*_HUB_ERRORS, _http_error()) as exc:
         raise _hub_error(endpoint, exc) from exc
-    sha256 = _expected_sha256(chosen, metadata.etag)
-    size = metadata.size if metadata.size is not None else chosen.size
-    reporter.resolved(HubFile(chosen.filename, size, sha256))
+    sha256 = _expected_sha256(listed, metadata.etag)
+    size = metadata.size if metadata.size is not None else listed.size
+    return url, HubFile(listed.filename, size, sha256)
 
-    existing = models.get(name)
-    if existing is not None and existing.sha256 == sha256:
-        return PullResult(existing, up_to_date=True)
 
-    partial = models.staging_dir / f"{sha256}.part"
-    source_text = f"hf.co/{repo_id}/{chosen.filename}" + (f"@{commit}" if commit else "")
-    with partial.open("ab") as file:
-        try:
-            # One pull per file at a time, until it is installed; the lock goes with the
-            # process, however it ends.
-            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise PullBusyError(f"another pull is downloading {chosen.filename}") from exc
-        _download(url, file, size, chosen.filename, reporter, endpoint)
-        reporter.verifying()
-        actual = file_sha256(partial)
-        if actual != sha256:
-            partial.unlink(missing_ok=True)
-            raise PullError(
-                f"{chosen.filename} arrived corrupted (sha256 {actual}, the hub says {sha256}); "
-                "discarded it, pull again"
-            )
-        try:
-            check_pulled_gguf(partial, chosen.filename)
-        except PullError:
-            partial.unlink(missing_ok=True)
-            raise
-        model = models.install(name, partial, source=source_text, sha256=sha256)
-    return PullResult(model, up_to_date=False)
+def _download_checked(
+    models: ModelStore,
+    url: str,
+    file: HubFile,
+    reporter: PullReporter,
+    endpoint: str,
+    held: ExitStack,
+) -> Path:
+    """`.partial/<sha256>.part`, downloaded (resumed) whole and checked: its sha256, its GGUF
+    header. Its lock is held until `held` closes, after the install."""
+    assert file.sha256 is not None
+    partial = models.staging_dir / f"{file.sha256}.part"
+    part = held.enter_context(partial.open("ab"))
+    try:
+        # One pull per file at a time, until it is installed; the lock goes with the process,
+        # however it ends.
+        fcntl.flock(part.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        raise PullBusyError(f"another pull is downloading {file.filename}") from exc
+    _download(url, part, file.size, file.filename, reporter, endpoint)
+    reporter.verifying()
+    actual = file_sha256(partial)
+    if actual != file.sha256:
+        partial.unlink(missing_ok=True)
+        raise PullError(
+            f"{file.filename} arrived corrupted (sha256 {actual}, the hub says {file.sha256}); "
+            "discarded it, pull again"
+        )
+    check = check_pulled_projector if _is_mmproj(file.filename) else check_pulled_gguf
+    try:
+        check(partial, file.filename)
+    except PullError:
+        partial.unlink(missing_ok=True)
+        raise
+    return partial
 
 
 def _expected_sha256(chosen: HubFile, etag: str | None) -> str:

@@ -5,12 +5,13 @@ hands it the OCI pulls."""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from hearth.models.gguf_info import NotAGGUFError, read_gguf_info
 from hearth.models.registry import BUNDLED_IDS
-from hearth.models.store import InvalidModelNameError, StoredModel, check_model_name
+from hearth.models.store import InvalidModelNameError, ModelStore, StoredModel, check_model_name
 
 __all__ = [
     "HubFile",
@@ -22,6 +23,8 @@ __all__ = [
     "PullSourceError",
     "check_new_name",
     "check_pulled_gguf",
+    "check_pulled_projector",
+    "staged_copy",
 ]
 
 
@@ -90,6 +93,32 @@ def check_new_name(name: str) -> str:
 
 def check_pulled_gguf(path: Path, what: str) -> None:
     try:
-        read_gguf_info(path)
+        info = read_gguf_info(path)
     except NotAGGUFError as exc:
         raise PullError(f"{what} is not a usable GGUF model: {exc}") from exc
+    if info.architecture == "clip":
+        raise PullError(
+            f"{what} is a multimodal projector (mmproj), not a model: it goes beside one "
+            "(`hearth pull MODEL.gguf --mmproj FILE`)"
+        )
+
+
+def check_pulled_projector(path: Path, what: str) -> None:
+    """A whole GGUF of llama.cpp's projector architecture, `clip` (vision and audio alike)."""
+    try:
+        info = read_gguf_info(path)
+    except NotAGGUFError as exc:
+        raise PullError(f"{what} is not a usable projector GGUF: {exc}") from exc
+    if info.architecture != "clip":
+        raise PullError(
+            f"{what} is not a multimodal projector: its architecture is {info.architecture!r}, "
+            "not 'clip'"
+        )
+
+
+def staged_copy(models: ModelStore, path: Path, held: ExitStack) -> Path:
+    """A store file staged again for `install` (linked, not downloaded again), deleted when
+    `held` closes unless installed by then."""
+    staged = models.stage_copy(path)
+    held.callback(staged.unlink, missing_ok=True)
+    return staged
