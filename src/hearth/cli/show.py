@@ -12,6 +12,7 @@ from rich.text import Text
 from hearth.cli import humanize
 from hearth.models.gguf_info import NotAGGUFError, read_gguf_info
 from hearth.models.registry import UnknownModelError, find
+from hearth.models.store import Projector
 
 __all__ = ["command"]
 
@@ -20,7 +21,8 @@ __all__ = ["command"]
 @click.argument("name")
 @click.option("--template", "template_only", is_flag=True, help="Print only the chat template.")
 def command(name: str, template_only: bool) -> None:
-    """Show a model's architecture, context length, parameters, license and chat template."""
+    """Show a model's architecture, context length, parameters, license, chat template, and
+    whether it takes images (a projector beside it)."""
     errors = Console(stderr=True, highlight=False)
     try:
         entry = find(name)
@@ -48,6 +50,7 @@ def command(name: str, template_only: bool) -> None:
         ("vocabulary", f"{info.vocab_size:,} tokens" if info.vocab_size else None),
         ("size", humanize.size(entry.size_bytes)),
         ("reasoning", _reasoning(info.chat_template, info.architecture)),
+        ("images", _images(entry.mmproj)),
         ("license", info.license or "not stated in the file"),
         ("source", entry.source),
         ("path", str(entry.path) if entry.path else "assembled on first use"),
@@ -64,6 +67,17 @@ def command(name: str, template_only: bool) -> None:
         console.print(Text(info.chat_template), soft_wrap=True)
     else:
         console.print(Text("none in the file; Hearth formats chats as ChatML", style="dim"))
+
+
+def _images(projector: Projector | None) -> str | None:
+    """Whether the model takes images: a projector beside it says so (`serve --mmproj` may give
+    one to any model, so no projector is not a no)."""
+    if projector is None:
+        return None
+    return (
+        f"yes, through the projector {projector.path} ({humanize.size(projector.size_bytes)}, "
+        f"from {projector.source})"
+    )
 
 
 def _reasoning(template_source: str | None, architecture: str) -> str:

@@ -91,7 +91,7 @@ def load_model(settings: ServeSettings, devices: list[Device], spec: ModelSpec) 
         repack=settings.repack,
         weight_types=weight_types,
         n_prefill=min(settings.max_prefill_tokens, settings.max_batch_tokens),
-        mmproj_path=_mmproj(settings, spec),
+        mmproj_path=_mmproj(settings, spec, model),
     )
     budget = BatchBudget(
         max_batch_tokens=settings.max_batch_tokens,
@@ -188,10 +188,11 @@ def _prompt_disk(settings: ServeSettings, model_path: Path) -> PromptDiskSpec | 
     return PromptDiskSpec(hearth_home() / PROMPT_CACHE_DIR, folder, int(settings.prompt_cache_disk))
 
 
-def _mmproj(settings: ServeSettings, spec: ModelSpec) -> Path | None:
-    """The projector of the startup model (--mmproj), for it and the aliases over it."""
+def _mmproj(settings: ServeSettings, spec: ModelSpec, model: registry.ModelRef) -> Path | None:
+    """The projector of the startup model (--mmproj), for it and the aliases over it; else the
+    one the store keeps beside the model."""
     if settings.mmproj is None or spec.source != settings.model:
-        return None
+        return model.mmproj_path
     return settings.mmproj.expanduser()
 
 

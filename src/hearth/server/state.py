@@ -177,11 +177,14 @@ class ServerState:
         else:
             source = self.catalog.spec(name).source or registry.DEFAULT_MODEL_ID
             is_file = source.lower().endswith(".gguf")
-            path = Path(source).expanduser() if is_file else registry.find(source).header_path
+            entry = None if is_file else registry.find(source)
+            path = Path(source).expanduser() if entry is None else entry.header_path
             info = read_gguf_info(path, require_complete=False)
             template = ChatTemplate(info.chat_template, architecture=info.architecture)
-            # --mmproj gives the startup model (and the aliases over it) a projector.
+            # --mmproj gives the startup model (and the aliases over it) a projector; the store
+            # keeps one beside a model pulled with it.
             vision = self.settings.mmproj is not None and source == self.settings.model
+            vision = vision or (entry is not None and entry.mmproj_path is not None)
         capabilities = ["completion", "tools"]
         if template.reasoning is not None:
             capabilities.append("thinking")
