@@ -38,6 +38,7 @@ OLLAMA_SYSTEM = "application/vnd.ollama.image.system"
 OLLAMA_PARAMS = "application/vnd.ollama.image.params"
 OLLAMA_TEMPLATE = "application/vnd.ollama.image.template"
 OLLAMA_LICENSE = "application/vnd.ollama.image.license"
+OLLAMA_PROJECTOR = "application/vnd.ollama.image.projector"
 DOCKER_GGUF = "application/vnd.docker.ai.gguf.v3"
 DOCKER_CONFIG = "application/vnd.docker.ai.model.config.v0.1+json"
 DOCKER_TEMPLATE = "application/vnd.docker.ai.chat.template.jinja"
@@ -96,14 +97,18 @@ class FakeRegistry:
         license: str | None = None,
         wrong_digest: bool = False,
         declared_size: int | None = None,
+        projector: Path | None = None,
     ) -> str:
         """An Ollama-style model; returns its GGUF layer's digest (the one the manifest names).
-        `wrong_digest` and `declared_size` make the manifest lie about the GGUF."""
+        `wrong_digest` and `declared_size` make the manifest lie about the GGUF; `projector`
+        adds a LLaVA-style projector layer."""
         blob = HubBlob(path=gguf)
         digest = digest_of(b"not the model") if wrong_digest else None
         layers = [self._layer(OLLAMA_MODEL, blob, digest)]
         if declared_size is not None:
             layers[0]["size"] = declared_size
+        if projector is not None:
+            layers.append(self._layer(OLLAMA_PROJECTOR, HubBlob(path=projector)))
         layers.append(self._text(OLLAMA_TEMPLATE, GO_TEMPLATE))
         if system is not None:
             layers.append(self._text(OLLAMA_SYSTEM, system))
@@ -286,6 +291,7 @@ def ollama_store(
     system: str | None = None,
     params: dict[str, Any] | None = None,
     namespace: str = "library",
+    projector: Path | None = None,
 ) -> Path:
     """Lay `gguf` out in an Ollama store at `root` as `ollama pull` does (the blob a hard link,
     or a copy across file systems); returns the blob's path."""
@@ -301,6 +307,8 @@ def ollama_store(
         return {"digest": digest, "size": len(content)}
 
     layers = [{"mediaType": OLLAMA_MODEL, **blob(None, gguf)}]
+    if projector is not None:
+        layers.append({"mediaType": OLLAMA_PROJECTOR, **blob(None, projector)})
     layers.append({"mediaType": OLLAMA_TEMPLATE, **blob(GO_TEMPLATE.encode())})
     if system is not None:
         layers.append({"mediaType": OLLAMA_SYSTEM, **blob(system.encode())})
