@@ -3,6 +3,7 @@ so SSE parsing, history, errors and server start-up are tested without a model."
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -61,9 +62,11 @@ class FakeHearth:
     replies: list[list[str] | ErrorReply] = field(default_factory=list)  # one per chat request
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
+    capabilities: list[str] = field(default_factory=lambda: ["completion", "tools"])
+    model_requests: list[str] = field(default_factory=list)  # GET /v1/models/{id}
 
-    def messages(self, index: int) -> list[dict[str, str]]:
-        messages: list[dict[str, str]] = self.requests[index]["messages"]
+    def messages(self, index: int) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = self.requests[index]["messages"]
         return messages
 
 
@@ -90,6 +93,9 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         if self.path == "/health" and fake.health_status == 200:
             self._json(200, {"status": "ok", "model": fake.model, "slots_total": 4})
+        elif self.path.startswith("/v1/models/"):
+            fake.model_requests.append(self.path)
+            self._json(200, {"id": fake.model, "capabilities": fake.capabilities})
         else:
             self._json(fake.health_status, error_body("Unknown route"))
 
@@ -365,6 +371,59 @@ def test_ctrl_c_stops_the_answer_and_keeps_what_was_shown(
         {"role": "user", "content": "more"},
     ]
     assert written == ["Once", "ok"]
+
+
+@pytest.mark.usefixtures("interactive")
+def test_image_paths_in_a_line_are_sent_as_images(fake: FakeHearth, tmp_path: Path) -> None:
+    fake.capabilities = ["completion", "vision"]
+    png = tmp_path / "red dot.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    jpeg = tmp_path / "b.JPG"
+    jpeg.write_bytes(b"\xff\xd8\xffjpeg")
+    spaced = str(png).replace(" ", "\\ ")
+    line = f"compare {spaced} with '{jpeg}', not {tmp_path / 'missing.png'}\nthen text\n"
+    result = invoke(fake, input=line)
+    assert result.exit_code == 0, result.output
+
+    def image_part(media_type: str, path: Path) -> dict[str, Any]:
+        url = f"data:{media_type};base64,{base64.b64encode(path.read_bytes()).decode()}"
+        return {"type": "image_url", "image_url": {"url": url}}
+
+    assert fake.messages(0) == [
+        {
+            "role": "user",
+            "content": [
+                image_part("image/png", png),
+                image_part("image/jpeg", jpeg),
+                {"type": "text", "text": f"compare with , not {tmp_path / 'missing.png'}"},
+            ],
+        }
+    ]
+    # The next turn's history keeps the images; a line without any is plain text.
+    assert fake.messages(1)[0] == fake.messages(0)[0]
+    assert fake.messages(1)[2] == {"role": "user", "content": "then text"}
+    assert f"Added image {png}" in result.stderr and f"Added image {jpeg}" in result.stderr
+    assert len(fake.model_requests) == 1  # the capabilities are asked once per chat
+
+
+@pytest.mark.usefixtures("interactive")
+def test_image_paths_stay_text_for_a_model_without_vision(fake: FakeHearth, tmp_path: Path) -> None:
+    image = tmp_path / "a.webp"
+    image.write_bytes(b"RIFF....WEBP")
+    result = invoke(fake, input=f"describe {image}\n")
+    assert result.exit_code == 0, result.output
+    assert fake.messages(0) == [{"role": "user", "content": f"describe {image}"}]
+    assert "does not take images" in result.stderr
+
+
+def test_extract_images_keeps_what_is_not_an_image_file(tmp_path: Path) -> None:
+    image = tmp_path / "x.gif"
+    image.write_bytes(b"GIF89a")
+    (tmp_path / "notes.txt").write_text("hi")
+    assert run.extract_images(f"what is {image}?") == ("what is ?", [image])
+    assert run.extract_images(f"{image}") == ("", [image])
+    text = f"read {tmp_path / 'notes.txt'} and {tmp_path}/nope.bmp  twice"
+    assert run.extract_images(text) == (text, [])
 
 
 @pytest.mark.usefixtures("interactive")

@@ -2,18 +2,24 @@
 
 A thin HTTP client (httpx, not openai, so the CLI starts fast). It never imports the server or
 llama.cpp: the server runs in its own process, which `hearth run` leaves behind for later chats.
+
+As in `ollama run`, a typed line that names image files (`describe ./photo.png`) sends them to a
+model that takes images, as data-URL parts of the message, and leaves their paths out of the text.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 import httpx
@@ -25,14 +31,36 @@ from hearth.cli.client import base_url as _base_url
 from hearth.cli.client import server_options
 from hearth.models.registry import model_id
 
-__all__ = ["ChatError", "command", "ensure_server", "log_path", "parse_sse", "pid_path"]
+__all__ = [
+    "ChatError",
+    "command",
+    "ensure_server",
+    "extract_images",
+    "log_path",
+    "parse_sse",
+    "pid_path",
+]
 
 START_TIMEOUT_S = 120.0
 _POLL_INTERVAL_S = 0.25
 _LOG_TAIL_LINES = 20
 _HELP = "Commands: /clear forgets the conversation, /bye quits (so does Ctrl-D)."
 
-Message = dict[str, str]
+# A message's content is its text, or a list of parts when it carries images.
+Message = dict[str, Any]
+
+IMAGE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".bmp": "image/bmp",
+    ".webp": "image/webp",
+}
+# A word of the typed line: quoted, or a run of non-blanks where `\ ` is a space (as a shell's
+# completion or a file dragged onto the terminal writes a path).
+_WORD = re.compile(r"""'([^']+)'|"([^"]+)"|((?:\\ |\S)+)""")
+_TRAILING_PUNCTUATION = ".,;:!?)"
 
 
 class ChatError(Exception):
@@ -144,6 +172,51 @@ def _stream_chat(
     except httpx.TransportError as exc:
         raise ChatError(f"Lost the connection to the server at {client.base_url}: {exc}") from exc
     return "".join(parts)
+
+
+# --- images named in the prompt --------------------------------------------------------------
+
+
+def extract_images(line: str) -> tuple[str, list[Path]]:
+    """The line without the image files it names, and those files, in order. A word names one
+    when it is the path of an existing .png, .jpg, .jpeg, .gif, .bmp or .webp file (bare, quoted,
+    or with `\\ ` for its spaces; `~` expanded; punctuation after it stays text)."""
+    images: list[Path] = []
+
+    def take(word: re.Match[str]) -> str:
+        quoted = word.group(1) or word.group(2)
+        text = quoted if quoted is not None else word.group(3).replace("\\ ", " ")
+        trailing = ""
+        if quoted is None:
+            stripped = text.rstrip(_TRAILING_PUNCTUATION)
+            text, trailing = stripped, text[len(stripped) :]
+        path = Path(text).expanduser()
+        if path.suffix.lower() not in IMAGE_TYPES or not path.is_file():
+            return word.group(0)
+        images.append(path)
+        return trailing
+
+    text = _WORD.sub(take, line)
+    if images:
+        text = re.sub(r"[ \t]{2,}", " ", text).strip()
+    return text, images
+
+
+def _image_part(path: Path) -> dict[str, Any]:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    url = f"data:{IMAGE_TYPES[path.suffix.lower()]};base64,{data}"
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _takes_images(client: httpx.Client, model: str) -> bool | None:
+    """Whether the served model lists `vision` among its capabilities; None when the server
+    does not say (then the images are sent, and the server answers for them)."""
+    try:
+        response = client.get(f"/v1/models/{quote(model, safe='/:')}", timeout=10.0)
+        capabilities = response.json().get("capabilities") if response.status_code == 200 else None
+    except (httpx.TransportError, ValueError, AttributeError):
+        return None
+    return "vision" in capabilities if isinstance(capabilities, list) else None
 
 
 # --- starting a server ------------------------------------------------------------------------
@@ -278,9 +351,38 @@ def _error(console: Console, message: str) -> None:
     console.print(Text(message, style="bold red"), soft_wrap=True)
 
 
+def _user_message(
+    client: httpx.Client, model: str, text: str, console: Console, vision: list[bool | None]
+) -> Message | None:
+    """The user's turn, with the images the line names when the model takes them (`vision`
+    holds what the server said, asked once per chat); None when an image cannot be read."""
+    words, images = extract_images(text)
+    if not images:
+        return {"role": "user", "content": text}
+    if not vision:
+        vision.append(_takes_images(client, model))
+    if vision[0] is False:
+        console.print(
+            Text(f"{model} does not take images; the paths go as text.", style="dim"),
+            soft_wrap=True,
+        )
+        return {"role": "user", "content": text}
+    try:
+        parts = [_image_part(path) for path in images]
+    except OSError as exc:
+        _error(console, f"Cannot read the image {exc.filename}: {exc.strerror or exc}")
+        return None
+    for path in images:
+        console.print(Text(f"Added image {path}", style="dim"), soft_wrap=True)
+    if words:
+        parts.append({"type": "text", "text": words})
+    return {"role": "user", "content": parts}
+
+
 def _chat_loop(client: httpx.Client, model: str, history: list[Message], console: Console) -> None:
     system = [m for m in history if m["role"] == "system"]
     shown: list[str] = []  # this turn's answer so far
+    vision: list[bool | None] = []  # whether the model takes images, once asked
 
     def show(delta: str) -> None:
         shown.append(delta)
@@ -307,7 +409,10 @@ def _chat_loop(client: httpx.Client, model: str, history: list[Message], console
         if text in ("/?", "/help"):
             console.print(Text(_HELP, style="dim"))
             continue
-        history.append({"role": "user", "content": text})
+        message = _user_message(client, model, text, console, vision)
+        if message is None:
+            continue
+        history.append(message)
         shown.clear()
         try:
             answer = _stream_chat(client, model, history, show)
