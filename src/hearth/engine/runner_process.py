@@ -268,10 +268,6 @@ class ProcessEngine(AsyncEngine):
             watchdog_s=self.watchdog_limit_s(),
         )
 
-    @property
-    def crashes(self) -> int:
-        return self._crashes
-
     async def revive(self) -> None:
         """Load a model marked failed again, forgetting its crashes (an explicit load)."""
         if self._failed is None:
