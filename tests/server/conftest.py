@@ -23,6 +23,20 @@ MODEL = "smollm2:135m"
 READY_TIMEOUT_S = 120
 
 
+def tree_rss_kib(pid: int) -> int:
+    """VmRSS of `pid` and of its children, in KiB (a process gone meanwhile counts nothing)."""
+    total = 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        if int(status.parent.name) == pid or fields.get("PPid", "").strip() == str(pid):
+            total += int(fields.get("VmRSS", "0 kB").split()[0])
+    return total
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -69,6 +83,10 @@ class HearthServer:
         while (health := self.health())["slots_in_use"] or health["queue_length"]:
             assert time.monotonic() < deadline, f"the server never went idle: {health}"
             time.sleep(0.05)
+
+    def rss_kib(self) -> int:
+        """Resident memory of the server and its runner processes (one per loaded model)."""
+        return tree_rss_kib(self.process.pid)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -42,10 +41,8 @@ class Multi:
         return {m["name"]: m for m in response.json()["models"]}
 
     def rss_kib(self) -> int:
-        status = Path(f"/proc/{self.server.process.pid}/status").read_text()
-        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-        assert match is not None
-        return int(match.group(1))
+        """The server's and its runners' resident memory."""
+        return self.server.rss_kib()
 
     def loads_of(self, name: str) -> int:
         return self.server.log().count(f"Loading {name}\n")

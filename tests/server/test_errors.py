@@ -99,7 +99,7 @@ def test_malformed_json_is_a_400(server: HearthServer) -> None:
                     {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
                 ],
             },
-            "messages[0].content[0]",
+            "messages[0].content[0].image_url.url",  # not a data URL
         ),
     ],
 )

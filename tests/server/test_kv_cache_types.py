@@ -16,10 +16,8 @@ FLAGS = ("--parallel", "4", "--ctx-size", "4096")
 
 
 def rss_mib(server: HearthServer) -> float:
-    for line in Path(f"/proc/{server.process.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    """The server's and its runner's: the KV cache lives in the runner."""
+    return server.rss_kib() / 1024
 
 
 def ps_size(server: HearthServer) -> int:

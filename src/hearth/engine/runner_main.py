@@ -195,14 +195,18 @@ def serve(conn: Connection) -> None:
         speculation=spec.speculation,
     )
     stats_sent_at = 0.0
+    gauges_sent = (-1, -1)  # slots in use, queue length: what /health last heard
     loop: StepLoop[_ChildSink]
 
     def on_step(outputs: list[tuple[_ChildSink, RequestOutput]], seconds: float) -> None:
-        nonlocal stats_sent_at
+        nonlocal stats_sent_at, gauges_sent
         now = time.perf_counter()
         stats = None
-        if now - stats_sent_at >= _STATS_EVERY_S or not core.has_work:  # fresh when idle
-            stats, stats_sent_at = loop.stats(), now
+        # Counters every so often; the gauges whenever they move, with the outputs that moved
+        # them, so /health never lags a reply.
+        gauges = (core.stats.slots_in_use, core.stats.queue_length)
+        if now - stats_sent_at >= _STATS_EVERY_S or gauges != gauges_sent:
+            stats, stats_sent_at, gauges_sent = loop.stats(), now, gauges
         channel.send(
             Step(
                 [StepOutput(s.request_id, s.admitted_at, out) for s, out in outputs],

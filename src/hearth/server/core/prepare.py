@@ -174,13 +174,15 @@ async def _measured_media(
     for part in parts:
         if part.kind == "image" and not model.runner.vision:
             raise UnsupportedParameterError(
-                f"The model `{model.model_id}` does not take images (it has no vision "
-                "projector); send text only, or use a model that takes images.",
+                f"'{part.param}' is an image, and the model `{model.model_id}` does not take "
+                "images (it has no vision projector); send text only, or use a model that "
+                "takes images.",
                 param=part.param,
             )
         if part.kind == "audio":
             raise UnsupportedParameterError(
-                f"The model `{model.model_id}` does not take audio.", param=part.param
+                f"'{part.param}' is audio, and the model `{model.model_id}` does not take audio.",
+                param=part.param,
             )
     loaded = await asyncio.to_thread(
         load_media, parts, max_bytes=int(state.settings.max_image_bytes)
