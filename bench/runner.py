@@ -221,15 +221,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--against",
         type=Path,
+        nargs="+",
+        metavar="CHECKOUT",
         help="instead: this checkout's server against another checkout's (an older commit's "
-        "worktree), both with the default flags",
+        "worktree), or the first of two checkouts against the second; default flags",
     )
     args = parser.parse_args(argv)
     if args.against is not None:
-        here, there = Side("this"), Side(args.against.name, source=args.against.resolve())
+        *first, other = args.against
+        here = Side(first[0].name, source=first[0].resolve()) if first else Side("this")
+        there = Side(other.name, source=other.resolve())
         report = run_pair(here, there, args.rounds, args.ttft_requests, args.max_tokens,
                           args.threads)  # fmt: skip
-        title, stem = f"This checkout against {args.against.name}", "against"
+        title, stem = f"{here.name} against {there.name}", "against"
     else:
         report = run_runner(args.rounds, args.ttft_requests, args.max_tokens, args.threads)
         title, stem = RUNNER_TITLE, "runner"
