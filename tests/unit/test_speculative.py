@@ -551,3 +551,21 @@ def test_one_preempted_step_does_not_poison_the_step_cost() -> None:
     for _ in range(40):  # a real change still moves it
         cost.observe(4, 0.060)
     assert cost.cost(4) > 0.055
+
+
+def test_a_later_draft_must_beat_a_step_that_already_holds_an_earlier_one() -> None:
+    # Four decoding sequences on a CPU: once the first has a draft, the step already yields its
+    # expected tokens, so the same draft for the next must pay against that, not against the
+    # bare step, and gets no longer.
+    draft = Draft(tuple(range(32)), DraftSource.PREDICTION)
+    first, second = DraftLength(SpeculationMode.AUTO), DraftLength(SpeculationMode.AUTO)
+    for lengths in (first, second):
+        for _ in range(10):
+            lengths.verified(DraftSource.PREDICTION, 8, 8)
+    planned = first.plan(draft, cpu_like(), rows=4, yielded=4)
+    assert planned > 0
+    expected = first.expected_extra(DraftSource.PREDICTION, planned)
+    assert 0 < expected <= planned
+    naive = second.plan(draft, cpu_like(), rows=4 + planned, yielded=4)
+    counted = second.plan(draft, cpu_like(), rows=4 + planned, yielded=4 + expected)
+    assert counted < naive

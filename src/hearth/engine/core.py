@@ -448,6 +448,9 @@ class EngineCore(Generic[SinkT]):
             return
         n_ctx = self.runner.n_ctx_per_slot
         rows = len(decoding)  # the step's rows so far: each pending token, and drafts given
+        # What the step is expected to yield so far: a draft planned earlier in this loop adds
+        # its expected tokens, so a later one must beat a step that already holds it.
+        yielded = float(len(decoding))
         for seq in decoding:
             choice = self._choice_of[seq][1]
             drafter, lengths, slot = choice.drafter, choice.draft_length, seq.slot
@@ -465,11 +468,12 @@ class EngineCore(Generic[SinkT]):
             draft = drafter.draft(room)
             if draft is None:
                 continue
-            length = lengths.plan(draft, self.step_cost, rows, len(decoding))
+            length = lengths.plan(draft, self.step_cost, rows, yielded)
             if length:
                 seq.draft = draft.tokens[:length]
                 choice.draft_source = draft.source
                 rows += length
+                yielded += lengths.expected_extra(draft.source, length)
             else:  # no draft pays: follow this one for free instead
                 lengths.watch(draft)
 

@@ -309,10 +309,10 @@ class DraftLength:
         kept, tried = self._seen[source][position]
         return kept / tried
 
-    def plan(self, draft: Draft, cost: StepCost, rows: int = 1, yielded: int = 1) -> int:
+    def plan(self, draft: Draft, cost: StepCost, rows: int = 1, yielded: float = 1) -> int:
         """How many tokens of `draft` to decode in a step that holds `rows` rows so far (this
-        choice's pending token included) and yields `yielded` tokens without drafts; 0 to
-        watch it instead."""
+        choice's pending token included) and is expected to yield `yielded` tokens without
+        this draft (the drafts planned before it included); 0 to watch it instead."""
         if draft.aligned_on is not None:
             self._start_afresh(draft.source, draft.aligned_on)
         most = min(len(draft.tokens), _MAX[draft.source])
@@ -329,6 +329,16 @@ class DraftLength:
             if rate > best_rate:
                 best, best_rate = k, rate
         return best if best_rate >= _MIN_GAIN * without else 0
+
+    def expected_extra(self, source: DraftSource, length: int) -> float:
+        """The tokens a draft of `length` from `source` is expected to add to its step."""
+        seen, deepest = self._seen[source], self._deepest[source]
+        expected, chance = 0.0, 1.0
+        for k in range(1, length + 1):
+            kept, tried = seen[k - 1 if k - 1 <= deepest or deepest < 0 else deepest]
+            chance *= kept / tried
+            expected += chance
+        return expected
 
     def _start_afresh(self, source: DraftSource, match: int) -> None:
         """After a re-alignment on `match` tokens: what was seen before says nothing about this
