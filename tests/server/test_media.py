@@ -193,6 +193,24 @@ def test_responses_take_input_image(vision: HearthServer) -> None:
     red, stripes, red_again = ask(RED), ask(STRIPES), ask(RED)
     assert red.usage is not None and red.usage.input_tokens > IMAGE_TOKENS
     assert red.output_text == red_again.output_text != stripes.output_text
+    streamed = client.responses.create(
+        model=MODEL,
+        input=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "What is in the picture?"},
+                    {"type": "input_image", "image_url": data_url(RED), "detail": "auto"},
+                ],
+            }
+        ],
+        max_output_tokens=16,
+        temperature=0,
+        stream=True,
+    )
+    ends = ("response.completed", "response.incomplete")  # max_output_tokens may end it
+    done = [event for event in streamed if event.type in ends]
+    assert done and done[0].response.output_text == red.output_text
     items = client.responses.input_items.list(red.id)
     kinds = [part.type for part in items.data[0].content]  # type: ignore[union-attr]
     assert kinds == ["input_text", "input_image"]
@@ -246,9 +264,26 @@ def test_ollama_takes_images_on_chat_and_generate(vision: HearthServer) -> None:
         checks_generated = client.generate(
             model=MODEL, prompt="What is this?", images=[b64(CHECKS)], options=options
         )
+        # Compared with a reply that also found the prompt cached: a prompt decoded afresh or
+        # from the cache can part at a near tie (the last bits of a logit).
+        checks_again = client.chat(
+            model=MODEL,
+            messages=[{"role": "user", "content": "What is this?", "images": [b64(CHECKS)]}],
+            options=options,
+        )
+        checks_streamed = "".join(
+            part.message.content or ""
+            for part in client.chat(
+                model=MODEL,
+                messages=[{"role": "user", "content": "What is this?", "images": [b64(CHECKS)]}],
+                options=options,
+                stream=True,
+            )
+        )
     # Ollama counts the tokens evaluated: an image seen for the first time, all of them.
     assert checks.prompt_eval_count is not None and checks.prompt_eval_count > IMAGE_TOKENS
     assert checks_generated.response != stripes.response
+    assert checks_streamed == checks_again.message.content  # the same image, streamed
     assert checks.message.content  # /api/chat's template is not /api/generate's: not compared
 
 
