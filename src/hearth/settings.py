@@ -207,6 +207,11 @@ class ServeSettings(BaseSettings):
         ByteSize(10 * 1024 * 1024),
         description="The largest image a request may send, decoded (bytes, or 10MiB).",
     )
+    allow_media_urls: bool = Field(
+        False,
+        description="Fetch images given as http(s) addresses. Off: a server that fetches what "
+        "its clients name can be made to reach the local network (docs/media.md).",
+    )
     runner: Literal["process", "inline"] = Field(
         "process",
         description="Where each model runs: 'process', a runner process per model, so that a "

@@ -6,7 +6,9 @@ image gives the same answer and a different one (here) a different answer."""
 from __future__ import annotations
 
 import base64
+import http.server
 import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -348,11 +350,16 @@ def test_too_many_images_and_web_addresses_are_refused(vision: HearthServer) -> 
     assert "Fetching URLs is off" in fetched.value.message
 
 
-def _chat_url(client: openai.OpenAI, url: str) -> Any:
+def _chat_url(client: openai.OpenAI, url: str, text: str | None = None) -> Any:
+    """An image by address; with `text`, in _chat's shape (the text, then the image)."""
+    parts: list[Any] = [{"type": "image_url", "image_url": {"url": url}}]
+    if text is not None:
+        parts.insert(0, {"type": "text", "text": text})
     return client.chat.completions.create(
         model=MODEL,
-        messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}],
-        max_tokens=2,
+        messages=[{"role": "user", "content": parts}],
+        max_tokens=8 if text is not None else 2,
+        temperature=0,
     )
 
 
@@ -379,3 +386,39 @@ def test_anthropic_counts_an_image_s_positions(vision: HearthServer) -> None:
     # Anthropic's input_tokens leaves out what was read from the cache.
     usage = sent.usage
     assert with_image.input_tokens == usage.input_tokens + (usage.cache_read_input_tokens or 0)
+
+
+def test_web_addresses_are_fetched_only_where_the_operator_allows(home: Path, mmproj: Path) -> None:
+    # A loopback web server holds the image: with --allow-media-urls the server fetches it
+    # (and the answer is the data URL's); a missing one is a 400 naming the part.
+    class Images(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != "/red.png":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(RED)))
+            self.end_headers()
+            self.wfile.write(RED)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Images)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{web.server_address[1]}"
+    try:
+        with start_server(home / "urls", *_vision_args(mmproj), "--allow-media-urls") as server:
+            client = server.client()
+            fetched = _chat_url(client, f"{base}/red.png", text="What is in the picture?")
+            inline = _chat(client, RED)
+            assert fetched.usage.prompt_tokens == inline.usage.prompt_tokens
+            assert fetched.choices[0].message.content == inline.choices[0].message.content
+            with pytest.raises(openai.BadRequestError) as missing:
+                _chat_url(client, f"{base}/nothing.png")
+            body: Any = missing.value.body
+            assert body["code"] == "invalid_image_url" and "404" in body["message"]
+    finally:
+        web.shutdown()
+        web.server_close()

@@ -50,6 +50,7 @@ class MediaPart:
     base64_data: str
     param: str
     media_type: str | None = None  # what the client said it is, if it said
+    url: str | None = None  # an http(s) address instead of data: fetched only under a flag
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +72,8 @@ class LoadedMedia:
 
 
 def media_part_from_url(url: str, param: str, kind: Literal["image", "audio"]) -> MediaPart:
-    """A `data:<type>;base64,<data>` URL as a part; any other URL is refused by name (a server
-    that fetches URLs can be made to reach the local network: off until an operator allows it)."""
+    """A `data:<type>;base64,<data>` URL as a part, or an http(s) address that `load_media`
+    fetches only where the operator allowed it (--allow-media-urls); anything else is refused."""
     if url.startswith("data:"):
         header, sep, payload = url.partition(",")
         if not sep or not header.endswith(";base64"):
@@ -82,22 +83,21 @@ def media_part_from_url(url: str, param: str, kind: Literal["image", "audio"]) -
         media_type = header[len("data:") : -len(";base64")] or None
         return MediaPart(kind, payload, param, media_type)
     if url.startswith(("http://", "https://")):
-        raise UnsupportedParameterError(
-            f"'{param}' is a web address; this server takes images inline as base64 data URLs "
-            "(data:image/png;base64,...). Fetching URLs is off: a server that fetches them can "
-            "be made to reach the local network.",
-            param=param,
-        )
+        return MediaPart(kind, "", param, url=url)
     raise InvalidRequestError(
         f"'{param}' must be a data URL (data:image/png;base64,...).", param=param
     )
 
 
 def load_media(
-    parts: Sequence[MediaPart], *, max_bytes: int, max_pixels: int = MAX_IMAGE_PIXELS
+    parts: Sequence[MediaPart],
+    *,
+    max_bytes: int,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    fetch_urls: bool = False,
 ) -> list[LoadedMedia]:
-    """Decode and check every part, in order. Blocking work for large parts: call it off the
-    event loop."""
+    """Decode (or, with `fetch_urls`, download) and check every part, in order. Blocking work:
+    call it off the event loop."""
     if len(parts) > MAX_MEDIA_PARTS:
         raise InvalidRequestError(
             f"A request may hold at most {MAX_MEDIA_PARTS} images; this one has {len(parts)}.",
@@ -109,14 +109,17 @@ def load_media(
             raise UnsupportedParameterError(
                 "Audio input is not supported yet: no audio model is served.", param=part.param
             )
-        if len(part.base64_data) > max_bytes * 4 // 3 + 4:
+        if part.url is not None:
+            data = _fetch(part, part.url, max_bytes, fetch_urls)
+        elif len(part.base64_data) > max_bytes * 4 // 3 + 4:
             raise _too_large(part, max_bytes)
-        try:
-            data = base64.b64decode(part.base64_data, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidRequestError(
-                f"'{part.param}' is not valid base64: {exc}.", param=part.param
-            ) from exc
+        else:
+            try:
+                data = base64.b64decode(part.base64_data, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise InvalidRequestError(
+                    f"'{part.param}' is not valid base64: {exc}.", param=part.param
+                ) from exc
         if len(data) > max_bytes:
             raise _too_large(part, max_bytes)
         facts = image_facts(data, part.param)
@@ -129,6 +132,51 @@ def load_media(
             )
         loaded.append(LoadedMedia(part, data, hashlib.sha256(data).hexdigest(), facts))
     return loaded
+
+
+_FETCH_TIMEOUT_S = 10.0
+_MAX_REDIRECTS = 3
+
+
+def _fetch(part: MediaPart, url: str, max_bytes: int, allowed: bool) -> bytes:
+    """An image at an http(s) address, read up to `max_bytes`, where the operator allowed it."""
+    if not allowed:
+        raise UnsupportedParameterError(
+            f"'{part.param}' is a web address; this server takes images inline as base64 data "
+            "URLs (data:image/png;base64,...). Fetching URLs is off: a server that fetches them "
+            "can be made to reach the local network (start it with --allow-media-urls to allow "
+            "it).",
+            param=part.param,
+        )
+    import httpx  # only a server that fetches pays for it
+
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        with (
+            httpx.Client(
+                timeout=_FETCH_TIMEOUT_S, follow_redirects=True, max_redirects=_MAX_REDIRECTS
+            ) as client,
+            client.stream("GET", url) as response,
+        ):
+            if response.status_code != 200:
+                raise InvalidRequestError(
+                    f"'{part.param}': fetching {url} answered HTTP {response.status_code}.",
+                    param=part.param,
+                    code="invalid_image_url",
+                )
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise _too_large(part, max_bytes)
+                chunks.append(chunk)
+    except httpx.HTTPError as exc:
+        raise InvalidRequestError(
+            f"'{part.param}': could not fetch {url}: {exc}.",
+            param=part.param,
+            code="invalid_image_url",
+        ) from exc
+    return b"".join(chunks)
 
 
 def _too_large(part: MediaPart, max_bytes: int) -> InvalidRequestError:

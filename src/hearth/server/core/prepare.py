@@ -185,7 +185,10 @@ async def _measured_media(
                 param=part.param,
             )
     loaded = await asyncio.to_thread(
-        load_media, parts, max_bytes=int(state.settings.max_image_bytes)
+        load_media,
+        parts,
+        max_bytes=int(state.settings.max_image_bytes),
+        fetch_urls=state.settings.allow_media_urls,
     )
     inputs = [MediaInput(item.key, item.data) for item in loaded]
     counts = await model.engine.media_tokens(inputs)

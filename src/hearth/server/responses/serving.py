@@ -100,7 +100,7 @@ def _message_to_json(message: Message) -> dict[str, Any]:
         "text": message.text,
         "tool_calls": [[c.id, c.name, c.arguments] for c in message.tool_calls],
         "tool_call_id": message.tool_call_id,
-        "media": [[m.kind, m.base64_data, m.param, m.media_type] for m in message.media],
+        "media": [[m.kind, m.base64_data, m.param, m.media_type, m.url] for m in message.media],
     }
 
 
@@ -268,7 +268,7 @@ def _listed_content(text: str, media: tuple[MediaPart, ...]) -> list[dict[str, A
     """A user message's content as `input_items` lists it: its text, then its images."""
     content: list[dict[str, Any]] = [{"type": "input_text", "text": text.replace(MEDIA_MARKER, "")}]
     for part in media:
-        url = f"data:{part.media_type or 'image/png'};base64,{part.base64_data}"
+        url = part.url or f"data:{part.media_type or 'image/png'};base64,{part.base64_data}"
         content.append({"type": "input_image", "image_url": url, "detail": "auto"})
     return content
 
