@@ -52,10 +52,22 @@ def free_port() -> int:
 
 
 def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    """Resident memory of the server and its children: each loaded model's runner process holds
+    its weights and KV cache, so a leak there counts too."""
+    total, found = 0, False
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(
+                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+            )
+        except OSError:  # a process that ended meanwhile
+            continue
+        if int(status.parent.name) == pid or fields.get("PPid", "").strip() == str(pid):
+            found |= int(status.parent.name) == pid
+            total += int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+    if not found:
+        raise RuntimeError(f"no VmRSS for process {pid}")
+    return total
 
 
 @dataclass
