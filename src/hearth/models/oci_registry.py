@@ -45,8 +45,9 @@ from hearth.models.pull_base import (
     check_pulled_gguf,
     check_pulled_projector,
     staged_copy,
+    staged_projector,
 )
-from hearth.models.store import ModelStore, Projector, file_sha256
+from hearth.models.store import ModelStore, file_sha256
 
 __all__ = ["GGUF_LAYERS", "PROJECTOR_LAYER", "pull_oci", "store_name"]
 
@@ -349,23 +350,17 @@ def pull_oci(
                 staged = _fetch_blob(models, registry, model, reporter, held, check_pulled_gguf)
             mmproj = None
             if projector is not None:
-                if (
-                    existing is not None
-                    and existing.mmproj is not None
-                    and existing.mmproj.sha256 == projector.sha256
-                ):
-                    staged_mmproj = staged_copy(models, existing.mmproj.path, held)
-                else:
-                    reporter.resolved(projector)
-                    staged_mmproj = _fetch_blob(
-                        models, registry, projector, reporter, held, check_pulled_projector
-                    )
-                assert projector.sha256 is not None and projector.size is not None
-                mmproj = Projector(
-                    staged_mmproj,
-                    projector.sha256,
-                    projector.size,
-                    f"{source} {projector.filename}",
+                layer = projector
+                mmproj = staged_projector(
+                    models,
+                    existing,
+                    layer,
+                    reporter,
+                    held,
+                    lambda: _fetch_blob(
+                        models, registry, layer, reporter, held, check_pulled_projector
+                    ),
+                    f"{source} {layer.filename}",
                 )
             assert model.sha256 is not None
             stored = models.install(

@@ -40,6 +40,7 @@ from hearth.models.pull_base import (
     check_pulled_gguf,
     check_pulled_projector,
     staged_copy,
+    staged_projector,
 )
 from hearth.models.registry import store
 from hearth.models.store import ModelStore, Projector, file_sha256
@@ -441,20 +442,16 @@ def _pull_from_hub(
         projector = None
         if mmproj is not None:
             mmproj_url, mmproj_file = mmproj
-            if (
-                existing is not None
-                and existing.mmproj is not None
-                and existing.mmproj.sha256 == mmproj_file.sha256
-            ):
-                staged_mmproj = staged_copy(models, existing.mmproj.path, held)
-            else:
-                reporter.resolved(mmproj_file)
-                staged_mmproj = _download_checked(
+            projector = staged_projector(
+                models,
+                existing,
+                mmproj_file,
+                reporter,
+                held,
+                lambda: _download_checked(
                     models, mmproj_url, mmproj_file, reporter, endpoint, held
-                )
-            assert mmproj_file.sha256 is not None and mmproj_file.size is not None
-            projector = Projector(
-                staged_mmproj, mmproj_file.sha256, mmproj_file.size, source_of(mmproj_file)
+                ),
+                source_of(mmproj_file),
             )
         assert model_file.sha256 is not None
         model = models.install(

@@ -5,13 +5,20 @@ hands it the OCI pulls."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from hearth.models.gguf_info import NotAGGUFError, read_gguf_info
 from hearth.models.registry import BUNDLED_IDS
-from hearth.models.store import InvalidModelNameError, ModelStore, StoredModel, check_model_name
+from hearth.models.store import (
+    InvalidModelNameError,
+    ModelStore,
+    Projector,
+    StoredModel,
+    check_model_name,
+)
 
 __all__ = [
     "HubFile",
@@ -25,6 +32,7 @@ __all__ = [
     "check_pulled_gguf",
     "check_pulled_projector",
     "staged_copy",
+    "staged_projector",
 ]
 
 
@@ -122,3 +130,27 @@ def staged_copy(models: ModelStore, path: Path, held: ExitStack) -> Path:
     staged = models.stage_copy(path)
     held.callback(staged.unlink, missing_ok=True)
     return staged
+
+
+def staged_projector(
+    models: ModelStore,
+    existing: StoredModel | None,
+    file: HubFile,
+    reporter: PullReporter,
+    held: ExitStack,
+    fetch: Callable[[], Path],
+    source: str,
+) -> Projector:
+    """A pulled model's projector, staged for `install`: the store's own copy when it holds this
+    one already (linked, not downloaded again), else what `fetch` downloads."""
+    if (
+        existing is not None
+        and existing.mmproj is not None
+        and existing.mmproj.sha256 == file.sha256
+    ):
+        staged = staged_copy(models, existing.mmproj.path, held)
+    else:
+        reporter.resolved(file)
+        staged = fetch()
+    assert file.sha256 is not None and file.size is not None
+    return Projector(staged, file.sha256, file.size, source)
